@@ -1,0 +1,206 @@
+"""Typed settings read from ``STS_*`` environment variables (CONTRACT section 5).
+
+Settings are parsed and cross-checked once, at start-up; any bad value raises
+:class:`ConfigError` naming the variable, so nothing half-starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+from urllib.parse import urlsplit
+
+ZUPLO_ISSUER = "https://dev.zuplo.com/v1/client-auth/auth_o8PUdhKxSTOiB794GWPwLQCD"
+DEFAULT_DATABASE_URL = "sqlite:///sts.db"
+DEFAULT_GCP_STS_URL = "https://sts.googleapis.com/v1/token"
+DEFAULT_GCP_IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+MAX_CLOCK_SKEW_SECONDS = 300
+
+
+class ConfigError(ValueError):
+    """A configuration value is unusable; ``str()`` is one line naming the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for ``localhost``, 127.0.0.0/8 and ::1: the only hosts plain HTTP may reach."""
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_url(variable: str, url: str, *, allow_http_loopback: bool) -> str:
+    """Validate an outbound URL: HTTPS, or HTTP to a loopback host when allowed."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(variable, f"not a valid URL: {url!r}") from None
+    if not parts.hostname or parts.username or parts.password or parts.fragment:
+        raise ConfigError(variable, f"not a valid URL: {url!r}")
+    if parts.scheme == "https":
+        return url
+    if parts.scheme == "http":
+        if not allow_http_loopback:
+            raise ConfigError(
+                variable, "must use https (http is allowed only with STS_ALLOW_HTTP_LOOPBACK)"
+            )
+        if not is_loopback_host(parts.hostname):
+            raise ConfigError(variable, "http is allowed only to 127.0.0.0/8, ::1 or localhost")
+        return url
+    raise ConfigError(variable, f"unsupported URL scheme {parts.scheme!r}")
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigError(name, f"expected true or false, got {raw!r}")
+
+
+def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    items = tuple(item.strip() for item in raw.split(","))
+    if any(not item for item in items) and raw.strip():
+        raise ConfigError(name, "empty entry in comma-separated list")
+    return tuple(item for item in items if item)
+
+
+def decode_encryption_key(raw: str) -> bytes:
+    """Decode ``STS_CACHE_ENCRYPTION_KEY``: 32 bytes, base64url, padding optional."""
+    value = raw.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", value):
+        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", "must be base64url")
+    try:
+        key = base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
+    except (binascii.Error, ValueError):
+        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", "must be base64url") from None
+    if len(key) != 32:
+        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", f"must decode to 32 bytes, got {len(key)}")
+    return key
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment, validated."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    audiences: tuple[str, ...] = ()
+    trusted_issuers: tuple[str, ...] = (ZUPLO_ISSUER,)
+    allow_http_loopback: bool = False
+    clock_skew_seconds: int = 60
+    aws_region: str = "us-east-1"
+    aws_endpoint_url: str | None = None
+    gcp_sts_url: str = DEFAULT_GCP_STS_URL
+    gcp_iam_credentials_url: str = DEFAULT_GCP_IAM_CREDENTIALS_URL
+    redis_url: str | None = None
+    cache_encryption_key: bytes | None = field(default=None, repr=False)
+    log_format: Literal["json", "text"] = "json"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate settings; raises :class:`ConfigError` on the first bad value."""
+        env = os.environ if env is None else env
+        allow_http = _bool(env, "STS_ALLOW_HTTP_LOOPBACK", False)
+
+        database_url = env.get("STS_DATABASE_URL", DEFAULT_DATABASE_URL).strip()
+        if not database_url:
+            raise ConfigError("STS_DATABASE_URL", "must not be empty")
+        try:
+            from sqlalchemy.engine import make_url
+
+            make_url(database_url)
+        except Exception:
+            raise ConfigError("STS_DATABASE_URL", "not a valid SQLAlchemy URL") from None
+
+        audiences = _list(env, "STS_AUDIENCE")
+
+        issuers = _list(env, "STS_TRUSTED_ISSUERS") if "STS_TRUSTED_ISSUERS" in env else ()
+        if "STS_TRUSTED_ISSUERS" in env and not issuers:
+            raise ConfigError("STS_TRUSTED_ISSUERS", "must name at least one issuer")
+        issuers = issuers or (ZUPLO_ISSUER,)
+        for issuer in issuers:
+            check_url("STS_TRUSTED_ISSUERS", issuer, allow_http_loopback=allow_http)
+            if urlsplit(issuer).query:
+                raise ConfigError("STS_TRUSTED_ISSUERS", "an issuer URL must not have a query")
+
+        skew_raw = env.get("STS_CLOCK_SKEW_SECONDS", "60").strip()
+        if not re.fullmatch(r"\d{1,6}", skew_raw):
+            raise ConfigError("STS_CLOCK_SKEW_SECONDS", "must be a whole number of seconds")
+        skew = int(skew_raw)
+        if skew > MAX_CLOCK_SKEW_SECONDS:
+            raise ConfigError(
+                "STS_CLOCK_SKEW_SECONDS", f"must be at most {MAX_CLOCK_SKEW_SECONDS}"
+            )
+
+        region = env.get("STS_AWS_REGION", "us-east-1").strip()
+        if not _REGION.fullmatch(region):
+            raise ConfigError("STS_AWS_REGION", f"not an AWS region name: {region!r}")
+
+        aws_endpoint = env.get("STS_AWS_ENDPOINT_URL", "").strip() or None
+        if aws_endpoint is not None:
+            check_url("STS_AWS_ENDPOINT_URL", aws_endpoint, allow_http_loopback=allow_http)
+
+        gcp_sts = env.get("STS_GCP_STS_URL", DEFAULT_GCP_STS_URL).strip()
+        check_url("STS_GCP_STS_URL", gcp_sts, allow_http_loopback=allow_http)
+        gcp_iam = env.get("STS_GCP_IAM_CREDENTIALS_URL", DEFAULT_GCP_IAM_CREDENTIALS_URL).strip()
+        check_url("STS_GCP_IAM_CREDENTIALS_URL", gcp_iam, allow_http_loopback=allow_http)
+
+        redis_url = env.get("STS_REDIS_URL", "").strip() or None
+        if redis_url is not None and urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
+            raise ConfigError("STS_REDIS_URL", "must be a redis://, rediss:// or unix:// URL")
+        raw_key = env.get("STS_CACHE_ENCRYPTION_KEY")
+        key = decode_encryption_key(raw_key) if raw_key is not None and raw_key.strip() else None
+        if redis_url is not None and key is None:
+            raise ConfigError("STS_CACHE_ENCRYPTION_KEY", "is required when STS_REDIS_URL is set")
+
+        log_format = env.get("STS_LOG_FORMAT", "json").strip().lower()
+        if log_format not in ("json", "text"):
+            raise ConfigError("STS_LOG_FORMAT", "must be json or text")
+
+        return cls(
+            database_url=database_url,
+            audiences=audiences,
+            trusted_issuers=issuers,
+            allow_http_loopback=allow_http,
+            clock_skew_seconds=skew,
+            aws_region=region,
+            aws_endpoint_url=aws_endpoint,
+            gcp_sts_url=gcp_sts,
+            gcp_iam_credentials_url=gcp_iam.rstrip("/"),
+            redis_url=redis_url,
+            cache_encryption_key=key,
+            log_format="json" if log_format == "json" else "text",
+        )
+
+    def require_audience(self) -> None:
+        """``sts serve`` refuses to start without an audience to accept."""
+        if not self.audiences:
+            raise ConfigError("STS_AUDIENCE", "is required: the audiences accepted in ID tokens")
+
+    def jwks_url(self, issuer: str) -> str:
+        """The issuer's key set, by the fixed rule ``<issuer>/.well-known/jwks.json``."""
+        return issuer.rstrip("/") + "/.well-known/jwks.json"

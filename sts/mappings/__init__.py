@@ -1,0 +1,1 @@
+"""Role mappings: which cloud target a Zuplo deployment may obtain credentials for."""
