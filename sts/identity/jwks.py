@@ -1,0 +1,475 @@
+"""Issuer signing keys: a JWKS (RFC 7517) cache per trusted issuer, kept fresh in the background.
+
+Invariants:
+
+- A URL comes only from configuration (``<issuer>/.well-known/jwks.json``); nothing in a token
+  chooses one, and a redirect is a failed fetch, so the configured host is the only host asked.
+- Readers never block on the network for a known ``kid``: the key map is an immutable snapshot
+  replaced whole after each successful fetch.
+- A failed fetch never empties the key set: the last good set keeps serving (CONTRACT section 3).
+- An unknown ``kid`` triggers at most one refetch per :data:`REFETCH_COOLDOWN` seconds, and only
+  one fetch per issuer is ever in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+from cryptography.hazmat.primitives.asymmetric import rsa
+from joserfc.jwk import RSAKey
+
+from sts.config import Settings, check_url
+
+__all__ = [
+    "DEFAULT_TTL",
+    "MAX_JWKS_BYTES",
+    "MAX_TTL",
+    "MIN_RSA_BITS",
+    "MIN_TTL",
+    "REFETCH_COOLDOWN",
+    "JWKSCache",
+    "JWKSError",
+    "JWKSRegistry",
+    "decode_b64url",
+    "loads_json_object",
+]
+
+log = logging.getLogger(__name__)
+
+REFETCH_COOLDOWN = 30.0
+"""Seconds between two refetches triggered by an unknown ``kid`` (CONTRACT section 3)."""
+MIN_TTL = 60.0
+MAX_TTL = 3600.0
+DEFAULT_TTL = 300.0
+MAX_JWKS_BYTES = 64 * 1024
+MIN_RSA_BITS = 2048
+CONNECT_TIMEOUT = 2.0
+READ_TIMEOUT = 3.0
+RETRY_BACKOFF_MAX = 30.0
+"""A failed background fetch is retried after 1, 2, 4 ... seconds, capped here."""
+
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+# Characters whose unused low bits are zero: the only canonical last characters of a base64url
+# string of length 2 or 3 (mod 4), so one byte string has one encoding (RFC 4648 section 3.5).
+_LAST_CHAR_2 = frozenset("AQgw")
+_LAST_CHAR_3 = frozenset("AEIMQUYcgkosw048")
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-store|no-cache)\s*(?:,|$)", re.IGNORECASE)
+
+
+class JWKSError(ValueError):
+    """A fetched key set (or a base64url/JSON value) is unusable; the message is safe to log."""
+
+
+def decode_b64url(value: str) -> bytes:
+    """Strict unpadded base64url (RFC 7515 section 2): no padding, whitespace or ``+/``.
+
+    Non-canonical encodings (unused trailing bits set) are refused, so a token has exactly one
+    spelling and the verified-token cache cannot be sidestepped by re-encoding.
+    """
+    if not _B64URL.fullmatch(value):
+        raise JWKSError("not unpadded base64url")
+    rest = len(value) % 4
+    if rest == 1:
+        raise JWKSError("impossible base64url length")
+    if (rest == 2 and value[-1] not in _LAST_CHAR_2) or (
+        rest == 3 and value[-1] not in _LAST_CHAR_3
+    ):
+        raise JWKSError("non-canonical base64url")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise JWKSError("not unpadded base64url") from None
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in result:
+            raise JWKSError("duplicate member name")
+        result[name] = value
+    return result
+
+
+def _no_constant(name: str) -> Any:
+    raise JWKSError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JWKSError("number out of range")
+    return value
+
+
+def loads_json_object(data: bytes) -> dict[str, Any]:
+    """Parse UTF-8 JSON (RFC 8259) that must be an object, refusing duplicate member names.
+
+    RFC 7515 section 4 and RFC 7519 section 4 let a parser reject duplicates; we must, because two
+    parsers picking different duplicates is how signature and claim checks get split. ``NaN``,
+    ``Infinity`` and numbers that overflow a double are not JSON numbers and are refused too.
+    """
+    try:
+        text = data.decode("utf-8")
+        value = json.loads(
+            text,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_no_constant,
+            parse_float=_finite_float,
+        )
+    except JWKSError:
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise JWKSError("not valid JSON") from None
+    if not isinstance(value, dict):
+        raise JWKSError("not a JSON object")
+    return value
+
+
+def _uint(value: Any, name: str) -> int:
+    if not isinstance(value, str) or not value:
+        raise JWKSError(f"{name} missing")
+    return int.from_bytes(decode_b64url(value), "big")
+
+
+def parse_jwks(body: bytes) -> dict[str, RSAKey]:
+    """Usable RS256 verification keys by ``kid`` (RFC 7517 section 5, RFC 7518 section 6.3.1).
+
+    Keys that are not RSA, have no ``kid``, are marked for another use or algorithm, or have a
+    modulus under :data:`MIN_RSA_BITS` are skipped; a ``kid`` that appears twice is ambiguous and
+    dropped. A set with no usable key at all is an error, so a broken publication never replaces a
+    working key set.
+    """
+    document = loads_json_object(body)
+    entries = document.get("keys")
+    if not isinstance(entries, list):
+        raise JWKSError("no keys array")
+    keys: dict[str, RSAKey] = {}
+    duplicated: set[str] = set()
+    for entry in entries:
+        if not isinstance(entry, dict) or entry.get("kty") != "RSA":
+            continue
+        kid = entry.get("kid")
+        if not isinstance(kid, str) or not kid:
+            continue
+        if entry.get("use", "sig") != "sig" or entry.get("alg", "RS256") != "RS256":
+            continue
+        key_ops = entry.get("key_ops")
+        if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+            continue
+        try:
+            n = _uint(entry.get("n"), "n")
+            e = _uint(entry.get("e"), "e")
+            if n.bit_length() < MIN_RSA_BITS:
+                log.warning("jwks key %s skipped: modulus under %d bits", kid, MIN_RSA_BITS)
+                continue
+            public = rsa.RSAPublicNumbers(e, n).public_key()
+            key = RSAKey.import_key(public)
+        except (JWKSError, ValueError) as exc:
+            log.warning("jwks key %s skipped: %s", kid, exc)
+            continue
+        if kid in keys or kid in duplicated:
+            duplicated.add(kid)
+            keys.pop(kid, None)
+            continue
+        keys[kid] = key
+    if duplicated:
+        log.warning("jwks kids dropped as ambiguous: %s", ", ".join(sorted(duplicated)))
+    if not keys:
+        raise JWKSError("no usable RS256 key")
+    return keys
+
+
+def ttl_from_cache_control(header: str | None) -> float:
+    """Key set lifetime from ``Cache-Control`` (RFC 9111 section 5.2.2), within our bounds."""
+    if not header:
+        return DEFAULT_TTL
+    if _NO_CACHE.search(header):
+        return MIN_TTL
+    match = _MAX_AGE.search(header)
+    if match is None:
+        return DEFAULT_TTL
+    return min(MAX_TTL, max(MIN_TTL, float(match.group(1))))
+
+
+@dataclass(frozen=True)
+class _KeySet:
+    keys: dict[str, RSAKey]
+    kids: frozenset[str]
+
+
+_EMPTY = _KeySet({}, frozenset())
+
+
+class JWKSCache:
+    """The key set of ONE issuer, fetched from one configured URL.
+
+    ``clock`` (monotonic seconds) drives TTL, backoff and the refetch cooldown; tests inject one.
+    Raises :class:`sts.config.ConfigError` when ``url`` is neither HTTPS nor (with
+    ``allow_http_loopback``) plain HTTP to a loopback host.
+    """
+
+    def __init__(
+        self,
+        issuer: str,
+        url: str,
+        *,
+        allow_http_loopback: bool,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+        max_bytes: int = MAX_JWKS_BYTES,
+        min_ttl: float = MIN_TTL,
+        max_ttl: float = MAX_TTL,
+        refetch_cooldown: float = REFETCH_COOLDOWN,
+    ) -> None:
+        self.issuer = issuer
+        self.url = check_url("STS_TRUSTED_ISSUERS", url, allow_http_loopback=allow_http_loopback)
+        self._clock = clock
+        self._timeout = timeout
+        self._max_bytes = max_bytes
+        self._min_ttl = min_ttl
+        self._max_ttl = max_ttl
+        self._cooldown = refetch_cooldown
+        self._set = _EMPTY
+        self._loaded = False
+        self._last_error: str | None = None
+        self._due_at = -math.inf
+        self._failures = 0
+        self._last_miss_fetch: float | None = None
+        self.fetch_count = 0
+        self._lock = threading.Lock()
+        self._session: requests.Session | None = None
+        _INSTANCES.add(self)
+
+    @property
+    def loaded(self) -> bool:
+        """True once a key set has been fetched successfully (it is never unloaded)."""
+        return self._loaded
+
+    @property
+    def last_error(self) -> str | None:
+        """Why the most recent fetch failed, or None if it succeeded; safe to log and show."""
+        return self._last_error
+
+    @property
+    def refresh_due_at(self) -> float:
+        """Clock time at which the background refresher should fetch again."""
+        return self._due_at
+
+    def kids(self) -> frozenset[str]:
+        return self._set.kids
+
+    def get_key(self, kid: str) -> RSAKey | None:
+        """The verification key for ``kid``, refetching once (per cooldown) when it is unknown.
+
+        While another thread is fetching, callers wait for that fetch instead of starting their
+        own; after the cooldown's single refetch, an unknown ``kid`` is simply not found.
+        """
+        key = self._set.keys.get(kid)
+        if key is not None:
+            return key
+        if not self._lock.acquire(timeout=sum(self._timeout) + 1.0):
+            return self._set.keys.get(kid)
+        try:
+            key = self._set.keys.get(kid)
+            if key is not None:
+                return key
+            now = self._clock()
+            if self._last_miss_fetch is not None and now - self._last_miss_fetch < self._cooldown:
+                return None
+            self._last_miss_fetch = now
+            self._fetch_locked()
+            return self._set.keys.get(kid)
+        finally:
+            self._lock.release()
+
+    def refresh(self) -> bool:
+        """Fetch now; on failure keep the last good set, record ``last_error`` and return False."""
+        with self._lock:
+            return self._fetch_locked()
+
+    def _fetch_locked(self) -> bool:
+        self.fetch_count += 1
+        try:
+            keys, ttl = self._download()
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, JWKSError) else f"error ({type(exc).__name__})"
+            self._failures += 1
+            self._last_error = reason
+            self._due_at = self._clock() + min(RETRY_BACKOFF_MAX, 2.0 ** (self._failures - 1))
+            log.warning(
+                "jwks fetch failed for issuer %s: %s (%s)",
+                self.issuer,
+                reason,
+                "serving last good key set" if self._loaded else "no keys loaded",
+            )
+            return False
+        self._set = _KeySet(keys, frozenset(keys))
+        self._loaded = True
+        self._failures = 0
+        self._last_error = None
+        self._due_at = self._clock() + ttl
+        return True
+
+    def _download(self) -> tuple[dict[str, RSAKey], float]:
+        deadline = time.monotonic() + sum(self._timeout)
+        try:
+            response = self._http().get(
+                self.url,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+                headers={"Accept": "application/json", "Accept-Encoding": "identity"},
+            )
+        except requests.RequestException as exc:
+            raise JWKSError(f"request failed ({type(exc).__name__})") from None
+        with response:
+            if 300 <= response.status_code < 400:
+                raise JWKSError(f"redirect refused (HTTP {response.status_code})")
+            if response.status_code != 200:
+                raise JWKSError(f"HTTP {response.status_code}")
+            declared = response.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > self._max_bytes:
+                raise JWKSError(f"response larger than {self._max_bytes} bytes")
+            body = bytearray()
+            try:
+                for chunk in response.iter_content(chunk_size=8192):
+                    body += chunk
+                    if len(body) > self._max_bytes:
+                        raise JWKSError(f"response larger than {self._max_bytes} bytes")
+                    if time.monotonic() > deadline:
+                        raise JWKSError("response too slow")
+            except requests.RequestException as exc:
+                raise JWKSError(f"request failed ({type(exc).__name__})") from None
+            ttl = ttl_from_cache_control(response.headers.get("Cache-Control"))
+        keys = parse_jwks(bytes(body))
+        return keys, min(self._max_ttl, max(self._min_ttl, ttl))
+
+    def _http(self) -> requests.Session:
+        if self._session is None:
+            self._session = requests.Session()
+        return self._session
+
+    def close(self) -> None:
+        """Close pooled connections (the cache stays usable; a new session opens on demand)."""
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+
+    def _after_fork(self) -> None:
+        # A lock held by a parent thread at fork time would stay held forever in the child, and
+        # pooled sockets must not be shared between processes.
+        self._lock = threading.Lock()
+        self._session = None
+
+
+class JWKSRegistry:
+    """One :class:`JWKSCache` per trusted issuer (at ``settings.jwks_url``), one refresher thread.
+
+    :meth:`start` is called in each worker process after the server forks; it is idempotent, and
+    a process forked after :meth:`start` starts its own thread on its next call.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+        max_bytes: int = MAX_JWKS_BYTES,
+        refetch_cooldown: float = REFETCH_COOLDOWN,
+    ) -> None:
+        self._caches: dict[str, JWKSCache] = {
+            issuer: JWKSCache(
+                issuer,
+                settings.jwks_url(issuer),
+                allow_http_loopback=settings.allow_http_loopback,
+                clock=clock,
+                timeout=timeout,
+                max_bytes=max_bytes,
+                refetch_cooldown=refetch_cooldown,
+            )
+            for issuer in settings.trusted_issuers
+        }
+        self._clock = clock
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def get(self, issuer: str) -> JWKSCache | None:
+        return self._caches.get(issuer)
+
+    def caches(self) -> tuple[JWKSCache, ...]:
+        return tuple(self._caches.values())
+
+    def start(self) -> None:
+        """Launch the refresher (fetches every issuer at once, then keeps each fresh)."""
+        with self._start_lock:
+            if self._pid != os.getpid():
+                self._thread = None
+                self._stop = threading.Event()
+                self._pid = os.getpid()
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="jwks-refresher", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the refresher and close pooled connections."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout)
+        self._thread = None
+        for cache in self._caches.values():
+            cache.close()
+
+    def ready(self) -> tuple[bool, str | None]:
+        """(True, None) once every issuer's keys loaded; else False and a reason for /readyz."""
+        for issuer, cache in self._caches.items():
+            if not cache.loaded:
+                return False, f"jwks not loaded for {issuer}"
+        return True, None
+
+    def _run(self) -> None:
+        stop = self._stop
+        while not stop.is_set():
+            for cache in self._caches.values():
+                if stop.is_set():
+                    return
+                if self._clock() >= cache.refresh_due_at:
+                    try:
+                        cache.refresh()
+                    except Exception:
+                        # The refresher must outlive any surprise; the next round retries.
+                        log.exception("jwks refresh crashed for issuer %s", cache.issuer)
+            if not self._caches:
+                return
+            wait = min(c.refresh_due_at for c in self._caches.values()) - self._clock()
+            stop.wait(min(60.0, max(0.2, wait)))
+
+
+_INSTANCES: weakref.WeakSet[JWKSCache] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for cache in list(_INSTANCES):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -1,0 +1,268 @@
+"""Verify a Zuplo ID token and reduce it to a :class:`Principal` (CONTRACT section 3).
+
+The token is a compact JWS (RFC 7515 section 7.1) carrying JWT claims (RFC 7519), signed RS256
+(RFC 7518 section 3.3). Structure, header and claims are checked by our own code with strict
+decoding (one spelling per token, no duplicate JSON members, typed claims); joserfc then checks
+the signature and the header once more, as a second layer.
+
+The hot path is a repeat token: a size check, one SHA-256 and one dictionary look-up, no RSA.
+Each failure raises :class:`InvalidRequest` with one of the fixed phrases below; the ``cause`` is
+for logs and never contains caller input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, NamedTuple
+
+from joserfc import jws
+from joserfc.errors import BadSignatureError, JoseError
+from joserfc.jwk import RSAKey
+
+from sts.config import Settings
+from sts.errors import InvalidRequest, TemporarilyUnavailable
+from sts.identity.jwks import JWKSCache, JWKSError, JWKSRegistry, decode_b64url, loads_json_object
+from sts.identity.principal import ENVIRONMENT_TYPES, Principal
+
+__all__ = [
+    "ALGORITHM_NOT_ALLOWED",
+    "AUDIENCE_NOT_ACCEPTED",
+    "CLAIM_INVALID",
+    "HEADER_NOT_ALLOWED",
+    "ISSUER_NOT_TRUSTED",
+    "KEYS_UNAVAILABLE",
+    "KEY_NOT_FOUND",
+    "MAX_TOKEN_BYTES",
+    "SIGNATURE_INVALID",
+    "TOKEN_EXPIRED",
+    "TOKEN_ISSUED_IN_FUTURE",
+    "TOKEN_NOT_YET_VALID",
+    "TOKEN_TOO_LARGE",
+    "TOKEN_UNPARSABLE",
+    "TokenVerifier",
+]
+
+TOKEN_UNPARSABLE = "token unparsable"  # noqa: S105
+TOKEN_TOO_LARGE = "token too large"  # noqa: S105
+ALGORITHM_NOT_ALLOWED = "algorithm not allowed"
+HEADER_NOT_ALLOWED = "header not allowed"
+KEY_NOT_FOUND = "signing key not found"
+SIGNATURE_INVALID = "signature invalid"
+ISSUER_NOT_TRUSTED = "issuer not trusted"
+AUDIENCE_NOT_ACCEPTED = "audience not accepted"
+TOKEN_EXPIRED = "token expired"  # noqa: S105
+TOKEN_NOT_YET_VALID = "token not yet valid"  # noqa: S105
+TOKEN_ISSUED_IN_FUTURE = "token issued in the future"  # noqa: S105
+CLAIM_INVALID = "claim missing or invalid"
+KEYS_UNAVAILABLE = "signing keys unavailable"
+
+MAX_TOKEN_BYTES = 16 * 1024
+VERIFIED_CACHE_SIZE = 10_000
+KEYS_RETRY_AFTER = 5
+ALGORITHM = "RS256"
+IDENTITY_CLAIMS = ("sub", "account", "project", "deployment", "environment_type")
+# crit and b64 (RFC 7515 4.1.11, RFC 7797): extensions we do not implement, rejected whatever
+# their value. cty (RFC 7519 5.2): nested JWTs. enc and zip belong to JWE (RFC 7516).
+FORBIDDEN_HEADERS = ("crit", "b64", "cty", "enc", "zip")
+# RFC 7519 5.1: "JWT"; RFC 7515 4.1.9 lets the "application/" prefix be omitted, so both count.
+ACCEPTED_TYP = frozenset({"jwt", "application/jwt"})
+
+# jku, x5u, jwk and x5c pass through untouched: the key is only ever chosen by kid from the
+# configured issuer's set, so those headers are never read, let alone fetched.
+_JWS_REGISTRY = jws.JWSRegistry(algorithms=[ALGORITHM], strict_check_header=False)
+_JWS_REGISTRY.max_header_length = MAX_TOKEN_BYTES
+
+
+class _Verified(NamedTuple):
+    principal: Principal
+    exp: float
+    valid_from: float
+    keys: JWKSCache
+    kid: str
+
+
+def _fail(description: str, cause: str) -> InvalidRequest:
+    return InvalidRequest(description, cause=cause)
+
+
+def _time_claim(claims: dict[str, Any], name: str, *, required: bool) -> float | None:
+    """RFC 7519 section 2 NumericDate: a JSON number; booleans and strings are not numbers."""
+    if name not in claims:
+        if required:
+            raise _fail(CLAIM_INVALID, f"{name} missing")
+        return None
+    value = claims[name]
+    if type(value) is not int and type(value) is not float:
+        raise _fail(CLAIM_INVALID, f"{name} is not a JSON number")
+    return value
+
+
+class TokenVerifier:
+    """Checks tokens against ``settings`` (issuers, audiences, leeway) and the issuers' keys."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: JWKSRegistry,
+        *,
+        cache_size: int = VERIFIED_CACHE_SIZE,
+    ) -> None:
+        self._issuers = frozenset(settings.trusted_issuers)
+        self._audiences = frozenset(settings.audiences)
+        self._leeway = float(settings.clock_skew_seconds)
+        self._registry = registry
+        self._cache_size = cache_size
+        self._verified: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._lock = threading.Lock()
+        self.signature_checks = 0
+        """RSA verifications performed; a repeat token must not add to it."""
+
+    def verify(self, token: str, now: float | None = None) -> Principal:
+        """The :class:`Principal` a valid token proves; ``now`` is Unix time (default: the clock).
+
+        Raises :class:`InvalidRequest` for any invalid token and
+        :class:`TemporarilyUnavailable` when the issuer's keys have never been fetched.
+        """
+        if len(token) > MAX_TOKEN_BYTES:
+            raise _fail(TOKEN_TOO_LARGE, "token over 16 KiB")
+        if not token.isascii():
+            if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
+                raise _fail(TOKEN_TOO_LARGE, "token over 16 KiB")
+            raise _fail(TOKEN_UNPARSABLE, "token is not ASCII")
+        if now is None:
+            now = time.time()
+        digest = hashlib.sha256(token.encode("ascii")).digest()
+
+        with self._lock:
+            hit = self._verified.get(digest)
+            if hit is not None:
+                self._verified.move_to_end(digest)
+        if hit is not None:
+            if now >= hit.exp + self._leeway:
+                self._forget(digest)
+                raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
+            if hit.kid in hit.keys.kids() and now >= hit.valid_from:
+                return hit.principal
+            # The key left the issuer's set (or the caller's clock went back): verify afresh.
+            self._forget(digest)
+
+        verified = self._verify(token, now)
+        with self._lock:
+            self._verified[digest] = verified
+            while len(self._verified) > self._cache_size:
+                self._verified.popitem(last=False)
+        return verified.principal
+
+    def _forget(self, digest: bytes) -> None:
+        with self._lock:
+            self._verified.pop(digest, None)
+
+    def _verify(self, token: str, now: float) -> _Verified:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise _fail(TOKEN_UNPARSABLE, f"compact JWS has 3 parts, token has {len(parts)}")
+        try:
+            header = loads_json_object(decode_b64url(parts[0]))
+            claims = loads_json_object(decode_b64url(parts[1]))
+            decode_b64url(parts[2])
+        except JWKSError as exc:
+            raise _fail(TOKEN_UNPARSABLE, f"token: {exc}") from None
+
+        kid = self._check_header(header)
+        keys = self._keys_for(claims)
+        key = keys.get_key(kid)
+        if key is None:
+            if not keys.loaded:
+                raise TemporarilyUnavailable(
+                    KEYS_UNAVAILABLE,
+                    retry_after=KEYS_RETRY_AFTER,
+                    cause=f"jwks for {keys.issuer}: {keys.last_error}",
+                )
+            raise _fail(KEY_NOT_FOUND, f"kid not in the key set of {keys.issuer}")
+        self._check_signature(token, key)
+        return self._check_claims(claims, now, keys, kid)
+
+    def _check_header(self, header: dict[str, Any]) -> str:
+        """RFC 7515 section 4.1 and CONTRACT section 3; returns the ``kid``."""
+        if header.get("alg") != ALGORITHM:
+            raise _fail(ALGORITHM_NOT_ALLOWED, "alg is not RS256")
+        for name in FORBIDDEN_HEADERS:
+            if name in header:
+                raise _fail(HEADER_NOT_ALLOWED, f"{name} header present")
+        if "typ" in header:
+            typ = header["typ"]
+            if not isinstance(typ, str) or typ.lower() not in ACCEPTED_TYP:
+                raise _fail(HEADER_NOT_ALLOWED, "typ is not JWT")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise _fail(KEY_NOT_FOUND, "kid header missing or not a non-empty string")
+        return kid
+
+    def _keys_for(self, claims: dict[str, Any]) -> JWKSCache:
+        # The unverified iss only picks a configured key set by exact match; it never builds a URL.
+        iss = claims.get("iss")
+        if not isinstance(iss, str) or iss not in self._issuers:
+            raise _fail(ISSUER_NOT_TRUSTED, "iss missing or not a configured issuer")
+        keys = self._registry.get(iss)
+        if keys is None:
+            raise _fail(ISSUER_NOT_TRUSTED, "no key set registered for a configured issuer")
+        return keys
+
+    def _check_signature(self, token: str, key: RSAKey) -> None:
+        with self._lock:
+            self.signature_checks += 1
+        try:
+            jws.deserialize_compact(token, key, registry=_JWS_REGISTRY)
+        except BadSignatureError:
+            raise _fail(SIGNATURE_INVALID, "RS256 signature does not verify") from None
+        except (JoseError, ValueError) as exc:
+            raise _fail(HEADER_NOT_ALLOWED, f"refused by joserfc ({type(exc).__name__})") from None
+
+    def _check_claims(
+        self, claims: dict[str, Any], now: float, keys: JWKSCache, kid: str
+    ) -> _Verified:
+        """RFC 7519 section 4.1 (aud, exp, nbf, iat) plus the Zuplo identity claims."""
+        aud = claims.get("aud")
+        if isinstance(aud, str):
+            audiences: list[Any] = [aud]
+        elif isinstance(aud, list) and aud and all(isinstance(a, str) for a in aud):
+            audiences = aud
+        else:
+            raise _fail(CLAIM_INVALID, "aud missing or not a string or list of strings")
+        if self._audiences.isdisjoint(audiences):
+            raise _fail(AUDIENCE_NOT_ACCEPTED, "no aud entry is a configured audience")
+
+        exp = _time_claim(claims, "exp", required=True)
+        iat = _time_claim(claims, "iat", required=True)
+        nbf = _time_claim(claims, "nbf", required=False)
+        assert exp is not None
+        assert iat is not None
+        leeway = self._leeway
+        if now >= exp + leeway:
+            raise _fail(TOKEN_EXPIRED, "exp passed")
+        if nbf is not None and now < nbf - leeway:
+            raise _fail(TOKEN_NOT_YET_VALID, "nbf in the future")
+        if iat > now + leeway:
+            raise _fail(TOKEN_ISSUED_IN_FUTURE, "iat in the future")
+
+        for name in IDENTITY_CLAIMS:
+            value = claims.get(name)
+            if not isinstance(value, str) or not value:
+                raise _fail(CLAIM_INVALID, f"{name} missing or not a non-empty string")
+        if claims["environment_type"] not in ENVIRONMENT_TYPES:
+            raise _fail(CLAIM_INVALID, "environment_type not one of " + " ".join(ENVIRONMENT_TYPES))
+
+        principal = Principal(
+            issuer=keys.issuer,
+            sub=claims["sub"],
+            account=claims["account"],
+            project=claims["project"],
+            deployment=claims["deployment"],
+            environment_type=claims["environment_type"],
+            expires_at=int(exp),
+        )
+        valid_from = max(iat, nbf if nbf is not None else iat) - leeway
+        return _Verified(principal, exp, valid_from, keys, kid)
