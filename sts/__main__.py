@@ -1,0 +1,3 @@
+from sts.cli import main
+
+main()

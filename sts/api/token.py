@@ -1,0 +1,205 @@
+"""``POST /token``: the RFC 8693 token exchange endpoint (CONTRACT section 2).
+
+Parses the form or JSON body into an :class:`sts.exchange.TokenRequest`, hands it to the
+exchanger and renders the RFC 8693 section 2.2.1 response. Parsing is strict about what the
+contract names and ignores unknown parameters (RFC 6749 section 3.2).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Blueprint, Response, current_app, request
+
+from sts.api import NO_STORE, services_of
+from sts.errors import InvalidRequest, OAuthError, UnsupportedGrantType
+from sts.exchange import Exchanged, TokenRequest
+from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
+
+log = logging.getLogger("sts.token")
+bp = Blueprint("token", __name__)
+
+MAX_BODY_BYTES = 64 * 1024
+MAX_FORM_FIELDS = 64
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SUBJECT_TOKEN_TYPES = frozenset(
+    {"urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"}
+)
+# The parameters we act on; any other parameter is ignored, even when repeated.
+FIELDS = frozenset(
+    {
+        "grant_type",
+        "subject_token",
+        "subject_token_type",
+        "audience",
+        "resource",
+        "scope",
+        "requested_token_type",
+        "actor_token",
+        "actor_token_type",
+    }
+)
+FORM = "application/x-www-form-urlencoded"
+JSON = "application/json"
+
+
+def _read_body() -> bytes:
+    length = request.content_length
+    if length is not None and length > MAX_BODY_BYTES:
+        raise InvalidRequest("request body too large")
+    body = request.stream.read(MAX_BODY_BYTES + 1)
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest("request body too large")
+    return body
+
+
+def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in seen and name in FIELDS:
+            raise InvalidRequest(f"repeated parameter {name}")
+        seen[name] = value
+    return seen
+
+
+def _parse_form(body: bytes) -> dict[str, str]:
+    try:
+        text = body.decode("ascii")
+        pairs = parse_qsl(
+            text,
+            keep_blank_values=True,
+            encoding="utf-8",
+            errors="strict",
+            max_num_fields=MAX_FORM_FIELDS,
+        )
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("malformed request body") from None
+    return _reject_duplicates(list(pairs))
+
+
+def _parse_json(body: bytes) -> dict[str, str]:
+    try:
+        doc = json.loads(body.decode("utf-8"), object_pairs_hook=list)
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidRequest("malformed request body") from None
+    if not isinstance(doc, list):
+        raise InvalidRequest("malformed request body")
+    fields = _reject_duplicates(doc)
+    parsed: dict[str, str] = {}
+    for name in FIELDS & fields.keys():
+        value = fields[name]
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidRequest(f"parameter {name} must be a string")
+        parsed[name] = value
+    return parsed
+
+
+def parse_token_request() -> TokenRequest:
+    """Validate the HTTP request into a :class:`TokenRequest` (RFC 8693 section 2.1)."""
+    mimetype = request.mimetype
+    if mimetype not in (FORM, JSON):
+        raise InvalidRequest("content type must be application/x-www-form-urlencoded or json")
+    body = _read_body()
+    fields = _parse_form(body) if mimetype == FORM else _parse_json(body)
+    # RFC 6749 section 3.1: a parameter sent without a value is treated as omitted.
+    values = {name: fields[name] for name in FIELDS if fields.get(name)}
+
+    grant_type = values.get("grant_type")
+    if grant_type is None:
+        raise InvalidRequest("missing grant_type")
+    if grant_type != GRANT_TYPE:
+        raise UnsupportedGrantType()
+    subject_token = values.get("subject_token")
+    if subject_token is None:
+        raise InvalidRequest("missing subject_token")
+    subject_token_type = values.get("subject_token_type")
+    if subject_token_type is None:
+        raise InvalidRequest("missing subject_token_type")
+    if subject_token_type not in SUBJECT_TOKEN_TYPES:
+        raise InvalidRequest("unsupported subject_token_type")
+    if "actor_token" in values or "actor_token_type" in values:
+        raise InvalidRequest("actor_token is not supported")
+    return TokenRequest(
+        subject_token=subject_token,
+        audience=values.get("audience"),
+        resource=values.get("resource"),
+        scope=values.get("scope"),
+        requested_token_type=values.get("requested_token_type"),
+    )
+
+
+def _iso8601(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def render_exchanged(result: Exchanged, now: float) -> dict[str, Any]:
+    """RFC 8693 section 2.2.1 response; ``expires_in`` is what is left at ``now``."""
+    creds = result.credentials
+    expires_in = max(0, int(creds.expires_at - now))
+    if creds.provider == "aws":
+        return {
+            "access_token": creds.access_token,
+            "issued_token_type": AWS_CREDENTIALS_TOKEN_TYPE,
+            "token_type": "N_A",
+            "expires_in": expires_in,
+            "mapping": result.mapping.name,
+            # Exactly the AWS SDK credential_process document.
+            "aws_credentials": {
+                "Version": 1,
+                "AccessKeyId": creds.aws_access_key_id,
+                "SecretAccessKey": creds.aws_secret_access_key,
+                "SessionToken": creds.access_token,
+                "Expiration": _iso8601(creds.expires_at),
+            },
+        }
+    body: dict[str, Any] = {
+        "access_token": creds.access_token,
+        "issued_token_type": ACCESS_TOKEN_TYPE,
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+    }
+    if creds.scope:
+        body["scope"] = creds.scope
+    body["mapping"] = result.mapping.name
+    return body
+
+
+@bp.post("/token")
+def token() -> Response:
+    started = time.perf_counter()
+    services = services_of(current_app)
+    try:
+        result = services.exchanger.exchange(parse_token_request())
+    except OAuthError as error:
+        log.info(
+            "token exchange refused",
+            extra={
+                "status": error.status,
+                "error": error.error,
+                "reason": error.description,
+                "cause": error.cause,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            },
+        )
+        raise
+    body = json.dumps(render_exchanged(result, time.time()), separators=(",", ":"))
+    log.info(
+        "token exchanged",
+        extra={
+            "status": 200,
+            "mapping": result.mapping.name,
+            "provider": result.mapping.provider,
+            "deployment": result.principal.deployment,
+            "cache_hit": result.cache_hit,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+        },
+    )
+    response = Response(body, status=200, mimetype="application/json")
+    response.headers.update(NO_STORE)
+    return response

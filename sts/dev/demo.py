@@ -1,0 +1,253 @@
+"""``sts demo``: one complete exchange on embedded defaults, everything on 127.0.0.1.
+
+Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode), the project's
+GCP STS + IAM Credentials emulator and ``sts serve`` on a throw-away SQLite database; applies
+example mappings; exchanges one ID token for AWS credentials and one for a GCP access token over
+real HTTP; uses the AWS credentials once; shuts everything down. Secrets are shown masked.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import requests
+
+DEMO_AUDIENCE = "https://sts.demo.localhost"
+WIP = (
+    "//iam.googleapis.com/projects/123456789/locations/global/"
+    "workloadIdentityPools/zuplo/providers/zuplo"
+)
+SERVICE_ACCOUNT = "reader@demo-project.iam.gserviceaccount.com"
+ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+
+MAPPINGS = f"""\
+mappings:
+  - name: orders-prod
+    description: Orders API in production reads its S3 bucket
+    account: my-account
+    project: my-project
+    environment_type: production
+    aws:
+      role_arn: {ROLE_ARN}
+      duration_seconds: 3600
+  - name: analytics-gcp
+    description: Analytics reads BigQuery through a service account
+    account: my-account
+    project: my-project
+    gcp:
+      workload_identity_provider: {WIP}
+      service_account: {SERVICE_ACCOUNT}
+      scopes: [https://www.googleapis.com/auth/cloud-platform]
+"""
+
+
+def _mask(secret: str | None, keep: int = 4) -> str:
+    if not secret:
+        return "-"
+    return f"{secret[:keep]}…{secret[-keep:]} ({len(secret)} chars)"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _step(text: str) -> None:
+    click.echo(click.style("▸ ", fg="cyan", bold=True) + text)
+
+
+def _ok(text: str) -> None:
+    click.echo(click.style("  ✓ ", fg="green", bold=True) + text)
+
+
+def _detail(label: str, value: str) -> None:
+    click.echo(f"    {click.style(label, dim=True):<30} {value}")
+
+
+@contextmanager
+def _service(env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    raise click.ClickException(f"sts serve exited early; see {log_path}")
+                try:
+                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise click.ClickException("sts serve did not become ready in 60 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
+    response = requests.post(
+        url + "/token",
+        data={
+            "grant_type": GRANT,
+            "subject_token": token,
+            "subject_token_type": ID_TOKEN,
+            "audience": audience,
+        },
+        timeout=30,
+    )
+    body: dict[str, Any] = response.json()
+    if response.status_code != 200:
+        raise click.ClickException(
+            f"exchange failed: {response.status_code} {body.get('error')}: "
+            f"{body.get('error_description')}"
+        )
+    return body
+
+
+def run_demo() -> int:
+    """Run the demonstration; 0 when both exchanges succeeded."""
+    try:
+        from sts.dev.aws_emulator import AwsEmulator
+    except ImportError:
+        click.echo(
+            "error: sts demo needs the AWS emulator: pip install 'zuplo-sts[demo]'", err=True
+        )
+        return 1
+    from sts.dev.gcp_emulator import GcpEmulator
+    from sts.dev.issuer import DevIssuer
+    from sts.mappings.document import parse_document
+    from sts.mappings.store import Database, apply_specs
+
+    started = time.monotonic()
+    click.echo(click.style("zuplo-sts demo", bold=True) + " — a complete exchange, all on 127.0.0.1\n")
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sts-demo-")))
+
+        _step("Starting the outside world")
+        issuer = stack.enter_context(DevIssuer())
+        _ok(f"Zuplo-like issuer        {issuer.url}")
+        aws = stack.enter_context(AwsEmulator())
+        _ok(f"AWS STS emulator (moto)  {aws.endpoint_url}")
+        gcp = stack.enter_context(GcpEmulator())
+        gcp.add_provider(WIP, issuer.url, issuer.jwks_url, [DEMO_AUDIENCE])
+        gcp.allow_service_account(SERVICE_ACCOUNT, WIP)
+        _ok(f"GCP STS + IAM emulator   {gcp.iam_url}")
+
+        _step("Preparing the mapping database (SQLite)")
+        database_url = f"sqlite:///{workdir / 'sts.db'}"
+        database = Database(database_url)
+        database.upgrade()
+        with database.session() as session:
+            diff = apply_specs(
+                session,
+                parse_document(MAPPINGS, "demo-mappings.yaml"),
+                prune=False,
+                dry_run=False,
+                actor="demo",
+                source="demo",
+            )
+        database.dispose()
+        for line in diff.render().splitlines():
+            _ok(line)
+
+        env = {
+            **os.environ,
+            "STS_DATABASE_URL": database_url,
+            "STS_AUDIENCE": DEMO_AUDIENCE,
+            "STS_TRUSTED_ISSUERS": issuer.url,
+            "STS_ALLOW_HTTP_LOOPBACK": "true",
+            "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
+            "STS_GCP_STS_URL": gcp.sts_url,
+            "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+            "STS_LOG_FORMAT": "json",
+        }
+        for name in ("STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY"):
+            env.pop(name, None)
+
+        _step("Starting `sts serve` (granian, 1 worker)")
+        url = stack.enter_context(_service(env, _free_port(), workdir / "serve.log"))
+        _ok(f"ready at {url}")
+
+        _step("A gateway asks Zuplo for an ID token")
+        token = issuer.mint(audience=DEMO_AUDIENCE, deployment="orders-api-main-53c4947")
+        claims = issuer.claims(audience=DEMO_AUDIENCE, deployment="orders-api-main-53c4947")
+        for name in ("account", "project", "deployment", "environment_type", "aud"):
+            _detail(name, str(claims[name]))
+        _detail("token", _mask(token, 10))
+
+        _step("Exchange 1: POST /token, audience=orders-prod  →  AWS")
+        aws_body = _exchange(url, token, "orders-prod")
+        creds = aws_body["aws_credentials"]
+        _ok(f"mapping {aws_body['mapping']}, expires in {aws_body['expires_in']} s")
+        _detail("AccessKeyId", _mask(creds["AccessKeyId"]))
+        _detail("SecretAccessKey", _mask(creds["SecretAccessKey"]))
+        _detail("SessionToken", _mask(creds["SessionToken"], 6))
+        _detail("Expiration", creds["Expiration"])
+        sent = aws.requests[-1] if aws.requests else {}
+        _detail("AWS saw RoleSessionName", str(sent.get("RoleSessionName", "?")))
+
+        import boto3
+
+        identity = boto3.client(
+            "sts",
+            region_name="us-east-1",
+            endpoint_url=aws.endpoint_url,
+            aws_access_key_id=creds["AccessKeyId"],
+            aws_secret_access_key=creds["SecretAccessKey"],
+            aws_session_token=creds["SessionToken"],
+        ).get_caller_identity()
+        _ok(f"used them: sts:GetCallerIdentity says {identity['Arn']}")
+
+        _step("Exchange 2: POST /token, audience=analytics-gcp  →  GCP")
+        gcp_body = _exchange(url, token, "analytics-gcp")
+        _ok(f"mapping {gcp_body['mapping']}, expires in {gcp_body['expires_in']} s")
+        _detail("access_token", _mask(gcp_body["access_token"], 6))
+        _detail("scope", gcp_body.get("scope", "-"))
+        _detail("GCP saw", ", ".join(sorted({r["path"].split("/")[-1] for r in gcp.requests})))
+
+        _step("Exchange 3: the same token again  →  served from the cache")
+        aws_calls = len(aws.requests)
+        again = _exchange(url, token, "orders-prod")
+        same = again["aws_credentials"]["AccessKeyId"] == creds["AccessKeyId"]
+        _ok(
+            f"same credentials: {'yes' if same else 'no'}; upstream calls to AWS: "
+            f"{len(aws.requests) - aws_calls} (expires_in now {again['expires_in']} s)"
+        )
+
+        click.echo("")
+        _step("Shutting down")
+    click.echo(
+        click.style("\nDone", fg="green", bold=True)
+        + f" in {time.monotonic() - started:.1f} s: one AWS and one GCP exchange over real HTTP."
+    )
+    click.echo("Next: README.md shows how to point zuplo-sts at real AWS and GCP accounts.")
+    json.dumps({})
+    return 0

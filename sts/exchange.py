@@ -1,0 +1,68 @@
+"""The exchange, top to bottom: verify the subject token, select the mapping, reuse or issue.
+
+No Flask here: :mod:`sts.api.token` parses the HTTP request into a :class:`TokenRequest` and
+renders what :meth:`Exchanger.exchange` returns. Every refusal is an :class:`sts.errors.OAuthError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sts.cache import CredentialCache, cache_key
+from sts.errors import ServerError
+from sts.identity.principal import Principal
+from sts.identity.verifier import TokenVerifier
+from sts.mappings.index import check_request
+from sts.mappings.live import LiveMappings
+from sts.mappings.spec import MappingSpec
+from sts.providers.base import CredentialProvider, Credentials
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    """The RFC 8693 section 2.1 fields the service acts on (already syntax-checked)."""
+
+    subject_token: str
+    audience: str | None = None
+    resource: str | None = None
+    scope: str | None = None
+    requested_token_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    principal: Principal
+    mapping: MappingSpec
+    credentials: Credentials
+    cache_hit: bool
+
+
+class Exchanger:
+    """Wires the verifier, the mapping index, the credential cache and the providers."""
+
+    def __init__(
+        self,
+        verifier: TokenVerifier,
+        mappings: LiveMappings,
+        cache: CredentialCache,
+        providers: Mapping[str, CredentialProvider],
+    ) -> None:
+        self.verifier = verifier
+        self.mappings = mappings
+        self.cache = cache
+        self.providers = providers
+
+    def exchange(self, request: TokenRequest) -> Exchanged:
+        principal = self.verifier.verify(request.subject_token)
+        mapping = self.mappings.current().select(principal, request.audience, request.resource)
+        scopes = check_request(mapping, request.scope, request.requested_token_type)
+        provider = self.providers.get(mapping.provider)
+        if provider is None:
+            raise ServerError(cause=f"no provider configured for {mapping.provider}")
+
+        def issue() -> Credentials:
+            return provider.issue(principal, mapping, request.subject_token, scopes)
+
+        credentials, hit = self.cache.get_or_issue(cache_key(mapping, principal, scopes), issue)
+        return Exchanged(principal, mapping, credentials, hit)

@@ -1,0 +1,81 @@
+"""The mapping index the service selects from, kept in step with the database.
+
+The index is rebuilt only when the stored revision changes; a daemon thread checks the revision
+every few seconds, so no request pays for a database round trip. When the database is
+unreachable the last index keeps serving (a warning is logged once per outage).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from sts.errors import TemporarilyUnavailable
+from sts.mappings.index import MappingIndex
+from sts.mappings.store import Database
+
+log = logging.getLogger(__name__)
+
+REFRESH_INTERVAL_SECONDS = 2.0
+
+
+class LiveMappings:
+    """Holds the current :class:`MappingIndex`; ``current()`` is a plain attribute read."""
+
+    def __init__(self, database: Database, interval: float = REFRESH_INTERVAL_SECONDS) -> None:
+        self._database = database
+        self._interval = interval
+        self._index: MappingIndex | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failing = False
+        self.last_error: str | None = None
+
+    def current(self) -> MappingIndex:
+        index = self._index
+        if index is None:
+            index = self.refresh()
+            if index is None:
+                raise TemporarilyUnavailable(
+                    "mappings unavailable", retry_after=5, cause=self.last_error
+                )
+        return index
+
+    @property
+    def loaded(self) -> bool:
+        return self._index is not None
+
+    def refresh(self) -> MappingIndex | None:
+        """Reload if the stored revision moved; keep the old index if the database fails."""
+        with self._lock:
+            try:
+                revision = self._database.revision()
+                if self._index is None or revision != self._index.revision:
+                    revision, specs = self._database.load()
+                    self._index = MappingIndex(specs, revision=revision)
+                    log.info("mapping index loaded", extra={"revision": revision})
+            except Exception as exc:
+                self.last_error = f"database unavailable: {type(exc).__name__}"
+                if not self._failing:
+                    log.warning("mapping refresh failed: %s", type(exc).__name__)
+                self._failing = True
+            else:
+                self._failing = False
+                self.last_error = None
+            return self._index
+
+    def start(self) -> None:
+        """Start the refresh thread (idempotent; call it in the worker process)."""
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="sts-mappings", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.refresh()

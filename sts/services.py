@@ -1,0 +1,66 @@
+"""Builds the long-lived objects one worker process needs, from validated settings."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+from sts.cache import CredentialCache
+from sts.config import Settings
+from sts.exchange import Exchanger
+from sts.identity.jwks import JWKSRegistry
+from sts.identity.verifier import TokenVerifier
+from sts.mappings.live import LiveMappings
+from sts.mappings.store import Database
+from sts.providers.aws import AwsProvider
+from sts.providers.base import CredentialProvider
+from sts.providers.gcp import GcpProvider
+
+
+@dataclass
+class Services:
+    settings: Settings
+    database: Database
+    registry: JWKSRegistry
+    verifier: TokenVerifier
+    mappings: LiveMappings
+    cache: CredentialCache
+    exchanger: Exchanger
+    _started: bool = False
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        database = Database(settings.database_url)
+        registry = JWKSRegistry(settings)
+        verifier = TokenVerifier(settings, registry)
+        mappings = LiveMappings(database)
+        cache = CredentialCache()
+        providers: dict[str, CredentialProvider] = {
+            "aws": AwsProvider(settings),
+            "gcp": GcpProvider(settings),
+        }
+        exchanger = Exchanger(verifier, mappings, cache, providers)
+        return cls(settings, database, registry, verifier, mappings, cache, exchanger)
+
+    def start(self) -> None:
+        """Start background refreshers; idempotent, and must run in the serving process."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        self.registry.start()
+        self.mappings.start()
+
+    def ready(self) -> tuple[bool, str | None]:
+        """Readiness (CONTRACT section 7): the database answers and every issuer has keys."""
+        try:
+            self.database.ping()
+        except Exception as exc:
+            return False, f"database unavailable: {type(exc).__name__}"
+        return self.registry.ready()
+
+    def close(self) -> None:
+        self.registry.stop()
+        self.mappings.stop()
+        self.database.dispose()

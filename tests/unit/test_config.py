@@ -1,0 +1,99 @@
+"""Settings: defaults, and one clear error naming the variable for each bad value."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from sts.config import ZUPLO_ISSUER, ConfigError, Settings
+
+KEY = base64.urlsafe_b64encode(bytes(range(32))).decode()
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.database_url == "sqlite:///sts.db"
+    assert settings.trusted_issuers == (ZUPLO_ISSUER,)
+    assert settings.audiences == ()
+    assert settings.clock_skew_seconds == 60
+    assert settings.aws_region == "us-east-1"
+    assert settings.aws_endpoint_url is None
+    assert settings.gcp_sts_url == "https://sts.googleapis.com/v1/token"
+    assert settings.gcp_iam_credentials_url == "https://iamcredentials.googleapis.com"
+    assert settings.redis_url is None
+    assert settings.log_format == "json"
+    assert not settings.allow_http_loopback
+
+
+def test_full_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "STS_DATABASE_URL": "postgresql+psycopg://u@h/db",
+            "STS_AUDIENCE": "https://a.example, https://b.example",
+            "STS_TRUSTED_ISSUERS": "http://127.0.0.1:8080/iss,https://x.example/iss",
+            "STS_ALLOW_HTTP_LOOPBACK": "true",
+            "STS_CLOCK_SKEW_SECONDS": "30",
+            "STS_AWS_REGION": "eu-west-1",
+            "STS_AWS_ENDPOINT_URL": "http://localhost:5000",
+            "STS_GCP_STS_URL": "http://[::1]:9000/v1/token",
+            "STS_GCP_IAM_CREDENTIALS_URL": "http://127.0.0.2:9000/",
+            "STS_REDIS_URL": "redis://127.0.0.1:6379/0",
+            "STS_CACHE_ENCRYPTION_KEY": KEY.rstrip("="),
+            "STS_LOG_FORMAT": "text",
+        }
+    )
+    assert settings.audiences == ("https://a.example", "https://b.example")
+    assert settings.trusted_issuers == ("http://127.0.0.1:8080/iss", "https://x.example/iss")
+    assert settings.clock_skew_seconds == 30
+    assert settings.cache_encryption_key == bytes(range(32))
+    assert settings.gcp_iam_credentials_url == "http://127.0.0.2:9000"
+    assert settings.log_format == "text"
+    assert "cache_encryption_key" not in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"STS_DATABASE_URL": "not a url"}, "STS_DATABASE_URL"),
+        ({"STS_DATABASE_URL": " "}, "STS_DATABASE_URL"),
+        ({"STS_TRUSTED_ISSUERS": "http://127.0.0.1/iss"}, "STS_TRUSTED_ISSUERS"),
+        (
+            {"STS_TRUSTED_ISSUERS": "http://example.com/iss", "STS_ALLOW_HTTP_LOOPBACK": "1"},
+            "STS_TRUSTED_ISSUERS",
+        ),
+        ({"STS_TRUSTED_ISSUERS": "ftp://example.com"}, "STS_TRUSTED_ISSUERS"),
+        ({"STS_TRUSTED_ISSUERS": ""}, "STS_TRUSTED_ISSUERS"),
+        ({"STS_TRUSTED_ISSUERS": "https://a.example,,https://b.example"}, "STS_TRUSTED_ISSUERS"),
+        ({"STS_ALLOW_HTTP_LOOPBACK": "maybe"}, "STS_ALLOW_HTTP_LOOPBACK"),
+        ({"STS_CLOCK_SKEW_SECONDS": "-1"}, "STS_CLOCK_SKEW_SECONDS"),
+        ({"STS_CLOCK_SKEW_SECONDS": "1.5"}, "STS_CLOCK_SKEW_SECONDS"),
+        ({"STS_CLOCK_SKEW_SECONDS": "3600"}, "STS_CLOCK_SKEW_SECONDS"),
+        ({"STS_AWS_REGION": "mars"}, "STS_AWS_REGION"),
+        ({"STS_AWS_ENDPOINT_URL": "http://sts.example.com"}, "STS_AWS_ENDPOINT_URL"),
+        ({"STS_GCP_STS_URL": "sts.googleapis.com"}, "STS_GCP_STS_URL"),
+        ({"STS_GCP_IAM_CREDENTIALS_URL": "http://10.0.0.1"}, "STS_GCP_IAM_CREDENTIALS_URL"),
+        ({"STS_REDIS_URL": "http://127.0.0.1:6379"}, "STS_REDIS_URL"),
+        ({"STS_REDIS_URL": "redis://127.0.0.1:6379"}, "STS_CACHE_ENCRYPTION_KEY"),
+        ({"STS_CACHE_ENCRYPTION_KEY": "short"}, "STS_CACHE_ENCRYPTION_KEY"),
+        ({"STS_CACHE_ENCRYPTION_KEY": "not base64!"}, "STS_CACHE_ENCRYPTION_KEY"),
+        ({"STS_LOG_FORMAT": "xml"}, "STS_LOG_FORMAT"),
+    ],
+)
+def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    message = str(caught.value)
+    assert message.startswith(variable + ":")
+    assert "\n" not in message
+
+
+def test_audience_required_for_serving() -> None:
+    with pytest.raises(ConfigError, match="^STS_AUDIENCE:"):
+        Settings.from_env({}).require_audience()
+    Settings.from_env({"STS_AUDIENCE": "https://a.example"}).require_audience()
+
+
+def test_jwks_url_rule() -> None:
+    assert Settings().jwks_url("https://x.example/iss") == "https://x.example/iss/.well-known/jwks.json"
