@@ -1,0 +1,526 @@
+"""Strict parsing of the mapping document (CONTRACT section 4).
+
+The document is YAML (and therefore also JSON): a top-level ``mappings:`` list, or a bare list of
+mapping entries as ``sts mappings list --json`` prints it. Parsing is strict in the octo-sts
+``UnmarshalStrict`` sense: unknown keys, duplicate keys, YAML aliases and merge keys, and any value
+of the wrong type are errors, each reported as one line that says where::
+
+    mappings.yaml:12: mappings[1].aws.duration_seconds: must be 900..43200
+
+Scalars are resolved by the YAML 1.2 core schema rather than PyYAML's YAML 1.1 one, so ``no`` is
+the string ``"no"`` (not ``False``), ``1:00`` is not sixty and ``2024-01-01`` is not a date.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
+
+import yaml
+
+from sts.mappings.spec import (
+    AWS_DURATION_RANGE,
+    DEFAULT_DURATION_SECONDS,
+    DEFAULT_GCP_SCOPE,
+    GCP_LIFETIME_RANGE,
+    AwsTarget,
+    GcpTarget,
+    MappingSpec,
+)
+
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# IAM role ARN: partition (aws, aws-cn, aws-us-gov, ...), 12-digit account, optional path.
+ROLE_ARN_PATTERN = re.compile(r"arn:aws[a-zA-Z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,512}", re.ASCII)
+# The audience GCP's STS expects for a workload identity pool provider.
+WIF_PROVIDER_PATTERN = re.compile(
+    r"//iam\.googleapis\.com/projects/\d+/locations/global/"
+    r"workloadIdentityPools/[a-z0-9-]{4,32}/providers/[a-z0-9-]{4,32}",
+    re.ASCII,
+)
+# User-managed (name@project.iam...), default (appspot, developer) and Google-managed accounts.
+SERVICE_ACCOUNT_PATTERN = re.compile(
+    r"[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.:-]{0,127}\.gserviceaccount\.com", re.ASCII
+)
+ENVIRONMENT_TYPES = ("production", "preview", "development", "*")
+# STS AssumeRoleWithWebIdentity: "The plain text that you use for both inline and managed
+# session policies can't exceed 2,048 characters."
+MAX_SESSION_POLICY_CHARS = 2048
+SESSION_POLICY_VERSIONS = ("2012-10-17", "2008-10-17")
+MAX_FIELD_CHARS = 255
+MAX_DESCRIPTION_CHARS = 1024
+
+MAPPING_KEYS = (
+    "name",
+    "description",
+    "account",
+    "project",
+    "deployment",
+    "environment_type",
+    "enabled",
+    "aws",
+    "gcp",
+)
+AWS_KEYS = ("role_arn", "duration_seconds", "session_policy")
+GCP_KEYS = ("workload_identity_provider", "service_account", "scopes", "lifetime_seconds")
+SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
+_GLOB_CHARS = frozenset("*?[]")
+# Characters a YAML reader refuses or folds (controls, line/paragraph separators, surrogates,
+# non-characters): refusing them here keeps every stored value printable by ``dump_json`` and
+# readable again by ``parse_document``.
+_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Cn", "Zl", "Zp"})
+
+
+class MappingFileError(ValueError):
+    """A mapping document is invalid; ``str()`` is one line: ``source:line: path: problem``."""
+
+    def __init__(
+        self, source: str | None, line: int | None, path: str | None, problem: str
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.path = path
+        self.problem = problem
+        where = ""
+        if source is not None:
+            where = f"{source}:{line}: " if line is not None else f"{source}: "
+        elif line is not None:
+            where = f"line {line}: "
+        super().__init__(f"{where}{path}: {problem}" if path else f"{where}{problem}")
+
+
+class _LDict(dict[str, Any]):
+    """A mapping from the document, remembering the line of itself and of each key."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.key_lines: dict[str, int] = {}
+
+
+class _LList(list[Any]):
+    """A sequence from the document, remembering the line of itself and of each item."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__()
+        self.line = line
+        self.item_lines: list[int] = []
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 core scalars and no aliases (no billion laughs, no surprises)."""
+
+    yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class-level table
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _LocatedError(event.start_mark.line + 1, "YAML aliases are not allowed")
+        return super().compose_node(parent, index)
+
+
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"), list("-+0123456789")
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""]
+)
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
+
+_SCALAR_TAGS = frozenset(
+    f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null")
+)
+
+
+class _LocatedError(Exception):
+    """A problem found while building the tree, before paths are known."""
+
+    def __init__(self, line: int, problem: str) -> None:
+        super().__init__(problem)
+        self.line = line
+        self.problem = problem
+
+
+def _build(loader: _StrictLoader, node: yaml.Node) -> Any:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        if node.tag == "tag:yaml.org,2002:merge":
+            raise _LocatedError(line, "YAML merge keys (<<) are not allowed")
+        if node.tag not in _SCALAR_TAGS:
+            raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
+        return loader.construct_object(node)
+    if isinstance(node, yaml.SequenceNode):
+        if node.tag != "tag:yaml.org,2002:seq":
+            raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
+        items = _LList(line)
+        for item in node.value:
+            items.item_lines.append(item.start_mark.line + 1)
+            items.append(_build(loader, item))
+        return items
+    if isinstance(node, yaml.MappingNode):
+        if node.tag != "tag:yaml.org,2002:map":
+            raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
+        mapping = _LDict(line)
+        for key_node, value_node in node.value:
+            key_line = key_node.start_mark.line + 1
+            key = _build(loader, key_node)
+            if not isinstance(key, str):
+                raise _LocatedError(key_line, "mapping keys must be strings")
+            if key in mapping:
+                first = mapping.key_lines[key]
+                raise _LocatedError(key_line, f"duplicate key {key!r} (first at line {first})")
+            mapping.key_lines[key] = key_line
+            mapping[key] = _build(loader, value_node)
+        return mapping
+    raise _LocatedError(
+        line, "unsupported YAML node"
+    )  # pragma: no cover - PyYAML has no other kind
+
+
+def _load(text: str, source: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise MappingFileError(source, None, None, "empty document: expected 'mappings:'")
+        return _build(loader, node)
+    except _LocatedError as exc:
+        raise MappingFileError(source, exc.line, None, exc.problem) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or exc.context or "cannot parse"
+        raise MappingFileError(source, line, None, f"invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        # ReaderError (a byte YAML refuses) carries a position but is not a MarkedYAMLError.
+        raise MappingFileError(source, None, None, f"invalid YAML: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+class _Checker:
+    """Field checks that raise :class:`MappingFileError` naming the source, line and path."""
+
+    def __init__(self, source: str | None) -> None:
+        self.source = source
+
+    def fail(self, line: int | None, path: str, problem: str) -> NoReturn:
+        raise MappingFileError(self.source, line, path, problem)
+
+    @staticmethod
+    def line_of(container: Any, key: str | None = None) -> int | None:
+        if isinstance(container, _LDict):
+            return container.key_lines.get(key, container.line) if key else container.line
+        if isinstance(container, _LList):
+            return container.line
+        return None
+
+    def mapping(self, value: Any, line: int | None, path: str, allowed: Iterable[str]) -> None:
+        if not isinstance(value, Mapping):
+            self.fail(line, path, "must be a mapping")
+        allowed = tuple(allowed)
+        for key in value:
+            if key not in allowed:
+                self.fail(
+                    self.line_of(value, key),
+                    f"{path}.{key}",
+                    f"unknown key (expected one of: {', '.join(allowed)})",
+                )
+
+    def text(
+        self,
+        doc: Mapping[str, Any],
+        key: str,
+        path: str,
+        *,
+        default: str | None = None,
+        max_chars: int = MAX_FIELD_CHARS,
+        multiline: bool = False,
+    ) -> str:
+        where = f"{path}.{key}"
+        line = self.line_of(doc, key)
+        if key not in doc or doc[key] is None:
+            if default is None:
+                self.fail(line, where, "required")
+            return default
+        value = doc[key]
+        if not isinstance(value, str):
+            self.fail(line, where, "must be a string")
+        if not value and default != "":
+            self.fail(line, where, "must not be empty")
+        if len(value) > max_chars:
+            self.fail(line, where, f"must be at most {max_chars} characters")
+        self.printable(value, line, where, multiline=multiline)
+        return value
+
+    def printable(self, value: str, line: int | None, path: str, *, multiline: bool) -> None:
+        for char in value:
+            if multiline and char in "\n\t":
+                continue
+            if unicodedata.category(char) in _BAD_CATEGORIES:
+                self.fail(line, path, f"must not contain the character U+{ord(char):04X}")
+
+    def integer(
+        self, doc: Mapping[str, Any], key: str, path: str, bounds: tuple[int, int], default: int
+    ) -> int:
+        where = f"{path}.{key}"
+        line = self.line_of(doc, key)
+        value = doc.get(key)
+        if value is None:
+            return default
+        low, high = bounds
+        # bool is an int subclass; ``true`` is not a duration.
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.fail(line, where, f"must be a whole number of seconds, {low}..{high}")
+        if not low <= value <= high:
+            self.fail(line, where, f"must be {low}..{high}")
+        return value
+
+    def pattern(
+        self, doc: Mapping[str, Any], key: str, path: str, regex: re.Pattern[str], shape: str
+    ) -> str:
+        value = self.text(doc, key, path, max_chars=2048)
+        if not regex.fullmatch(value):
+            self.fail(self.line_of(doc, key), f"{path}.{key}", f"must be {shape}")
+        return value
+
+
+def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> MappingSpec:
+    """Validate one mapping entry (file form) and return it with defaults filled in.
+
+    Used for document entries and for rows read back from the database alike, so both pass the
+    same rules. ``where`` is the path printed in errors (``mappings[3]``); ``source`` the file.
+    Raises :class:`MappingFileError`.
+    """
+    check = _Checker(source)
+    line = check.line_of(doc)
+    check.mapping(doc, line, where, MAPPING_KEYS)
+
+    name = check.text(doc, "name", where, max_chars=63)
+    if not NAME_PATTERN.fullmatch(name):
+        check.fail(
+            check.line_of(doc, "name"), f"{where}.name", "must match [a-z0-9][a-z0-9-]{0,62}"
+        )
+    account = check.text(doc, "account", where)
+    if _GLOB_CHARS & set(account):
+        check.fail(check.line_of(doc, "account"), f"{where}.account", "must be exact (no glob)")
+    project = check.text(doc, "project", where)
+    if project != "*" and _GLOB_CHARS & set(project):
+        check.fail(check.line_of(doc, "project"), f"{where}.project", 'must be exact or "*"')
+    deployment = check.text(doc, "deployment", where, default="*")
+    if not deployment:
+        check.fail(check.line_of(doc, "deployment"), f"{where}.deployment", "must not be empty")
+    environment_type = check.text(doc, "environment_type", where, default="*")
+    if environment_type not in ENVIRONMENT_TYPES:
+        check.fail(
+            check.line_of(doc, "environment_type"),
+            f"{where}.environment_type",
+            'must be production, preview, development or "*"',
+        )
+    enabled = doc.get("enabled", True)
+    if not isinstance(enabled, bool):
+        check.fail(check.line_of(doc, "enabled"), f"{where}.enabled", "must be true or false")
+    description = check.text(
+        doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS, multiline=True
+    )
+
+    has_aws, has_gcp = doc.get("aws") is not None, doc.get("gcp") is not None
+    if has_aws == has_gcp:
+        check.fail(line, where, "exactly one of aws, gcp is required")
+    aws = _aws(check, doc["aws"], check.line_of(doc, "aws"), f"{where}.aws") if has_aws else None
+    gcp = _gcp(check, doc["gcp"], check.line_of(doc, "gcp"), f"{where}.gcp") if has_gcp else None
+    return MappingSpec(
+        name=name,
+        account=account,
+        project=project,
+        deployment=deployment,
+        environment_type=environment_type,
+        enabled=enabled,
+        description=description,
+        aws=aws,
+        gcp=gcp,
+    )
+
+
+def _aws(check: _Checker, doc: Any, line: int | None, path: str) -> AwsTarget:
+    check.mapping(doc, line, path, AWS_KEYS)
+    role_arn = check.pattern(
+        doc, "role_arn", path, ROLE_ARN_PATTERN, "an IAM role ARN (arn:aws:iam::<account>:role/…)"
+    )
+    duration = check.integer(
+        doc, "duration_seconds", path, AWS_DURATION_RANGE, DEFAULT_DURATION_SECONDS
+    )
+    policy = doc.get("session_policy")
+    if policy is not None:
+        policy = _session_policy(check, policy, check.line_of(doc, "session_policy"), path)
+    return AwsTarget(role_arn=role_arn, duration_seconds=duration, session_policy=policy)
+
+
+def _session_policy(check: _Checker, policy: Any, line: int | None, path: str) -> dict[str, Any]:
+    """An IAM policy document (IAM JSON policy grammar: Version, Id, Statement)."""
+    where = f"{path}.session_policy"
+    check.mapping(policy, line, where, SESSION_POLICY_KEYS)
+    if policy.get("Version") not in SESSION_POLICY_VERSIONS:
+        check.fail(
+            check.line_of(policy, "Version"),
+            f"{where}.Version",
+            f'must be "{SESSION_POLICY_VERSIONS[0]}" (quoted)',
+        )
+    statement = policy.get("Statement")
+    statements = [statement] if isinstance(statement, Mapping) else statement
+    if not isinstance(statements, list) or not statements:
+        check.fail(
+            check.line_of(policy, "Statement"),
+            f"{where}.Statement",
+            "must be a statement or a non-empty list of statements",
+        )
+    for index, item in enumerate(statements):
+        if not isinstance(item, Mapping):
+            check.fail(
+                check.line_of(policy, "Statement"),
+                f"{where}.Statement[{index}]",
+                "must be a mapping",
+            )
+    _printable_tree(check, policy, line, where)
+    try:
+        compact = json.dumps(policy, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        check.fail(line, where, "must be plain JSON (no NaN or infinity)")
+    if len(compact) > MAX_SESSION_POLICY_CHARS:
+        check.fail(
+            line,
+            where,
+            f"is {len(compact)} characters as compact JSON; "
+            f"AWS allows at most {MAX_SESSION_POLICY_CHARS}",
+        )
+    # Plain dicts and lists: the value outlives the document and must compare equal to one
+    # read back from the database.
+    plain: dict[str, Any] = json.loads(compact)
+    return plain
+
+
+def _printable_tree(check: _Checker, value: Any, line: int | None, path: str) -> None:
+    if isinstance(value, str):
+        check.printable(value, line, path, multiline=False)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            check.printable(key, check.line_of(value, key) or line, path, multiline=False)
+            _printable_tree(check, item, check.line_of(value, key) or line, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            item_line = value.item_lines[index] if isinstance(value, _LList) else line
+            _printable_tree(check, item, item_line, f"{path}[{index}]")
+
+
+def _gcp(check: _Checker, doc: Any, line: int | None, path: str) -> GcpTarget:
+    check.mapping(doc, line, path, GCP_KEYS)
+    provider = check.pattern(
+        doc,
+        "workload_identity_provider",
+        path,
+        WIF_PROVIDER_PATTERN,
+        "//iam.googleapis.com/projects/<number>/locations/global/"
+        "workloadIdentityPools/<pool>/providers/<provider>",
+    )
+    service_account = None
+    if doc.get("service_account") is not None:
+        service_account = check.pattern(
+            doc,
+            "service_account",
+            path,
+            SERVICE_ACCOUNT_PATTERN,
+            "a service account email (name@project.iam.gserviceaccount.com)",
+        )
+    scopes: tuple[str, ...] = (DEFAULT_GCP_SCOPE,)
+    if doc.get("scopes") is not None:
+        scopes = _scopes(check, doc["scopes"], check.line_of(doc, "scopes"), f"{path}.scopes")
+    lifetime = check.integer(
+        doc, "lifetime_seconds", path, GCP_LIFETIME_RANGE, DEFAULT_DURATION_SECONDS
+    )
+    return GcpTarget(
+        workload_identity_provider=provider,
+        service_account=service_account,
+        scopes=scopes,
+        lifetime_seconds=lifetime,
+    )
+
+
+def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        check.fail(line, path, "must be a non-empty list of scope URLs")
+    seen: set[str] = set()
+    for index, scope in enumerate(value):
+        item_line = value.item_lines[index] if isinstance(value, _LList) else line
+        where = f"{path}[{index}]"
+        if not isinstance(scope, str):
+            check.fail(item_line, where, "must be a string")
+        parts = urlsplit(scope)
+        if (
+            parts.scheme != "https"
+            or not parts.hostname
+            or len(scope) > 2048
+            or any(char.isspace() for char in scope)
+        ):
+            check.fail(item_line, where, "must be an https:// scope URL")
+        check.printable(scope, item_line, where, multiline=False)
+        if scope in seen:
+            check.fail(item_line, where, "duplicate scope")
+        seen.add(scope)
+    return tuple(value)
+
+
+def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
+    """Parse and validate a whole mapping document; raises :class:`MappingFileError`.
+
+    Accepts ``{"mappings": [...]}`` (the file format) or a bare list of entries (the output of
+    :func:`dump_json`). Names must be unique within the document.
+    """
+    root = _load(text, source)
+    if isinstance(root, list):
+        entries: Any = root
+    else:
+        check = _Checker(source)
+        if not isinstance(root, Mapping):
+            check.fail(check.line_of(root), "", "expected a top-level 'mappings:' list")
+        check.mapping(root, check.line_of(root), "", ("mappings",))
+        if "mappings" not in root:
+            check.fail(check.line_of(root), "mappings", "required")
+        entries = root["mappings"]
+        if not isinstance(entries, list):
+            check.fail(check.line_of(root, "mappings"), "mappings", "must be a list")
+    specs: list[MappingSpec] = []
+    first_line: dict[str, int | None] = {}
+    for index, entry in enumerate(entries):
+        spec = spec_from_dict(entry, f"mappings[{index}]", source=source)
+        line = _Checker.line_of(entry, "name")
+        if spec.name in first_line:
+            previous = first_line[spec.name]
+            at = f" (first at line {previous})" if previous is not None else ""
+            raise MappingFileError(
+                source, line, f"mappings[{index}].name", f"duplicate name {spec.name!r}{at}"
+            )
+        first_line[spec.name] = line
+        specs.append(spec)
+    return specs
+
+
+def dump_json(specs: Iterable[MappingSpec]) -> str:
+    """The ``sts mappings list --json`` form: a JSON array that :func:`parse_document` accepts.
+
+    ``ensure_ascii=False`` because YAML readers do not join ``\\uD83D\\uDE00`` surrogate pairs;
+    every string was checked printable when parsed, so the raw characters read back unchanged.
+    """
+    return json.dumps([spec.to_document() for spec in specs], indent=2, ensure_ascii=False)
