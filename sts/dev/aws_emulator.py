@@ -1,0 +1,221 @@
+"""A local AWS STS endpoint for tests and ``sts demo``: moto's server app behind a recorder.
+
+moto answers ``AssumeRoleWithWebIdentity`` but checks neither the web identity token, nor
+``DurationSeconds`` bounds, nor the session name. So every request is recorded as an
+:class:`StsCall` for tests to assert on, and faults (an AWS error document, a delay, a broken
+body) can be injected ahead of moto.
+
+Only moto's WSGI application is used, served over real HTTP on 127.0.0.1; moto's in-process
+mocks (``mock_aws``) are never started, so a boto3 client in the same process still talks HTTP.
+Never imported by the service path.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from io import BytesIO
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+@dataclass(frozen=True)
+class StsCall:
+    """One request the emulator received, with the AssumeRoleWithWebIdentity fields pulled out."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    params: dict[str, str]
+
+    @property
+    def action(self) -> str | None:
+        return self.params.get("Action")
+
+    @property
+    def role_arn(self) -> str | None:
+        return self.params.get("RoleArn")
+
+    @property
+    def role_session_name(self) -> str | None:
+        return self.params.get("RoleSessionName")
+
+    @property
+    def web_identity_token(self) -> str | None:
+        return self.params.get("WebIdentityToken")
+
+    @property
+    def duration_seconds(self) -> int | None:
+        raw = self.params.get("DurationSeconds")
+        return int(raw) if raw is not None else None
+
+    @property
+    def policy(self) -> str | None:
+        return self.params.get("Policy")
+
+
+@dataclass
+class _Fault:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    times: int
+
+
+def error_document(code: str, message: str, *, sender: bool = True) -> bytes:
+    """An AWS Query-protocol error response body, as STS sends it."""
+    kind = "Sender" if sender else "Receiver"
+    return (
+        '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
+        f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
+        f"<Message>{escape(message)}</Message></Error>"
+        f"<RequestId>{secrets.token_hex(16)}</RequestId></ErrorResponse>"
+    ).encode()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
+class AwsEmulator:
+    """moto's STS on 127.0.0.1 with a request record and fault knobs; start/stop or ``with``.
+
+    ``requests`` holds every request received. ``fail_next`` makes the next requests answer an
+    AWS error instead of reaching moto; ``delay`` holds every answer back that many seconds.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self.delay = 0.0
+        self.requests: list[StsCall] = []
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._server: BaseWSGIServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("AwsEmulator is not started")
+        return f"http://{self.host}:{self._server.server_port}"
+
+    def fail_next(
+        self,
+        status: int,
+        code: str = "",
+        message: str = "injected fault",
+        *,
+        times: int = 1,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        sender: bool = True,
+    ) -> None:
+        """Answer the next ``times`` requests with ``status`` and an AWS error document.
+
+        ``body`` replaces the document (for malformed answers, even with status 200).
+        """
+        payload = body if body is not None else error_document(code, message, sender=sender)
+        with self._lock:
+            self._faults.append(_Fault(status, payload, dict(headers or {}), times))
+
+    def clear(self) -> None:
+        """Forget recorded requests and pending faults; reset ``delay``."""
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+            self.delay = 0.0
+
+    def _take_fault(self) -> _Fault | None:
+        with self._lock:
+            if not self._faults:
+                return None
+            fault = self._faults[0]
+            fault.times -= 1
+            if fault.times <= 0:
+                self._faults.pop(0)
+            return fault
+
+    def _middleware(self, app: WsgiApp) -> WsgiApp:
+        def record(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length) if length else b""
+            environ["wsgi.input"] = BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            headers = {
+                key[5:].replace("_", "-").title(): str(value)
+                for key, value in environ.items()
+                if key.startswith("HTTP_")
+            }
+            if environ.get("CONTENT_TYPE"):
+                headers["Content-Type"] = environ["CONTENT_TYPE"]
+            call = StsCall(
+                method=environ["REQUEST_METHOD"],
+                path=environ.get("PATH_INFO", ""),
+                headers=headers,
+                params=dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)),
+            )
+            with self._lock:
+                self.requests.append(call)
+            if self.delay:
+                time.sleep(self.delay)
+            fault = self._take_fault()
+            if fault is not None:
+                start_response(
+                    f"{fault.status} Injected",
+                    [
+                        ("Content-Type", "text/xml"),
+                        ("Content-Length", str(len(fault.body))),
+                        *fault.headers.items(),
+                    ],
+                )
+                return [fault.body]
+            return app(environ, start_response)
+
+        return record
+
+    def start(self) -> AwsEmulator:
+        # Imported here so that merely importing this module never loads moto.
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            create_backend_app,
+        )
+
+        app = self._middleware(DomainDispatcherApplication(create_backend_app))
+        self._server = make_server(
+            self.host, self.port, app, threaded=True, request_handler=_QuietHandler
+        )
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> AwsEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,468 @@
+"""A local Google STS and IAM Credentials endpoint for tests and ``sts demo``.
+
+Emulates, over real HTTP on 127.0.0.1:
+
+- ``POST /v1/token``: Security Token Service token exchange
+  (https://cloud.google.com/iam/docs/reference/sts/rest/v1/TopLevel/token, RFC 8693) for a
+  workload identity pool OIDC provider, checking what Google checks: form body, grant and token
+  types, the audience's full resource name and registration, the subject token's RS256
+  signature against the provider's issuer JWKS (fetched over HTTP), ``iss``, ``exp``, ``aud``,
+  and a scope.
+- ``POST /v1/projects/-/serviceAccounts/{email}:generateAccessToken``
+  (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
+  a federated token issued here, a service account bound to that token's provider, scopes and
+  a lifetime of 1..43200 seconds.
+
+Errors have Google's shapes: OAuth ``{"error", "error_description"}`` from STS and
+``{"error": {"code", "message", "status"}}`` from IAM. Every request is recorded in
+``requests``; ``fail_next`` and ``delay`` inject faults. Never imported by the service path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import secrets
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any
+from urllib.parse import parse_qs
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
+SUBJECT_TOKEN_TYPES = (
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:id_token",
+)
+#: Scopes a federated token needs to call the IAM Credentials API.
+IAM_CALLER_SCOPES = (
+    "https://www.googleapis.com/auth/cloud-platform",
+    "https://www.googleapis.com/auth/iam",
+)
+PROVIDER_NAME = re.compile(
+    r"//iam\.googleapis\.com/projects/(\d+)/locations/global/"
+    r"workloadIdentityPools/([a-z0-9-]{4,32})/providers/([a-z0-9-]{4,32})"
+)
+_GENERATE = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken")
+_LIFETIME = re.compile(r"(\d{1,6})s")
+MAX_LIFETIME_SECONDS = 43200
+JWKS_TIMEOUT_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as received: ``body`` is the parsed form (field -> value) or JSON document."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: Any
+    raw: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class WorkloadProvider:
+    name: str
+    issuer: str
+    jwks_url: str
+    allowed_audiences: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FederatedToken:
+    provider: str
+    subject: str
+    scopes: tuple[str, ...]
+    expires_at: float
+
+
+@dataclass
+class _Fault:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    times: int
+    path: str | None
+
+
+class _RejectError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(status)
+        self.status = status
+        self.body = body
+
+
+def _oauth_error(error: str, description: str, status: int = 400) -> _RejectError:
+    return _RejectError(status, {"error": error, "error_description": description})
+
+
+def _google_error(status: int, state: str, message: str) -> _RejectError:
+    return _RejectError(status, {"error": {"code": status, "message": message, "status": state}})
+
+
+def _b64decode(part: str) -> bytes:
+    if not re.fullmatch(r"[A-Za-z0-9_-]*", part):
+        raise ValueError("not base64url")
+    return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
+
+
+def _rfc3339(timestamp: float) -> str:
+    return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class GcpEmulator:
+    """Google STS + IAM Credentials on 127.0.0.1; start/stop or ``with``.
+
+    Register providers with :meth:`add_provider` and impersonation grants with
+    :meth:`allow_service_account`. ``token_lifetime`` is the federated token's ``expires_in``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, token_lifetime: int = 3599) -> None:
+        self.host = host
+        self.port = port
+        self.token_lifetime = token_lifetime
+        self.delay = 0.0
+        self.requests: list[RecordedRequest] = []
+        self.providers: dict[str, WorkloadProvider] = {}
+        self.bindings: dict[str, set[str]] = {}
+        self.federated: dict[str, FederatedToken] = {}
+        self.issued: list[str] = []
+        self._faults: list[_Fault] = []
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        if self._server is None:
+            raise RuntimeError("GcpEmulator is not started")
+        return f"http://{self.host}:{self._server.server_address[1]}"
+
+    @property
+    def sts_url(self) -> str:
+        return self.base_url + "/v1/token"
+
+    @property
+    def iam_url(self) -> str:
+        return self.base_url
+
+    def add_provider(
+        self, name: str, issuer: str, jwks_url: str, allowed_audiences: list[str]
+    ) -> None:
+        """Register an OIDC workload identity pool provider by its full resource name.
+
+        With no ``allowed_audiences`` the default applies, as in Google: the provider's
+        ``https://iam.googleapis.com/...`` URL.
+        """
+        if not PROVIDER_NAME.fullmatch(name):
+            raise ValueError(f"not a workload identity provider name: {name!r}")
+        audiences = tuple(allowed_audiences) or ("https:" + name,)
+        with self._lock:
+            self.providers[name] = WorkloadProvider(name, issuer, jwks_url, audiences)
+
+    def allow_service_account(self, email: str, provider_name: str) -> None:
+        """Let federated identities from ``provider_name`` impersonate ``email``."""
+        with self._lock:
+            self.bindings.setdefault(email, set()).add(provider_name)
+
+    def fail_next(
+        self,
+        status: int,
+        body: dict[str, Any] | str | bytes,
+        times: int = 1,
+        *,
+        path: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Answer the next ``times`` requests (whose path starts with ``path``, if given).
+
+        A dict body is sent as JSON; str or bytes are sent as they are (malformed answers).
+        """
+        if isinstance(body, dict):
+            payload = json.dumps(body).encode()
+        elif isinstance(body, str):
+            payload = body.encode()
+        else:
+            payload = body
+        with self._lock:
+            self._faults.append(_Fault(status, payload, dict(headers or {}), times, path))
+
+    def clear(self) -> None:
+        """Forget recorded requests and pending faults; reset ``delay``."""
+        with self._lock:
+            self.requests.clear()
+            self._faults.clear()
+            self.delay = 0.0
+
+    def _take_fault(self, path: str) -> _Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.path is None or path.startswith(fault.path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.pop(index)
+                    return fault
+        return None
+
+    # -- Google STS ----------------------------------------------------------------------
+
+    def _token(self, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+        content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if content_type != "application/x-www-form-urlencoded":
+            raise _oauth_error("invalid_request", "Request must be form-urlencoded.")
+        try:
+            form = parse_qs(raw.decode("utf-8"), keep_blank_values=True, strict_parsing=True)
+        except (UnicodeDecodeError, ValueError):
+            raise _oauth_error("invalid_request", "Malformed request body.") from None
+        if any(len(values) != 1 for values in form.values()):
+            raise _oauth_error("invalid_request", "Repeated parameter.")
+        fields = {name: values[0] for name, values in form.items()}
+
+        if fields.get("grant_type") != GRANT_TYPE:
+            raise _oauth_error("unsupported_grant_type", 'Invalid value for "grant_type".')
+        if fields.get("requested_token_type") != ACCESS_TOKEN_TYPE:
+            raise _oauth_error("invalid_request", 'Invalid value for "requested_token_type".')
+        if fields.get("subject_token_type") not in SUBJECT_TOKEN_TYPES:
+            raise _oauth_error("invalid_request", 'Invalid value for "subject_token_type".')
+        if not fields.get("subject_token"):
+            raise _oauth_error("invalid_request", 'Missing required parameter "subject_token".')
+        audience = fields.get("audience", "")
+        if not PROVIDER_NAME.fullmatch(audience):
+            raise _oauth_error(
+                "invalid_request",
+                'Invalid value for "audience". This value should be the full resource name '
+                "of the Identity Provider.",
+            )
+        provider = self.providers.get(audience)
+        if provider is None:
+            raise _oauth_error(
+                "invalid_target",
+                'The target service indicated by the "audience" parameters is invalid.',
+            )
+        scopes = tuple(fields.get("scope", "").split())
+        if not scopes:
+            raise _oauth_error("invalid_scope", "Scope(s) must be provided.")
+
+        claims = self._verify(provider, fields["subject_token"])
+        token = "ya29.d." + secrets.token_urlsafe(48)
+        with self._lock:
+            self.federated[token] = FederatedToken(
+                provider.name, str(claims.get("sub", "")), scopes, time.time() + self.token_lifetime
+            )
+            self.issued.append(token)
+        return {
+            "access_token": token,
+            "issued_token_type": ACCESS_TOKEN_TYPE,
+            "token_type": "Bearer",
+            "expires_in": self.token_lifetime,
+        }
+
+    def _verify(self, provider: WorkloadProvider, token: str) -> dict[str, Any]:
+        """RS256 signature, ``iss``, ``exp`` and ``aud`` of an OIDC ID token (RFC 7519 7.2)."""
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise _oauth_error("invalid_grant", "The input token is malformed.")
+        try:
+            header = json.loads(_b64decode(parts[0]))
+            claims = json.loads(_b64decode(parts[1]))
+            signature = _b64decode(parts[2])
+        except (ValueError, binascii.Error):
+            raise _oauth_error("invalid_grant", "The input token is malformed.") from None
+        if not isinstance(header, dict) or not isinstance(claims, dict):
+            raise _oauth_error("invalid_grant", "The input token is malformed.")
+        if header.get("alg") != "RS256":
+            raise _oauth_error("invalid_grant", "The token signature algorithm is not supported.")
+        key = self._key(provider, header.get("kid"))
+        try:
+            key.verify(
+                signature,
+                f"{parts[0]}.{parts[1]}".encode("ascii"),
+                padding.PKCS1v15(),
+                hashes.SHA256(),
+            )
+        except InvalidSignature:
+            raise _oauth_error("invalid_grant", "Invalid ID Token signature.") from None
+        if claims.get("iss") != provider.issuer:
+            raise _oauth_error("invalid_grant", "The issuer in ID Token does not match.")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool) or exp <= time.time():
+            raise _oauth_error("invalid_grant", "ID Token has expired.")
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if not any(a in provider.allowed_audiences for a in audiences):
+            raise _oauth_error(
+                "invalid_grant", "The audience in ID Token does not match the expected audience."
+            )
+        return claims
+
+    @staticmethod
+    def _key(provider: WorkloadProvider, kid: object) -> rsa.RSAPublicKey:
+        # The emulator's own fetch of a URL registered by the test; no proxies from the env.
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(provider.jwks_url, timeout=JWKS_TIMEOUT_SECONDS) as response:
+                jwks = json.loads(response.read())
+        except (OSError, ValueError):
+            raise _oauth_error("invalid_grant", "Unable to fetch the issuer's JWKS.") from None
+        for jwk in jwks.get("keys", []) if isinstance(jwks, dict) else []:
+            if isinstance(jwk, dict) and jwk.get("kid") == kid and jwk.get("kty") == "RSA":
+                n = int.from_bytes(_b64decode(jwk["n"]), "big")
+                e = int.from_bytes(_b64decode(jwk["e"]), "big")
+                return rsa.RSAPublicNumbers(e, n).public_key()
+        raise _oauth_error("invalid_grant", "No key in the issuer's JWKS matches the token.")
+
+    # -- IAM Credentials -----------------------------------------------------------------
+
+    def _generate(self, email: str, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+        authorization = headers.get("Authorization", "")
+        scheme, _, bearer = authorization.partition(" ")
+        federated = self.federated.get(bearer) if scheme.lower() == "bearer" else None
+        if federated is None or federated.expires_at <= time.time():
+            raise _google_error(
+                401, "UNAUTHENTICATED", "Request had invalid authentication credentials."
+            )
+        if not any(scope in federated.scopes for scope in IAM_CALLER_SCOPES):
+            raise _google_error(
+                403, "PERMISSION_DENIED", "Request had insufficient authentication scopes."
+            )
+        if federated.provider not in self.bindings.get(email, set()):
+            raise _google_error(
+                403,
+                "PERMISSION_DENIED",
+                "Permission 'iam.serviceAccounts.getAccessToken' denied on resource "
+                "(or it may not exist).",
+            )
+        content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
+        try:
+            if content_type != "application/json":
+                raise ValueError("not JSON")
+            body = json.loads(raw)
+        except ValueError:
+            raise _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload.") from None
+        if not isinstance(body, dict):
+            raise _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload.")
+        scope = body.get("scope")
+        if (
+            not isinstance(scope, list)
+            or not scope
+            or not all(isinstance(s, str) and s for s in scope)
+        ):
+            raise _google_error(400, "INVALID_ARGUMENT", "Scope required.")
+        lifetime = body.get("lifetime", "3600s")
+        match = _LIFETIME.fullmatch(lifetime) if isinstance(lifetime, str) else None
+        if match is None or not 1 <= int(match.group(1)) <= MAX_LIFETIME_SECONDS:
+            raise _google_error(
+                400, "INVALID_ARGUMENT", "The lifetime must be between 1s and 43200s."
+            )
+        token = "ya29.c." + secrets.token_urlsafe(48)
+        with self._lock:
+            self.issued.append(token)
+        return {"accessToken": token, "expireTime": _rfc3339(time.time() + int(match.group(1)))}
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def _handle(
+        self, method: str, path: str, headers: dict[str, str], raw: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        body: Any
+        try:
+            if headers.get("Content-Type", "").startswith("application/json"):
+                body = json.loads(raw)
+            else:
+                body = {name: values[0] for name, values in parse_qs(raw.decode()).items()}
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        with self._lock:
+            self.requests.append(RecordedRequest(method, path, headers, body, raw))
+        if self.delay:
+            time.sleep(self.delay)
+        fault = self._take_fault(path)
+        if fault is not None:
+            return fault.status, fault.body, {"Content-Type": "application/json", **fault.headers}
+        try:
+            if method != "POST":
+                raise _google_error(405, "METHOD_NOT_ALLOWED", "Method not allowed.")
+            if path == "/v1/token":
+                answer = self._token(headers, raw)
+            elif match := _GENERATE.fullmatch(path):
+                answer = self._generate(match.group(1), headers, raw)
+            else:
+                raise _google_error(404, "NOT_FOUND", "Not found.")
+        except _RejectError as reject:
+            return (
+                reject.status,
+                json.dumps(reject.body).encode(),
+                {"Content-Type": "application/json"},
+            )
+        return 200, json.dumps(answer).encode(), {"Content-Type": "application/json"}
+
+    def start(self) -> GcpEmulator:
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _serve(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                status, body, headers = emulator._handle(
+                    self.command, self.path, dict(self.headers.items()), raw
+                )
+                try:
+                    self.send_response(status)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):
+                    # The client gave up (a timeout test); nothing left to tell it.
+                    self.close_connection = True
+
+            def do_POST(self) -> None:
+                self._serve()
+
+            def do_GET(self) -> None:
+                self._serve()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = None
+        self._thread = None
+
+    def __enter__(self) -> GcpEmulator:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

@@ -1,0 +1,85 @@
+"""Shared pieces of the provider error tables (CONTRACT section 2, "the cloud provider refused").
+
+Each provider maps an upstream error code to one :class:`Outcome` row: which
+:class:`sts.errors.OAuthError` the caller gets and its fixed description. Descriptions are
+built from the table only, never from upstream messages or caller input, so nothing the
+upstream echoes (a token, a claim) can reach the caller.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from sts.errors import InvalidRequest, InvalidTarget, OAuthError, TemporarilyUnavailable
+
+#: Seconds a caller is told to wait after a transient upstream failure.
+RETRY_AFTER_SECONDS = 2
+#: After upstream throttling, wait a little longer.
+THROTTLED_RETRY_AFTER_SECONDS = 5
+#: Upper bound on an upstream ``Retry-After`` we pass on.
+MAX_RETRY_AFTER_SECONDS = 60
+#: Upstream text kept in log causes, at most.
+MAX_CAUSE_CHARS = 200
+
+_JWS_LIKE = re.compile(r"eyJ[A-Za-z0-9_=-]{8,}(\.[A-Za-z0-9_=-]*)*")
+
+Kind = type[InvalidTarget] | type[InvalidRequest] | type[TemporarilyUnavailable]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One row of an error table: the error class and its fixed, caller-safe description."""
+
+    kind: Kind
+    description: str
+    retry_after: int = RETRY_AFTER_SECONDS
+
+    def error(self, cause: str) -> OAuthError:
+        """The exception to raise; ``cause`` is for logs only."""
+        if self.kind is TemporarilyUnavailable:
+            return TemporarilyUnavailable(
+                self.description, retry_after=self.retry_after, cause=cause
+            )
+        return self.kind(self.description, cause=cause)
+
+
+def refused(prefix: str, code: str, phrase: str) -> Outcome:
+    """A provider refusal: ``invalid_target``, description ``"<prefix>: <code> - <phrase>"``."""
+    return Outcome(InvalidTarget, f"{prefix}: {code} - {phrase}")
+
+
+def unavailable(
+    prefix: str, code: str, phrase: str, retry_after: int = RETRY_AFTER_SECONDS
+) -> Outcome:
+    """A transient upstream failure: ``temporarily_unavailable`` with ``Retry-After``."""
+    return Outcome(TemporarilyUnavailable, f"{prefix}: {code} - {phrase}", retry_after)
+
+
+def sanitize_code(code: object, allowed: str = r"A-Za-z0-9.", limit: int = 64) -> str:
+    """An upstream error code reduced to ``[allowed]`` characters, for unknown codes only.
+
+    Upstream codes are not caller input, but an unexpected one is still cut down to a short,
+    inert token before it goes into a description.
+    """
+    cleaned = re.sub(f"[^{allowed}]", "", str(code))[:limit]
+    return cleaned or "Unknown"
+
+
+def parse_retry_after(value: str | None, default: int) -> int:
+    """An upstream ``Retry-After`` in whole seconds (RFC 9110 10.2.3), clamped; else ``default``.
+
+    Only the delay-seconds form is honoured; an HTTP-date falls back to ``default``.
+    """
+    if value is None or not value.strip().isdigit():
+        return default
+    return max(1, min(int(value.strip()), MAX_RETRY_AFTER_SECONDS))
+
+
+def redact(text: str, *secrets: str) -> str:
+    """Upstream text for a log cause: secrets removed, cut to :data:`MAX_CAUSE_CHARS`."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    # Upstreams sometimes echo part of a token; any JWS-looking run goes too.
+    return _JWS_LIKE.sub("[redacted]", text)[:MAX_CAUSE_CHARS]
