@@ -161,7 +161,12 @@ def _build(loader: _StrictLoader, node: yaml.Node) -> Any:
             raise _LocatedError(line, "YAML merge keys (<<) are not allowed")
         if node.tag not in _SCALAR_TAGS:
             raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
-        return loader.construct_object(node)
+        value = loader.construct_object(node)
+        if isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value):
+            # JSON writes characters beyond U+FFFF as \uD83D\uDE00; YAML readers do not join
+            # the pair. Join it here; a lone half stays and is refused as unprintable.
+            value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
+        return value
     if isinstance(node, yaml.SequenceNode):
         if node.tag != "tag:yaml.org,2002:seq":
             raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
@@ -520,7 +525,7 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
 def dump_json(specs: Iterable[MappingSpec]) -> str:
     """The ``sts mappings list --json`` form: a JSON array that :func:`parse_document` accepts.
 
-    ``ensure_ascii=False`` because YAML readers do not join ``\\uD83D\\uDE00`` surrogate pairs;
-    every string was checked printable when parsed, so the raw characters read back unchanged.
+    Every string was checked printable when parsed, so the raw (not escaped) characters read
+    back unchanged.
     """
     return json.dumps([spec.to_document() for spec in specs], indent=2, ensure_ascii=False)
