@@ -62,7 +62,7 @@ JWKS_TIMEOUT_SECONDS = 2.0
 
 @dataclass(frozen=True)
 class RecordedRequest:
-    """One request as received: ``body`` is the parsed form (field -> value) or JSON document."""
+    """One request as received: header names in Title-Case; ``body`` the parsed form or JSON."""
 
     method: str
     path: str
@@ -181,7 +181,7 @@ class GcpEmulator:
     def fail_next(
         self,
         status: int,
-        body: dict[str, Any] | str | bytes,
+        body: Any,
         times: int = 1,
         *,
         path: str | None = None,
@@ -189,21 +189,25 @@ class GcpEmulator:
     ) -> None:
         """Answer the next ``times`` requests (whose path starts with ``path``, if given).
 
-        A dict body is sent as JSON; str or bytes are sent as they are (malformed answers).
+        str or bytes are sent as they are (malformed answers); anything else as JSON.
         """
-        if isinstance(body, dict):
-            payload = json.dumps(body).encode()
+        if isinstance(body, bytes):
+            payload = body
         elif isinstance(body, str):
             payload = body.encode()
         else:
-            payload = body
+            payload = json.dumps(body).encode()
         with self._lock:
             self._faults.append(_Fault(status, payload, dict(headers or {}), times, path))
 
     def clear(self) -> None:
-        """Forget recorded requests and pending faults; reset ``delay``."""
+        """Forget recorded requests, the ``issued`` record and pending faults; reset ``delay``.
+
+        Tokens already issued stay valid.
+        """
         with self._lock:
             self.requests.clear()
+            self.issued.clear()
             self._faults.clear()
             self.delay = 0.0
 
@@ -419,7 +423,7 @@ class GcpEmulator:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 status, body, headers = emulator._handle(
-                    self.command, self.path, dict(self.headers.items()), raw
+                    self.command, self.path, {k.title(): v for k, v in self.headers.items()}, raw
                 )
                 try:
                     self.send_response(status)
