@@ -249,7 +249,6 @@ class JWKSCache:
         self._due_at = -math.inf
         self._failures = 0
         self._last_miss_fetch: float | None = None
-        self.fetch_count = 0
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
         _INSTANCES.add(self)
@@ -302,7 +301,6 @@ class JWKSCache:
             return self._fetch_locked()
 
     def _fetch_locked(self) -> bool:
-        self.fetch_count += 1
         try:
             keys, ttl = self._download()
         except Exception as exc:
@@ -461,7 +459,7 @@ class JWKSRegistry:
             if not self._caches:
                 return
             wait = min(c.refresh_due_at for c in self._caches.values()) - self._clock()
-            stop.wait(min(60.0, max(0.2, wait)))
+            stop.wait(min(1.0, max(0.05, wait)))
 
 
 _INSTANCES: weakref.WeakSet[JWKSCache] = weakref.WeakSet()
