@@ -280,20 +280,26 @@ class JWKSCache:
         key = self._set.keys.get(kid)
         if key is not None:
             return key
+        if self._cooling_down() and not self._lock.locked():
+            # Unknown kids inside the cooldown cost nothing: no lock, no waiting.
+            return None
         if not self._lock.acquire(timeout=sum(self._timeout) + 1.0):
             return self._set.keys.get(kid)
         try:
             key = self._set.keys.get(kid)
             if key is not None:
                 return key
-            now = self._clock()
-            if self._last_miss_fetch is not None and now - self._last_miss_fetch < self._cooldown:
+            if self._cooling_down():
                 return None
-            self._last_miss_fetch = now
+            self._last_miss_fetch = self._clock()
             self._fetch_locked()
             return self._set.keys.get(kid)
         finally:
             self._lock.release()
+
+    def _cooling_down(self) -> bool:
+        last = self._last_miss_fetch
+        return last is not None and self._clock() - last < self._cooldown
 
     def refresh(self) -> bool:
         """Fetch now; on failure keep the last good set, record ``last_error`` and return False."""
