@@ -1,0 +1,420 @@
+"""``sts db`` and ``sts mappings`` against real SQLite and PostgreSQL databases (CONTRACT 6)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from sts.mappings.commands import db_cli, mappings_cli
+from sts.mappings.document import parse_document
+from sts.mappings.models import MappingChange, RoleMapping
+from sts.mappings.store import Database, apply_specs
+
+ROLE = "arn:aws:iam::123456789012:role/orders-api"
+WIP = (
+    "//iam.googleapis.com/projects/123456789/locations/global/"
+    "workloadIdentityPools/zuplo/providers/zuplo"
+)
+DOCUMENT = f"""\
+mappings:
+  - name: orders-prod
+    description: Orders API in production
+    account: my-account
+    project: my-project
+    environment_type: production
+    aws:
+      role_arn: {ROLE}
+      session_policy:
+        Version: "2012-10-17"
+        Statement: [{{Effect: Allow, Action: "s3:GetObject", Resource: "arn:aws:s3:::o/*"}}]
+  - name: analytics-gcp
+    account: my-account
+    project: "*"
+    deployment: "analytics-*"
+    gcp:
+      workload_identity_provider: {WIP}
+      service_account: reader@my-gcp.iam.gserviceaccount.com
+"""
+
+
+@click.group()
+def sts() -> None:
+    """The two groups as sts/cli.py registers them."""
+
+
+sts.add_command(db_cli)
+sts.add_command(mappings_cli)
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def run(database_url: str) -> Any:
+    def invoke(*args: str, url: str | None = None, stdin: str | None = None) -> Result:
+        env = {"STS_DATABASE_URL": url or database_url, "USER": "alice"}
+        return CliRunner().invoke(sts, list(args), env=env, input=stdin)
+
+    return invoke
+
+
+def write(tmp_path: Path, text: str, name: str = "mappings.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def history(db: Database) -> list[dict[str, Any]]:
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(MappingChange).order_by(MappingChange.id)).mappings()
+        return [dict(row) for row in rows]
+
+
+# -- apply --------------------------------------------------------------------------------------
+
+
+def test_apply_creates_then_is_a_no_op(database: Database, run: Any, tmp_path: Path) -> None:
+    path = write(tmp_path, DOCUMENT)
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "+ create analytics-gcp (gcp reader@my-gcp.iam.gserviceaccount.com)",
+        f"+ create orders-prod (aws {ROLE})",
+    ]
+    revision, specs = database.load()
+    assert revision == 1
+    assert sorted(specs, key=lambda s: s.name) == sorted(
+        parse_document(DOCUMENT), key=lambda s: s.name
+    )
+    rows = history(database)
+    assert [(r["action"], r["name"], r["revision"]) for r in rows] == [
+        ("create", "analytics-gcp", 1),
+        ("create", "orders-prod", 1),
+    ]
+    assert all(r["actor"] == "alice" and r["source"] == "cli" and r["before"] is None for r in rows)
+    assert rows[1]["after"]["aws"]["session_policy"]["Version"] == "2012-10-17"
+    assert rows[0]["changed_at"].tzinfo is UTC
+
+    again = run("mappings", "apply", path)
+    assert again.exit_code == 0
+    assert again.stdout.strip() == "no changes"
+    assert database.revision() == 1
+    assert len(history(database)) == 2
+
+
+def test_apply_updates_with_field_diff(database: Database, run: Any, tmp_path: Path) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    changed = DOCUMENT.replace(
+        f"role_arn: {ROLE}", f"role_arn: {ROLE}\n      duration_seconds: 900"
+    ).replace('deployment: "analytics-*"', "deployment: analytics-main\n    enabled: false")
+    result = run("mappings", "apply", write(tmp_path, changed))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "~ update analytics-gcp: deployment analytics-* -> analytics-main, enabled true -> false",
+        "~ update orders-prod: aws.duration_seconds 3600 -> 900",
+    ]
+    assert database.revision() == 2
+    update = history(database)[-1]
+    assert (update["action"], update["name"], update["revision"]) == ("update", "orders-prod", 2)
+    assert update["before"]["aws"]["duration_seconds"] == 3600
+    assert update["after"]["aws"]["duration_seconds"] == 900
+    _, specs = database.load()
+    disabled = next(spec for spec in specs if spec.name == "analytics-gcp")
+    assert disabled.enabled is False
+    with database.session() as session:
+        row = session.scalars(sa.select(RoleMapping).where(RoleMapping.name == "orders-prod")).one()
+        assert row.updated_at > row.created_at
+        assert row.updated_at.tzinfo is UTC
+        assert (row.provider, row.target) == ("aws", ROLE)
+
+
+def test_prune_deletes_only_when_asked(database: Database, run: Any, tmp_path: Path) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    only_orders = DOCUMENT.split("  - name: analytics-gcp", maxsplit=1)[0]
+    kept = run("mappings", "apply", write(tmp_path, only_orders))
+    assert kept.exit_code == 0
+    assert kept.stdout.splitlines() == [
+        "no changes",
+        "(1 stored mapping(s) not in the file kept; --prune deletes them)",
+    ]
+    assert database.revision() == 1
+
+    pruned = run("mappings", "apply", "--prune", write(tmp_path, only_orders))
+    assert pruned.exit_code == 0
+    assert pruned.stdout.splitlines() == ["- delete analytics-gcp"]
+    assert [spec.name for spec in database.load()[1]] == ["orders-prod"]
+    deleted = history(database)[-1]
+    assert (deleted["action"], deleted["after"], deleted["revision"]) == ("delete", None, 2)
+    assert deleted["before"]["gcp"]["service_account"] == "reader@my-gcp.iam.gserviceaccount.com"
+
+
+def test_dry_run_prints_the_diff_and_writes_nothing(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    result = run("mappings", "apply", "--dry-run", "--prune", write(tmp_path, DOCUMENT))
+    assert result.exit_code == 0
+    assert result.stdout.splitlines() == [
+        "+ create analytics-gcp (gcp reader@my-gcp.iam.gserviceaccount.com)",
+        f"+ create orders-prod (aws {ROLE})",
+        "(dry run: nothing written)",
+    ]
+    assert database.load() == (0, [])
+    assert history(database) == []
+
+
+def test_apply_reads_stdin(database: Database, run: Any) -> None:
+    result = run("mappings", "apply", "-", stdin=DOCUMENT)
+    assert result.exit_code == 0, result.output
+    assert database.revision() == 1
+
+
+def test_apply_is_one_transaction(database: Database) -> None:
+    """A failure after some rows were written leaves nothing: rows, history, revision."""
+    specs = parse_document(DOCUMENT)
+
+    def apply_then_fail() -> None:
+        with database.session() as session:
+            diff = apply_specs(session, specs, prune=False, dry_run=False, actor="t", source="t")
+            assert (diff.revision, len(diff.created)) == (1, 2)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        apply_then_fail()
+    assert database.load() == (0, [])
+    assert history(database) == []
+
+
+def test_list_json_round_trips(database: Database, run: Any, tmp_path: Path) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    listed = run("mappings", "list", "--json")
+    assert listed.exit_code == 0
+    entries = json.loads(listed.stdout)
+    assert [entry["name"] for entry in entries] == ["analytics-gcp", "orders-prod"]
+    # Defaults filled in.
+    assert entries[0]["gcp"]["lifetime_seconds"] == 3600
+    assert entries[1]["aws"]["duration_seconds"] == 3600
+    assert entries[1]["deployment"] == "*"
+
+    result = run("mappings", "apply", "--prune", write(tmp_path, listed.stdout, "listed.json"))
+    assert result.exit_code == 0
+    assert result.stdout.strip() == "no changes"
+    assert database.revision() == 1
+
+
+def test_list_table(database: Database, run: Any, tmp_path: Path) -> None:
+    empty = run("mappings", "list")
+    assert (empty.exit_code, empty.stdout) == (0, "no mappings\n")
+    assert run("mappings", "list", "--json").stdout == "[]\n"
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    lines = run("mappings", "list").stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME", "ENABLED", "ACCOUNT", "PROJECT", "DEPLOYMENT", "ENVIRONMENT", "TARGET",
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "analytics-gcp", "yes", "my-account", "*", "analytics-*", "*",
+        "gcp", "reader@my-gcp.iam.gserviceaccount.com",
+    ]  # fmt: skip
+    assert lines[2].split() == [
+        "orders-prod", "yes", "my-account", "my-project", "*", "production", "aws", ROLE,
+    ]  # fmt: skip
+
+
+def test_remove(database: Database, run: Any, tmp_path: Path) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    result = run("mappings", "remove", "orders-prod")
+    assert (result.exit_code, result.stdout) == (0, "- delete orders-prod\n")
+    assert [spec.name for spec in database.load()[1]] == ["analytics-gcp"]
+    assert database.revision() == 2
+    last = history(database)[-1]
+    assert (last["action"], last["name"], last["actor"], last["revision"]) == (
+        "delete",
+        "orders-prod",
+        "alice",
+        2,
+    )
+
+    unknown = run("mappings", "remove", "orders-prod")
+    assert unknown.exit_code == 1
+    assert unknown.stderr == "error: no mapping named 'orders-prod'\n"
+    assert database.revision() == 2
+
+
+# -- bad input: exit 2, one line saying where, nothing written ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "where"),
+    [
+        (f"role_arn: {ROLE}", "role_arn: arn:aws:iam::123:role/x", "8: mappings[0].aws.role_arn"),
+        (
+            f"role_arn: {ROLE}",
+            f"role_arn: {ROLE}\n      duration_seconds: 44000",
+            "9: mappings[0].aws.duration_seconds",
+        ),
+        (
+            f"role_arn: {ROLE}",
+            f"role_arn: {ROLE}\n      duration_seconds: 600",
+            "9: mappings[0].aws.duration_seconds",
+        ),
+        ("/providers/zuplo", "/providers/z", "17: mappings[1].gcp.workload_identity_provider"),
+        ("locations/global", "locations/us", "17: mappings[1].gcp.workload_identity_provider"),
+        (
+            f"{WIP}\n",
+            f"{WIP}\n      lifetime_seconds: 60\n",
+            "18: mappings[1].gcp.lifetime_seconds",
+        ),
+        ("    deployment:", "    deploymnet:", "15: mappings[1].deploymnet: unknown key"),
+        (
+            "      session_policy:",
+            "      sessionpolicy:",
+            "9: mappings[0].aws.sessionpolicy: unknown key",
+        ),
+        (
+            "  - name: analytics-gcp",
+            "  - name: orders-prod",
+            "12: mappings[1].name: duplicate name",
+        ),
+    ],
+)
+def test_bad_file_exits_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path, replace: str, by: str, where: str
+) -> None:
+    assert replace in DOCUMENT
+    path = write(tmp_path, DOCUMENT.replace(replace, by, 1))
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}:{where}")
+    assert result.stderr.count("\n") == 1
+    assert database.load() == (0, [])
+    assert history(database) == []
+
+
+def test_one_bad_entry_writes_nothing(database: Database, run: Any, tmp_path: Path) -> None:
+    bad = DOCUMENT + "  - {name: late, account: a, project: p, aws: {role_arn: nope}}\n"
+    result = run("mappings", "apply", "--prune", write(tmp_path, bad))
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'mappings.yaml'}:19: mappings[2].aws")
+    assert database.load() == (0, [])
+
+
+def test_unreadable_file_exits_2(database: Database, run: Any, tmp_path: Path) -> None:
+    missing = run("mappings", "apply", str(tmp_path / "nope.yaml"))
+    assert missing.exit_code == 2
+    assert (
+        missing.stderr
+        == f"error: {tmp_path / 'nope.yaml'}: cannot read: No such file or directory\n"
+    )
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00mappings")
+    result = run("mappings", "apply", str(binary))
+    assert (result.exit_code, result.stderr) == (2, f"error: {binary}: not UTF-8 text\n")
+    assert run("mappings", "apply").exit_code == 2  # click usage error: FILE missing
+
+
+def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    env = {"STS_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}", "STS_LOG_FORMAT": "xml"}
+    for args in (["db", "upgrade"], ["db", "current"], ["mappings", "list"]):
+        result = CliRunner().invoke(sts, args, env=env)
+        assert result.exit_code == 2
+        assert result.stderr == "error: STS_LOG_FORMAT: must be json or text\n"
+    result = CliRunner().invoke(sts, ["db", "current"], env={"STS_DATABASE_URL": "nope://"})
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: STS_DATABASE_URL: ")
+    assert not (tmp_path / "x.db").exists()
+
+
+# -- operation failures: exit 1, one line ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://postgres@127.0.0.1:1/test?connect_timeout=2",
+        "sqlite:////nonexistent-directory/sts.db",
+    ],
+)
+@pytest.mark.parametrize(
+    "args",
+    [["db", "upgrade"], ["db", "current"], ["mappings", "list"], ["mappings", "remove", "x"]],
+)
+def test_unreachable_database_exits_1(url: str, args: list[str]) -> None:
+    result = CliRunner().invoke(sts, args, env={"STS_DATABASE_URL": url})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: database unreachable: ")
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.output
+
+
+def test_apply_to_unmigrated_database_exits_1(run: Any, database_url: str, tmp_path: Path) -> None:
+    for args in (
+        ["mappings", "apply", write(tmp_path, DOCUMENT)],
+        ["mappings", "list"],
+        ["mappings", "remove", "x"],
+    ):
+        result = run(*args)
+        assert result.exit_code == 1
+        assert result.stderr.startswith("error: database not migrated")
+        assert result.stderr.rstrip().endswith("run sts db upgrade")
+    db = Database(database_url)
+    try:
+        assert db.current() is None
+    finally:
+        db.dispose()
+
+
+def test_db_upgrade_and_current(run: Any, database_url: str) -> None:
+    db = Database(database_url)
+    try:
+        head = db.head()
+        before = run("db", "current")
+        assert (before.exit_code, before.stdout) == (0, "none (not migrated: run sts db upgrade)\n")
+        upgraded = run("db", "upgrade")
+        assert upgraded.exit_code == 0, upgraded.output
+        assert upgraded.stdout == f"database upgraded from empty to {head} (head)\n"
+        assert run("db", "upgrade").stdout == f"database already at {head} (head)\n"
+        assert run("db", "current").stdout == f"{head} (head)\n"
+        assert db.current() == head
+        assert db.revision() == 0
+    finally:
+        db.dispose()
+
+
+# -- the Database object ------------------------------------------------------------------
+
+
+def test_database_basics(database: Database) -> None:
+    database.ping()
+    assert database.load() == (0, [])
+    specs = parse_document(DOCUMENT)
+    diff = database.apply(specs, actor="t", source="test")
+    assert (diff.revision, diff.changed) == (1, True)
+    assert database.remove("orders-prod", actor="t", source="test") is True
+    assert database.remove("orders-prod", actor="t", source="test") is False
+    assert database.revision() == 2
+    with pytest.raises(ValueError, match="duplicate"):
+        database.apply([specs[0], specs[0]], actor="t", source="test")
+
+
+def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'pragmas.db'}")
+    try:
+        with db.engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+    finally:
+        db.dispose()
