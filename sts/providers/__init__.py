@@ -1,7 +1,10 @@
-"""Cloud credential providers: AWS STS and GCP workload identity federation."""
+"""Cloud credential providers: AWS STS and GCP workload identity federation.
 
-from sts.providers.aws import AwsProvider, session_name
+Only the protocol and the credential type are exported here: ``sts.providers.aws`` and
+``sts.providers.gcp`` load boto3 and google-auth (half a second), which code that merely
+handles ``Credentials`` (the cache, the CLI) should not pay for.
+"""
+
 from sts.providers.base import CredentialProvider, Credentials
-from sts.providers.gcp import GcpProvider
 
-__all__ = ["AwsProvider", "CredentialProvider", "Credentials", "GcpProvider", "session_name"]
+__all__ = ["CredentialProvider", "Credentials"]

@@ -104,6 +104,8 @@ _CONNECT_TIMEOUT = unavailable("gcp", "ConnectTimeout", "could not connect to Go
 _READ_TIMEOUT = unavailable("gcp", "ReadTimeout", "Google did not answer in time")
 _CONNECTION = unavailable("gcp", "ConnectionError", "could not connect to Google")
 
+#: Characters kept from an unknown Google error code (OAuth codes use "_").
+_CODE_CHARS = "A-Za-z0-9._"
 _EXPIRE_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
@@ -367,7 +369,7 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
     status = response.status
     code = _error_code(response.data)
     detail = redact(response.data.decode("utf-8", "replace"), *secrets)
-    cause = f"{step}: status={status} code={sanitize_code(code, 'A-Za-z0-9._')} body={detail!r}"
+    cause = f"{step}: status={status} code={sanitize_code(code, _CODE_CHARS)} body={detail!r}"
     if status == 200:
         return _UpstreamError(_MALFORMED, cause)
     retry_after = parse_retry_after(
@@ -377,7 +379,7 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
     outcome = ERRORS.get(code) if code is not None else None
     if status == 429 or status >= 500:
         if outcome is None or outcome.kind is not TemporarilyUnavailable:
-            name = sanitize_code(code, "A-Za-z0-9._") if code else f"HTTP{status}"
+            name = sanitize_code(code, _CODE_CHARS) if code else f"HTTP{status}"
             outcome = unavailable("gcp", name, "Google is unavailable, retry later")
         outcome = Outcome(outcome.kind, outcome.description, retry_after)
     elif outcome is None:
@@ -385,6 +387,6 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
             outcome = _MALFORMED
         else:
             outcome = refused(
-                "gcp", sanitize_code(code, "A-Za-z0-9._"), "Google refused the exchange"
+                "gcp", sanitize_code(code, _CODE_CHARS), "Google refused the exchange"
             )
     return _UpstreamError(outcome, cause)

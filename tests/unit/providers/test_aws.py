@@ -17,7 +17,8 @@ from sts.dev.aws_emulator import AwsEmulator
 from sts.errors import InvalidRequest, InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, MappingSpec
-from sts.providers import AwsProvider, CredentialProvider, session_name
+from sts.providers import CredentialProvider
+from sts.providers.aws import AwsProvider, session_name
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
 POLICY = {

@@ -16,7 +16,8 @@ from sts.dev.issuer import DevIssuer
 from sts.errors import InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import DEFAULT_GCP_SCOPE, IAM_SCOPE, GcpTarget, MappingSpec
-from sts.providers import CredentialProvider, GcpProvider
+from sts.providers import CredentialProvider
+from sts.providers.gcp import GcpProvider
 from tests.conftest import AUDIENCE
 from tests.unit.providers.conftest import SERVICE_ACCOUNT, WIF_PROVIDER
 
