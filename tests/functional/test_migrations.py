@@ -1,0 +1,233 @@
+"""Alembic migrations on SQLite and PostgreSQL: up from empty, down to empty, no model drift,
+the root alembic.ini, packaging, and the helper for mappings kept in a team's own history."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from sts.mappings.document import MappingFileError, parse_document
+from sts.mappings.models import Base, MappingChange
+from sts.mappings.spec import MappingSpec
+from sts.mappings.store import Database, NotMigratedError, migrations_dir
+
+REPO = Path(__file__).resolve().parents[2]
+TABLES = {"role_mappings", "mapping_revision", "mapping_changes"}
+ROLE = "arn:aws:iam::123456789012:role/orders-api"
+TEAM_REVISION = "7ea3c0ffee01"
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    db = Database(database_url)
+    yield db
+    db.dispose()
+
+
+def tables(db: Database) -> set[str]:
+    with db.engine.connect() as conn:
+        return set(sa.inspect(conn).get_table_names())
+
+
+def test_upgrade_from_empty_then_downgrade_to_empty(database: Database) -> None:
+    assert tables(database) == set()
+    assert database.current() is None
+    with pytest.raises(NotMigratedError, match="run sts db upgrade"):
+        database.require_current()
+
+    database.upgrade()
+    assert tables(database) == TABLES | {"alembic_version"}
+    assert database.current() == database.head()
+    database.require_current()
+    assert database.revision() == 0
+    with database.engine.connect() as conn:
+        inspector = sa.inspect(conn)
+        indexes = {index["name"]: index for index in inspector.get_indexes("role_mappings")}
+        assert indexes["ix_role_mappings_account"]["column_names"] == ["account"]
+        unique = inspector.get_unique_constraints("role_mappings")
+        assert [constraint["column_names"] for constraint in unique] == [["name"]]
+
+    database.downgrade("base")
+    assert tables(database) <= {"alembic_version"}
+    assert database.current() is None
+
+    database.upgrade()
+    assert tables(database) == TABLES | {"alembic_version"}
+
+
+def test_autogenerate_diff_against_the_models_is_empty(database: Database) -> None:
+    database.upgrade()
+    with database.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_root_alembic_ini_works_from_the_repository_root(database: Database) -> None:
+    env = {**os.environ, "STS_DATABASE_URL": database.url.render_as_string(hide_password=False)}
+    output = {}
+    for command in ("upgrade", "check", "current"):
+        result = subprocess.run(
+            [sys.executable, "-m", "alembic", command, *(["head"] if command == "upgrade" else [])],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        output[command] = result.stdout + result.stderr
+    assert database.current() == database.head()
+    # `alembic check` compares the migrated database with env.py's target_metadata.
+    assert "No new upgrade operations detected" in output["check"]
+    assert f"{database.head()} (head)" in output["current"]
+
+
+def test_migrations_ship_in_the_package() -> None:
+    """pyproject lists every package by hand (to map migrations/ to sts._migrations)."""
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {"sts._migrations": "migrations"}
+    on_disk = {
+        ".".join(path.parent.relative_to(REPO).parts)
+        for path in (REPO / "sts").rglob("*.py")
+        if "__pycache__" not in path.parts
+    }
+    assert on_disk | {"sts._migrations", "sts._migrations.versions"} == set(config["packages"])
+    assert migrations_dir() == REPO / "migrations"
+    versions = list((REPO / "migrations" / "versions").glob("*.py"))
+    assert versions
+    for path in versions:
+        if path.name != "__init__.py":
+            revision, _, slug = path.stem.partition("_")
+            assert len(revision) == 12
+            assert slug
+
+
+def team_revision(directory: Path, head: str, document: str) -> Path:
+    """A team's own revision after the zuplo-sts head, keeping mappings in its history."""
+    directory.mkdir(exist_ok=True)
+    path = directory / f"{TEAM_REVISION}_team_mappings.py"
+    path.write_text(
+        textwrap.dedent(
+            f'''\
+            """Team mappings."""
+            from sts.mappings.migration import apply_mappings, revert_mappings
+
+            revision = "{TEAM_REVISION}"
+            down_revision = "{head}"
+            branch_labels = None
+            depends_on = None
+
+            MAPPINGS = {document!r}
+
+
+            def upgrade() -> None:
+                apply_mappings(MAPPINGS, revision=revision)
+
+
+            def downgrade() -> None:
+                revert_mappings(revision=revision)
+            '''
+        )
+    )
+    return directory
+
+
+BEFORE = f"""\
+mappings:
+  - {{name: kept, account: a, project: p, aws: {{role_arn: "{ROLE}"}}}}
+  - {{name: edited, account: a, project: p, aws: {{role_arn: "{ROLE}"}}}}
+"""
+TEAM = f"""\
+mappings:
+  - {{name: added, account: a, project: p, aws: {{role_arn: "{ROLE}"}}}}
+  - {{name: edited, account: a, project: p, aws: {{role_arn: "{ROLE}", duration_seconds: 900}}}}
+"""
+
+
+def by_name(specs: list[MappingSpec]) -> dict[str, MappingSpec]:
+    return {spec.name: spec for spec in specs}
+
+
+def test_migration_helper_applies_and_reverts(database: Database, tmp_path: Path) -> None:
+    database.upgrade()
+    head = database.head()
+    assert head is not None
+    database.apply(parse_document(BEFORE), actor="ops", source="cli")
+    original = by_name(database.load()[1])
+    versions = team_revision(tmp_path / "versions", head, TEAM)
+
+    for cycle in range(2):
+        database.upgrade("head", version_locations=[versions])
+        assert database.current() == TEAM_REVISION
+        # A database ahead of the shipped head (with the team's revisions) counts as migrated.
+        database.require_current()
+        revision, specs = database.load()
+        assert revision == 2 + 2 * cycle
+        assert set(by_name(specs)) == {"kept", "edited", "added"}
+        assert by_name(specs)["edited"].aws.duration_seconds == 900  # type: ignore[union-attr]
+        assert by_name(specs)["kept"] == original["kept"]
+
+        database.downgrade(head, version_locations=[versions])
+        assert database.current() == head
+        revision, specs = database.load()
+        assert revision == 3 + 2 * cycle
+        assert by_name(specs) == original
+
+    with database.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(MappingChange.source, MappingChange.action, MappingChange.name)
+            .where(MappingChange.source.like("alembic:%"))
+            .order_by(MappingChange.id)
+        ).all()
+        actors = conn.execute(
+            sa.select(MappingChange.actor).where(MappingChange.source.like("alembic:%"))
+        ).scalars()
+        assert set(actors) == {"alembic"}
+    applied, reverted = f"alembic:{TEAM_REVISION}", f"alembic:{TEAM_REVISION}:revert"
+    one_cycle = [
+        (applied, "update", "edited"),
+        (applied, "create", "added"),
+        (reverted, "delete", "added"),
+        (reverted, "update", "edited"),
+    ]
+    assert [tuple(row) for row in rows] == one_cycle * 2
+
+
+def test_revert_restores_the_state_before_the_upgrade(database: Database, tmp_path: Path) -> None:
+    """Edits made after the upgrade are undone too: the downgrade restores the earlier state."""
+    database.upgrade()
+    head = database.head()
+    assert head is not None
+    database.apply(parse_document(BEFORE), actor="ops", source="cli")
+    original = by_name(database.load()[1])
+    versions = team_revision(tmp_path / "versions", head, TEAM)
+    database.upgrade("head", version_locations=[versions])
+    assert database.remove("added", actor="ops", source="cli")
+
+    database.downgrade(head, version_locations=[versions])
+    assert by_name(database.load()[1]) == original
+
+
+def test_migration_with_an_invalid_document_changes_nothing(
+    database: Database, tmp_path: Path
+) -> None:
+    database.upgrade()
+    head = database.head()
+    assert head is not None
+    bad = TEAM.replace("duration_seconds: 900", "duration_seconds: 9")
+    versions = team_revision(tmp_path / "versions", head, bad)
+    with pytest.raises(MappingFileError, match=rf"^alembic:{TEAM_REVISION}:3: mappings\[1\]"):
+        database.upgrade("head", version_locations=[versions])
+    assert database.current() == head
+    assert database.load() == (0, [])
