@@ -36,7 +36,7 @@ from sts.config import Settings
 from sts.errors import InvalidRequest, OAuthError
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
-from sts.providers.base import Credentials
+from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
     THROTTLED_RETRY_AFTER_SECONDS,
     Outcome,
@@ -283,3 +283,8 @@ class AwsProvider:
             aws_secret_access_key=secret,
             request_id=request_id if isinstance(request_id, str) and request_id else None,
         )
+
+
+if TYPE_CHECKING:
+    # Compile-time check that AwsProvider satisfies the protocol (mypy --strict).
+    _: type[CredentialProvider] = AwsProvider

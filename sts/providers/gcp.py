@@ -28,7 +28,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import google.auth.exceptions
@@ -41,7 +41,7 @@ from sts.config import Settings
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
-from sts.providers.base import Credentials
+from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
     RETRY_AFTER_SECONDS,
     THROTTLED_RETRY_AFTER_SECONDS,
@@ -390,3 +390,8 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
                 "gcp", sanitize_code(code, _CODE_CHARS), "Google refused the exchange"
             )
     return _UpstreamError(outcome, cause)
+
+
+if TYPE_CHECKING:
+    # Compile-time check that GcpProvider satisfies the protocol (mypy --strict).
+    _: type[CredentialProvider] = GcpProvider

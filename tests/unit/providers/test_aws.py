@@ -17,7 +17,6 @@ from sts.dev.aws_emulator import AwsEmulator
 from sts.errors import InvalidRequest, InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, MappingSpec
-from sts.providers import CredentialProvider
 from sts.providers.aws import AwsProvider, session_name
 
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
@@ -49,11 +48,6 @@ def assert_nothing_leaks(error: OAuthError, *secrets: str) -> None:
             assert secret not in text
             # Not even the signature part of a JWT.
             assert secret.rsplit(".", 1)[-1] not in text
-
-
-def test_provider_satisfies_the_protocol(aws_emulator: AwsEmulator) -> None:
-    p: CredentialProvider = provider(aws_emulator.endpoint_url)
-    assert isinstance(p, AwsProvider)
 
 
 def test_issue_assumes_the_role_with_the_token(
