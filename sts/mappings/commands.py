@@ -79,11 +79,11 @@ def _actor() -> str:
 
 
 @click.group("db")
-def db_cli() -> None:
+def db() -> None:
     """Database schema migrations (Alembic) on STS_DATABASE_URL."""
 
 
-@db_cli.command("upgrade")
+@db.command("upgrade")
 def db_upgrade() -> None:
     """Apply all pending migrations."""
     with _database() as database:
@@ -96,7 +96,7 @@ def db_upgrade() -> None:
         click.echo(f"database upgraded from {before or 'empty'} to {after} (head)")
 
 
-@db_cli.command("current")
+@db.command("current")
 def db_current() -> None:
     """Print the database's migration revision."""
     with _database() as database:
@@ -111,7 +111,7 @@ def db_current() -> None:
 
 
 @click.group("mappings")
-def mappings_cli() -> None:
+def mappings() -> None:
     """Role mappings: apply a file, list, remove."""
 
 
@@ -133,7 +133,7 @@ def _read(file: str) -> tuple[str, str]:
         _exit(f"{source}: not UTF-8 text", 2)
 
 
-@mappings_cli.command("apply")
+@mappings.command("apply")
 @click.argument("file", metavar="FILE")
 @click.option("--dry-run", is_flag=True, help="Print the diff; write nothing.")
 @click.option("--prune", is_flag=True, help="Delete stored mappings that FILE does not name.")
@@ -156,7 +156,7 @@ def mappings_apply(file: str, dry_run: bool, prune: bool) -> None:
         click.echo("(dry run: nothing written)")
 
 
-@mappings_cli.command("list")
+@mappings.command("list")
 @click.option("--json", "as_json", is_flag=True, help="The file format, as a JSON array.")
 def mappings_list(as_json: bool) -> None:
     """List the stored mappings (disabled ones too)."""
@@ -194,7 +194,7 @@ def render_table(specs: list[MappingSpec]) -> str:
     )
 
 
-@mappings_cli.command("remove")
+@mappings.command("remove")
 @click.argument("name")
 def mappings_remove(name: str) -> None:
     """Remove one mapping (exit 1 if there is none by that name)."""

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -13,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from sts.mappings.commands import db_cli, mappings_cli
+from sts.mappings.commands import db, mappings
 from sts.mappings.document import parse_document
 from sts.mappings.models import MappingChange, RoleMapping
 from sts.mappings.store import Database, apply_specs
@@ -50,8 +53,8 @@ def sts() -> None:
     """The two groups as sts/cli.py registers them."""
 
 
-sts.add_command(db_cli)
-sts.add_command(mappings_cli)
+sts.add_command(db)
+sts.add_command(mappings)
 
 
 @pytest.fixture
@@ -418,3 +421,24 @@ def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
     finally:
         db.dispose()
+
+
+def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) -> None:
+    """Through the real ``sts`` entry point, as an operator types it."""
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+    path = write(tmp_path, DOCUMENT)
+    outputs = []
+    for args in (["db", "upgrade"], ["mappings", "apply", path], ["mappings", "list", "--json"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "sts", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        outputs.append(result.stdout)
+    assert "+ create orders-prod" in outputs[1]
+    assert parse_document(outputs[2]) == sorted(parse_document(DOCUMENT), key=lambda s: s.name)
