@@ -116,8 +116,9 @@ class Diff:
 def _show(value: Any) -> str:
     if value is None:
         return "(unset)"
-    if isinstance(value, str):
-        return value if value else '""'
+    # Bare when unambiguous; JSON-quoted when empty or holding spaces, so a change stays one line.
+    if isinstance(value, str) and value.isprintable() and value and value.split() == [value]:
+        return value
     text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
     return text if len(text) <= 80 else text[:77] + "..."
 
@@ -301,7 +302,8 @@ def apply_specs(
             diff.unchanged.append(spec.name)
         else:
             diff.updated.append(Update(current, spec, field_changes(current, spec)))
-    absent = [spec for name, spec in stored.items() if name not in set(names)]
+    named = set(names)
+    absent = [spec for name, spec in stored.items() if name not in named]
     if prune:
         diff.deleted.extend(absent)
     else:

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -442,3 +443,49 @@ def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) ->
         outputs.append(result.stdout)
     assert "+ create orders-prod" in outputs[1]
     assert parse_document(outputs[2]) == sorted(parse_document(DOCUMENT), key=lambda s: s.name)
+
+
+def test_descriptions_render_on_one_line(database: Database, run: Any, tmp_path: Path) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    changed = DOCUMENT.replace(
+        "description: Orders API in production", 'description: "two\\nlines"'
+    )
+    result = run("mappings", "apply", write(tmp_path, changed))
+    assert result.stdout == (
+        '~ update orders-prod: description "Orders API in production" -> "two\\nlines"\n'
+    )
+
+
+def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database) -> None:
+    """The revision row is locked first, so a second writer waits and then bumps again."""
+    first_spec, second_spec = parse_document(DOCUMENT)
+    applied, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def first() -> None:
+        with database.session() as session:
+            results["first"] = apply_specs(
+                session, [first_spec], prune=False, dry_run=False, actor="a", source="t"
+            )
+            applied.set()
+            release.wait(10)
+
+    def second() -> None:
+        results["second"] = database.apply([second_spec], actor="b", source="t")
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert applied.wait(10)
+    two = threading.Thread(target=second)
+    two.start()
+    two.join(0.5)
+    assert two.is_alive(), "the second apply did not wait for the first"
+    release.set()
+    one.join(10)
+    two.join(10)
+    assert (results["first"].revision, results["second"].revision) == (1, 2)
+    assert database.revision() == 2
+    assert [(r["name"], r["revision"]) for r in history(database)] == [
+        ("orders-prod", 1),
+        ("analytics-gcp", 2),
+    ]
