@@ -52,3 +52,6 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     root.handlers = [handler]
     root.setLevel(level)
     root.propagate = False
+    # At DEBUG these libraries print request bodies, which hold the subject token.
+    for noisy in ("botocore", "boto3", "urllib3", "google", "requests"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

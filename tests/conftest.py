@@ -1,4 +1,4 @@
-"""Shared fixtures: a live development issuer and a clean database per test on SQLite and PostgreSQL."""
+"""Shared fixtures: a live development issuer, a clean SQLite or PostgreSQL database per test."""
 
 from __future__ import annotations
 

@@ -81,12 +81,16 @@ def _parse_form(body: bytes) -> dict[str, str]:
     return _reject_duplicates(list(pairs))
 
 
+class _Members(list[tuple[str, Any]]):
+    """A JSON object's members in order, so repeated names can be seen."""
+
+
 def _parse_json(body: bytes) -> dict[str, str]:
     try:
-        doc = json.loads(body.decode("utf-8"), object_pairs_hook=list)
-    except (UnicodeDecodeError, ValueError):
+        doc = json.loads(body.decode("utf-8"), object_pairs_hook=_Members)
+    except (UnicodeDecodeError, ValueError, RecursionError):
         raise InvalidRequest("malformed request body") from None
-    if not isinstance(doc, list):
+    if not isinstance(doc, _Members):
         raise InvalidRequest("malformed request body")
     fields = _reject_duplicates(doc)
     parsed: dict[str, str] = {}

@@ -8,7 +8,6 @@ real HTTP; uses the AWS credentials once; shuts everything down. Secrets are sho
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -31,7 +30,7 @@ WIP = (
 SERVICE_ACCOUNT = "reader@demo-project.iam.gserviceaccount.com"
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
 GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 
 MAPPINGS = f"""\
 mappings:
@@ -76,7 +75,7 @@ def _ok(text: str) -> None:
 
 
 def _detail(label: str, value: str) -> None:
-    click.echo(f"    {click.style(label, dim=True):<30} {value}")
+    click.echo(f"    {click.style(f'{label:<24}', dim=True)} {value}")
 
 
 @contextmanager
@@ -93,7 +92,8 @@ def _service(env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
             deadline = time.monotonic() + 60
             while True:
                 if proc.poll() is not None:
-                    raise click.ClickException(f"sts serve exited early; see {log_path}")
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                    raise click.ClickException("sts serve exited early:\n" + "\n".join(tail))
                 try:
                     if requests.get(url + "/readyz", timeout=1).status_code == 200:
                         break
@@ -147,7 +147,9 @@ def run_demo() -> int:
     from sts.mappings.store import Database, apply_specs
 
     started = time.monotonic()
-    click.echo(click.style("zuplo-sts demo", bold=True) + " — a complete exchange, all on 127.0.0.1\n")
+    click.echo(
+        click.style("zuplo-sts demo", bold=True) + " — a complete exchange, all on 127.0.0.1\n"
+    )
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sts-demo-")))
 
@@ -211,8 +213,8 @@ def run_demo() -> int:
         _detail("SecretAccessKey", _mask(creds["SecretAccessKey"]))
         _detail("SessionToken", _mask(creds["SessionToken"], 6))
         _detail("Expiration", creds["Expiration"])
-        sent = aws.requests[-1] if aws.requests else {}
-        _detail("AWS saw RoleSessionName", str(sent.get("RoleSessionName", "?")))
+        sent = aws.requests[-1]
+        _detail("AWS saw RoleSessionName", str(sent.role_session_name))
 
         import boto3
 
@@ -231,7 +233,7 @@ def run_demo() -> int:
         _ok(f"mapping {gcp_body['mapping']}, expires in {gcp_body['expires_in']} s")
         _detail("access_token", _mask(gcp_body["access_token"], 6))
         _detail("scope", gcp_body.get("scope", "-"))
-        _detail("GCP saw", ", ".join(sorted({r["path"].split("/")[-1] for r in gcp.requests})))
+        _detail("GCP saw", ", ".join(sorted({r.path.rsplit("/", 1)[-1] for r in gcp.requests})))
 
         _step("Exchange 3: the same token again  →  served from the cache")
         aws_calls = len(aws.requests)
@@ -249,5 +251,4 @@ def run_demo() -> int:
         + f" in {time.monotonic() - started:.1f} s: one AWS and one GCP exchange over real HTTP."
     )
     click.echo("Next: README.md shows how to point zuplo-sts at real AWS and GCP accounts.")
-    json.dumps({})
     return 0

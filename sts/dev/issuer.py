@@ -92,17 +92,18 @@ class DevIssuer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+        self._host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{ISSUER_PATH}"
+        port = self._server.server_address[1]
+        return f"http://{self._host}:{port}{ISSUER_PATH}"
 
     @property
     def jwks_url(self) -> str:

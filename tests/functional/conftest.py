@@ -15,8 +15,8 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from sts import create_app
 from sts.config import Settings
-from sts.dev.aws_emulator import AwsEmulator
-from sts.dev.gcp_emulator import GcpEmulator
+from sts.dev.aws_emulator import AwsEmulator, StsCall
+from sts.dev.gcp_emulator import GcpEmulator, RecordedRequest
 from sts.dev.issuer import DevIssuer
 from sts.mappings.document import parse_document
 from sts.mappings.store import Database, apply_specs
@@ -116,17 +116,19 @@ class Stack:
             self.url + "/token", data=body, headers={"Content-Type": content_type}, timeout=30
         )
 
-    def aws_requests(self) -> list[dict[str, Any]]:
+    def aws_requests(self) -> list[StsCall]:
         """What the AWS emulator received during this test."""
         return list(self.aws.requests[self.aws_seen :])
 
-    def gcp_requests(self) -> list[dict[str, Any]]:
+    def gcp_requests(self) -> list[RecordedRequest]:
         return list(self.gcp.requests[self.gcp_seen :])
 
 
 def serve_app(app: Any) -> tuple[BaseWSGIServer, str]:
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    ).start()
     return server, f"http://127.0.0.1:{server.server_port}"
 
 

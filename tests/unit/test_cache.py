@@ -1,4 +1,4 @@
-"""Credential cache: the contract's reuse rule, key separation and single-flight, on a fake clock."""
+"""Credential cache: the contract's reuse rule, key separation, single-flight; fake clock."""
 
 from __future__ import annotations
 

@@ -90,10 +90,13 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
 
 
 def test_audience_required_for_serving() -> None:
-    with pytest.raises(ConfigError, match="^STS_AUDIENCE:"):
+    with pytest.raises(ConfigError, match=r"^STS_AUDIENCE:"):
         Settings.from_env({}).require_audience()
     Settings.from_env({"STS_AUDIENCE": "https://a.example"}).require_audience()
 
 
 def test_jwks_url_rule() -> None:
-    assert Settings().jwks_url("https://x.example/iss") == "https://x.example/iss/.well-known/jwks.json"
+    assert (
+        Settings().jwks_url("https://x.example/iss")
+        == "https://x.example/iss/.well-known/jwks.json"
+    )

@@ -1,0 +1,149 @@
+"""``sts serve`` (the production server, several workers) and ``sts demo``, as processes."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from sts.dev.aws_emulator import AwsEmulator
+from sts.dev.gcp_emulator import GcpEmulator
+from sts.dev.issuer import DevIssuer
+from tests.conftest import AUDIENCE
+from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def sts(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sts", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def env(tmp_path: Path, issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator) -> dict[str, str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    return {
+        **clean,
+        "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "STS_AUDIENCE": AUDIENCE,
+        "STS_TRUSTED_ISSUERS": issuer.url,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
+        "STS_GCP_STS_URL": gcp.sts_url,
+        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+    }
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(DEFAULT_MAPPINGS)
+    port = free_port()
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "2"],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
+        result = sts("mappings", "apply", str(mappings), env=env)
+        assert result.returncode == 0, result.stderr
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+def test_serve_migrates_sqlite_and_exchanges(server: str, issuer: DevIssuer) -> None:
+    token = issuer.mint(audience=AUDIENCE, deployment="served-by-granian")
+    deadline = time.monotonic() + 10
+    # Each worker picks up the applied mappings within its refresh interval.
+    while True:
+        response = requests.post(
+            server + "/token",
+            data={"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN},
+            timeout=30,
+        )
+        if response.status_code == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert response.status_code == 200, response.text
+    assert response.json()["mapping"] == "orders-prod"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert requests.get(server + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("STS_AUDIENCE", ""),
+        ("STS_CLOCK_SKEW_SECONDS", "soon"),
+        ("STS_TRUSTED_ISSUERS", "http://issuer.example"),
+        ("STS_LOG_FORMAT", "yaml"),
+    ],
+)
+def test_serve_refuses_bad_configuration(env: dict[str, str], variable: str, value: str) -> None:
+    env = {**env, variable: value}
+    result = sts("serve", "--port", str(free_port()), env=env, timeout=30)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert variable in lines[0]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sts", "demo"],
+        env=clean,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "orders-prod" in result.stdout
+    assert "analytics-gcp" in result.stdout
+    assert "GetCallerIdentity" in result.stdout
+    # The demo shows credentials masked, never whole: no long secret-looking run of characters.
+    assert not re.search(r"[A-Za-z0-9_+-]{30,}", result.stdout), result.stdout
+    assert list(tmp_path.iterdir()) == []
