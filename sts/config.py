@@ -152,9 +152,7 @@ class Settings:
             raise ConfigError("STS_CLOCK_SKEW_SECONDS", "must be a whole number of seconds")
         skew = int(skew_raw)
         if skew > MAX_CLOCK_SKEW_SECONDS:
-            raise ConfigError(
-                "STS_CLOCK_SKEW_SECONDS", f"must be at most {MAX_CLOCK_SKEW_SECONDS}"
-            )
+            raise ConfigError("STS_CLOCK_SKEW_SECONDS", f"must be at most {MAX_CLOCK_SKEW_SECONDS}")
 
         region = env.get("STS_AWS_REGION", "us-east-1").strip()
         if not _REGION.fullmatch(region):

@@ -15,9 +15,7 @@ class OAuthError(Exception):
     status = 500
     default_description = "internal error"
 
-    def __init__(
-        self, description: str | None = None, *, cause: str | None = None
-    ) -> None:
+    def __init__(self, description: str | None = None, *, cause: str | None = None) -> None:
         self.description = description or self.default_description
         self.cause = cause
         super().__init__(self.description)

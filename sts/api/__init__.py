@@ -17,7 +17,9 @@ log = logging.getLogger("sts.api")
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
 
-def json_response(body: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(
+    body: object, status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     response = Response(
         json.dumps(body, separators=(",", ":")), status=status, mimetype="application/json"
     )

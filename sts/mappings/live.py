@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 from sts.errors import TemporarilyUnavailable
 from sts.mappings.index import MappingIndex
