@@ -83,17 +83,39 @@ def db() -> None:
     """Database schema migrations (Alembic) on STS_DATABASE_URL."""
 
 
+_VERSIONS = click.option(
+    "--versions",
+    "versions",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, dir_okay=True),
+    help="Extra Alembic versions directory (your own revisions, e.g. mappings); repeatable.",
+)
+
+
 @db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply all pending migrations."""
+@_VERSIONS
+def db_upgrade(versions: tuple[str, ...]) -> None:
+    """Apply all pending migrations (zuplo-sts's own, and yours from --versions)."""
     with _database() as database:
         before = _guard(database.current)
-        _guard(database.upgrade)
+        _guard(lambda: database.upgrade("heads", version_locations=versions))
         after = _guard(database.current)
     if before == after:
         click.echo(f"database already at {after} (head)")
     else:
         click.echo(f"database upgraded from {before or 'empty'} to {after} (head)")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@_VERSIONS
+def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
+    """Migrate down to REVISION (for example to undo one of your own mapping revisions)."""
+    with _database() as database:
+        before = _guard(database.current)
+        _guard(lambda: database.downgrade(revision, version_locations=versions))
+        after = _guard(database.current)
+    click.echo(f"database downgraded from {before or 'empty'} to {after or 'empty'}")
 
 
 @db.command("current")

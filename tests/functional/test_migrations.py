@@ -231,3 +231,36 @@ def test_migration_with_an_invalid_document_changes_nothing(
         database.upgrade("head", version_locations=[versions])
     assert database.current() == head
     assert database.load() == (0, [])
+
+
+def test_cli_runs_team_revisions_up_and_down(database_url: str, tmp_path: Path) -> None:
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+
+    def sts(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "sts", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    assert sts("db", "upgrade").returncode == 0
+    database = Database(database_url)
+    try:
+        head = database.head()
+        assert head is not None
+        versions = team_revision(tmp_path / "versions", head, TEAM)
+        up = sts("db", "upgrade", "--versions", str(versions))
+        assert up.returncode == 0, up.stderr
+        assert TEAM_REVISION in up.stdout
+        assert set(by_name(database.load()[1])) == {"added", "edited"}
+        down = sts("db", "downgrade", head, "--versions", str(versions))
+        assert down.returncode == 0, down.stderr
+        assert database.current() == head
+        assert database.load()[1] == []
+        missing = sts("db", "upgrade", "--versions", str(tmp_path / "nowhere"))
+        assert missing.returncode == 2
+    finally:
+        database.dispose()
