@@ -1,0 +1,82 @@
+"""``sts explain``: which mapping would be chosen for given claims, and why not the others."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from sts.cli import cli
+from tests.functional.conftest import seed
+
+CLAIMS = {
+    "account": "my-account",
+    "project": "my-project",
+    "deployment": "copper-bedbug-main-53c4947",
+    "environment_type": "production",
+}
+
+
+@pytest.fixture
+def runner(database_url: str) -> CliRunner:
+    seed(database_url).dispose()
+    return CliRunner(env={"STS_DATABASE_URL": database_url})
+
+
+def test_chosen_mapping_first_line_and_reasons(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["explain", "--claims", json.dumps(CLAIMS)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "chosen: orders-prod"
+    assert any("orders-preview" in line and "environment_type" in line for line in lines)
+
+
+def test_json_output(runner: CliRunner) -> None:
+    result = runner.invoke(cli, ["explain", "--claims", json.dumps(CLAIMS), "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["chosen"] == "orders-prod"
+    assert doc["error"] is None
+    names = {c["name"]: c for c in doc["candidates"]}
+    assert names["orders-prod"]["matched"] is True
+    assert names["orders-preview"]["matched"] is False
+    assert set(names["orders-prod"]) == {"name", "matched", "reason"}
+
+
+@pytest.mark.parametrize(
+    ("claims", "audience", "error"),
+    [
+        ({**CLAIMS, "account": "nobody"}, None, "unauthorized_client"),
+        (CLAIMS, "analytics-gcp", "invalid_target"),
+        (CLAIMS, "no-such-mapping", "invalid_target"),
+    ],
+)
+def test_nothing_chosen_is_exit_1(
+    runner: CliRunner, claims: dict[str, str], audience: str | None, error: str
+) -> None:
+    args = ["explain", "--claims", json.dumps(claims)]
+    if audience:
+        args += ["--audience", audience]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 1
+    assert result.output.splitlines()[0] == f"chosen: none ({error})"
+    as_json = runner.invoke(cli, [*args, "--json"])
+    assert as_json.exit_code == 1
+    assert json.loads(as_json.output)["error"] == error
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        "not json",
+        "[1]",
+        json.dumps({**CLAIMS, "account": ""}),
+        json.dumps({k: v for k, v in CLAIMS.items() if k != "deployment"}),
+        json.dumps({**CLAIMS, "environment_type": "staging"}),
+    ],
+)
+def test_bad_claims_are_exit_2(runner: CliRunner, claims: str) -> None:
+    result = runner.invoke(cli, ["explain", "--claims", claims])
+    assert result.exit_code == 2
+    assert "--claims" in result.output
