@@ -36,7 +36,7 @@ def render_error(error: OAuthError) -> Response:
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     from sts import logs
-    from sts.api import health, token
+    from sts.api import health, metrics, token
 
     if services is None:
         settings = settings or Settings.from_env()
@@ -47,6 +47,7 @@ def build_app(settings: Settings | None = None, services: Services | None = None
     app.extensions["sts"] = services
     app.register_blueprint(token.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(OAuthError)
     def _oauth_error(error: OAuthError) -> Response:
