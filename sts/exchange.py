@@ -6,16 +6,18 @@ renders what :meth:`Exchanger.exchange` returns. Every refusal is an :class:`sts
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sts.cache import CredentialCache, cache_key
-from sts.errors import ServerError
+from sts.errors import OAuthError, ServerError
 from sts.identity.principal import Principal
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.index import check_request
 from sts.mappings.live import LiveMappings
 from sts.mappings.spec import MappingSpec
+from sts.metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS
 from sts.providers.base import CredentialProvider, Credentials
 
 
@@ -62,7 +64,19 @@ class Exchanger:
             raise ServerError(cause=f"no provider configured for {mapping.provider}")
 
         def issue() -> Credentials:
-            return provider.issue(principal, mapping, request.subject_token, scopes)
+            started = time.perf_counter()
+            try:
+                credentials = provider.issue(principal, mapping, request.subject_token, scopes)
+            except OAuthError as exc:
+                UPSTREAM_CALLS.labels(mapping.provider, exc.error).inc()
+                raise
+            except Exception:
+                UPSTREAM_CALLS.labels(mapping.provider, "server_error").inc()
+                raise
+            finally:
+                UPSTREAM_SECONDS.labels(mapping.provider).observe(time.perf_counter() - started)
+            UPSTREAM_CALLS.labels(mapping.provider, "ok").inc()
+            return credentials
 
         credentials, hit = self.cache.get_or_issue(cache_key(mapping, principal, scopes), issue)
         return Exchanged(principal, mapping, credentials, hit)

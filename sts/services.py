@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-from sts.cache import CredentialCache
+from sts.cache import CredentialCache, RedisTier
 from sts.config import Settings
 from sts.exchange import Exchanger
 from sts.identity.jwks import JWKSRegistry
@@ -30,12 +30,20 @@ class Services:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
-    def build(cls, settings: Settings) -> Services:
+    def build(cls, settings: Settings, *, registry: JWKSRegistry | None = None) -> Services:
+        """Wire the services for ``settings``.
+
+        ``registry`` replaces the default key-set registry: tests pass one with short TTLs or
+        timeouts; production never does.
+        """
         database = Database(settings.database_url)
-        registry = JWKSRegistry(settings)
+        registry = registry if registry is not None else JWKSRegistry(settings)
         verifier = TokenVerifier(settings, registry)
         mappings = LiveMappings(database)
-        cache = CredentialCache()
+        shared = None
+        if settings.redis_url is not None and settings.cache_encryption_key is not None:
+            shared = RedisTier(settings.redis_url, settings.cache_encryption_key)
+        cache = CredentialCache(shared=shared)
         providers: dict[str, CredentialProvider] = {
             "aws": AwsProvider(settings),
             "gcp": GcpProvider(settings),
@@ -61,6 +69,7 @@ class Services:
         return self.registry.ready()
 
     def close(self) -> None:
+        self.cache.close()
         self.registry.stop()
         self.mappings.stop()
         self.database.dispose()

@@ -19,6 +19,8 @@ from sts.api import NO_STORE, services_of
 from sts.errors import InvalidRequest, OAuthError, UnsupportedGrantType
 from sts.exchange import Exchanged, TokenRequest
 from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
+from sts.metrics import EXCHANGE_SECONDS, EXCHANGES
+from sts.providers.base import Credentials
 
 log = logging.getLogger("sts.token")
 bp = Blueprint("token", __name__)
@@ -174,6 +176,36 @@ def render_exchanged(result: Exchanged, now: float) -> dict[str, Any]:
     return body
 
 
+class _BodyCache:
+    """Rendered response bodies split around ``expires_in``: a repeat answer is one string join.
+
+    Keyed by mapping name and the (immutable, hashable) credentials; bounded by clearing.
+    """
+
+    _MARK = -7_777_777
+
+    def __init__(self, max_entries: int = 10_000) -> None:
+        self._parts: dict[tuple[str, Credentials], tuple[str, str]] = {}
+        self._max = max_entries
+
+    def render(self, result: Exchanged, now: float) -> str:
+        key = (result.mapping.name, result.credentials)
+        parts = self._parts.get(key)
+        if parts is None:
+            doc = render_exchanged(result, now)
+            doc["expires_in"] = self._MARK
+            head, _, tail = json.dumps(doc, separators=(",", ":")).partition(str(self._MARK))
+            parts = (head, tail)
+            if len(self._parts) >= self._max:
+                self._parts.clear()
+            self._parts[key] = parts
+        expires_in = max(0, int(result.credentials.expires_at - now))
+        return f"{parts[0]}{expires_in}{parts[1]}"
+
+
+_bodies = _BodyCache()
+
+
 @bp.post("/token")
 def token() -> Response:
     started = time.perf_counter()
@@ -181,6 +213,7 @@ def token() -> Response:
     try:
         result = services.exchanger.exchange(parse_token_request())
     except OAuthError as error:
+        EXCHANGES.labels(error.error, "none", "none").inc()
         log.info(
             "token exchange refused",
             extra={
@@ -192,7 +225,11 @@ def token() -> Response:
             },
         )
         raise
-    body = json.dumps(render_exchanged(result, time.time()), separators=(",", ":"))
+    body = _bodies.render(result, time.time())
+    cache = "hit" if result.cache_hit else "miss"
+    provider = result.mapping.provider
+    EXCHANGES.labels("ok", provider, cache).inc()
+    EXCHANGE_SECONDS.labels(provider, cache).observe(time.perf_counter() - started)
     log.info(
         "token exchanged",
         extra={

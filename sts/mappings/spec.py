@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
 Provider = Literal["aws", "gcp"]
@@ -98,7 +99,7 @@ class MappingSpec:
             doc["gcp"] = self.gcp.to_document()
         return doc
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Hash of the definition: part of the credential cache key, so an edit is a new key."""
         canonical = json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))

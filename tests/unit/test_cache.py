@@ -40,7 +40,7 @@ def test_reuse_margin(lifetime: int, margin: int) -> None:
 
 def test_hour_long_credential_is_reused_until_15_minutes_before_expiry() -> None:
     clock = Clock()
-    cache = CredentialCache(clock=clock)
+    cache = CredentialCache(clock=clock, refresh_fraction=1.0)
     calls: list[int] = []
 
     def issue() -> Credentials:
@@ -136,3 +136,64 @@ def test_lru_bound() -> None:
     assert len(cache) == 3
     assert cache.get(keys[0]) is None
     assert cache.get(keys[4]) is not None
+
+
+def test_refresh_ahead_renews_in_the_background_while_serving_the_old() -> None:
+    clock = Clock()
+    cache = CredentialCache(clock=clock, refresh_fraction=0.5)
+    release = threading.Event()
+    calls: list[float] = []
+
+    def issue() -> Credentials:
+        calls.append(clock.now)
+        if len(calls) > 1:
+            release.wait(5)
+        return creds(clock.now + 3600, token=f"t{len(calls)}")
+
+    key = cache_key(AWS, PRINCIPAL, ())
+    first, _ = cache.get_or_issue(key, issue)
+    # Usable window is 2700 s; half of it passed: still the old one, renewal starts behind it.
+    clock.now += 1349
+    assert cache.get_or_issue(key, issue) == (first, True)
+    assert len(calls) == 1
+    clock.now += 1
+    served, hit = cache.get_or_issue(key, issue)
+    assert (served, hit) == (first, True)
+    again, hit = cache.get_or_issue(key, issue)  # one renewal in flight, not two
+    assert (again, hit) == (first, True)
+    release.set()
+    cache.wait_idle()
+    assert len(calls) == 2
+    renewed, hit = cache.get_or_issue(key, issue)
+    assert hit
+    assert renewed.access_token == "t2"
+    cache.close()
+
+
+def test_failed_refresh_keeps_serving_and_retries_later() -> None:
+    clock = Clock()
+    cache = CredentialCache(clock=clock, refresh_fraction=0.5)
+    calls: list[int] = []
+
+    def issue() -> Credentials:
+        calls.append(1)
+        if len(calls) == 2:
+            raise TemporarilyUnavailable("upstream down")
+        return creds(clock.now + 3600, token=f"t{len(calls)}")
+
+    key = cache_key(AWS, PRINCIPAL, ())
+    first, _ = cache.get_or_issue(key, issue)
+    clock.now += 2000
+    assert cache.get_or_issue(key, issue)[0] is first
+    cache.wait_idle()
+    assert len(calls) == 2
+    # Within the retry pause no new attempt; the old credential is still handed out.
+    assert cache.get_or_issue(key, issue)[0] is first
+    cache.wait_idle()
+    assert len(calls) == 2
+    clock.now += 11
+    assert cache.get_or_issue(key, issue)[0] is first
+    cache.wait_idle()
+    assert len(calls) == 3
+    assert cache.get_or_issue(key, issue)[0].access_token == "t3"
+    cache.close()

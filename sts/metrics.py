@@ -1,0 +1,48 @@
+"""Prometheus metrics, defined once. Names and labels follow Prometheus conventions.
+
+Under ``sts serve`` every worker process writes to a shared directory
+(``PROMETHEUS_MULTIPROC_DIR``, set by the server before workers start) and ``/metrics``
+aggregates them; in a single process the default registry is used.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+EXCHANGES = Counter(
+    "sts_exchanges_total",
+    "Token exchanges answered, by outcome (ok or the OAuth error code), provider and cache use.",
+    ["outcome", "provider", "cache"],
+)
+EXCHANGE_SECONDS = Histogram(
+    "sts_exchange_duration_seconds",
+    "Time to answer POST /token, from request to response body.",
+    ["provider", "cache"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+UPSTREAM_CALLS = Counter(
+    "sts_upstream_calls_total",
+    "Calls made to a cloud provider, by provider and result (ok or the error code).",
+    ["provider", "result"],
+)
+UPSTREAM_SECONDS = Histogram(
+    "sts_upstream_duration_seconds",
+    "Time spent in one upstream credential call.",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+CREDENTIAL_REFRESHES = Counter(
+    "sts_credential_refreshes_total",
+    "Credentials renewed ahead of expiry in the background, by result.",
+    ["result"],
+)
+REDIS_FALLBACKS = Counter(
+    "sts_redis_fallbacks_total",
+    "Redis operations that failed or were skipped, so the in-process tier served alone.",
+    ["operation"],
+)
+JWKS_FETCHES = Counter(
+    "sts_jwks_fetches_total",
+    "JWKS fetches, by result (ok or failed).",
+    ["result"],
+)

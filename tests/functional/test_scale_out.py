@@ -1,0 +1,169 @@
+"""Two ``sts serve`` processes sharing PostgreSQL and Redis, as two replicas would."""
+
+from __future__ import annotations
+
+import base64
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from sts.dev.aws_emulator import AwsEmulator
+from sts.dev.gcp_emulator import GcpEmulator
+from sts.dev.issuer import DevIssuer
+from tests.conftest import AUDIENCE, _postgres_schema_url
+from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
+from tests.functional.test_serve import free_port, sts
+
+pytestmark = pytest.mark.postgres
+
+
+class Replica:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self._out = open(log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sts", "serve", "--port", str(self.port), "--workers", "2"],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline, self.log.read_text()
+            time.sleep(0.1)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+
+
+@pytest.fixture(scope="module")
+def shared_postgres() -> Iterator[str]:
+    yield from _postgres_schema_url()
+
+
+@pytest.fixture(scope="module")
+def replicas(
+    shared_postgres: str,
+    issuer: DevIssuer,
+    aws: AwsEmulator,
+    gcp: GcpEmulator,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[Replica, Replica, dict[str, str]]]:
+    tmp_path = tmp_path_factory.mktemp("replicas")
+    postgres_url = shared_postgres
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STS_")},
+        "STS_DATABASE_URL": postgres_url,
+        "STS_AUDIENCE": AUDIENCE,
+        "STS_TRUSTED_ISSUERS": issuer.url,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
+        "STS_GCP_STS_URL": gcp.sts_url,
+        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+        "STS_REDIS_URL": "redis://127.0.0.1:6379/0",
+        "STS_CACHE_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    }
+    assert sts("db", "upgrade", env=env).returncode == 0
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(DEFAULT_MAPPINGS)
+    applied = sts("mappings", "apply", str(mappings), env=env)
+    assert applied.returncode == 0, applied.stderr
+    a = Replica(env, tmp_path / "a.log")
+    b = Replica(env, tmp_path / "b.log")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        yield a, b, env
+    finally:
+        a.stop()
+        b.stop()
+
+
+def exchange(url: str, token: str, **fields: str) -> requests.Response:
+    data = {"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN, **fields}
+    return requests.post(url + "/token", data=data, timeout=30)
+
+
+def test_one_upstream_call_for_twenty_concurrent_cold_requests(
+    replicas: tuple[Replica, Replica, dict[str, str]], issuer: DevIssuer, aws: AwsEmulator
+) -> None:
+    a, b, _ = replicas
+    # A deployment name no other test (or earlier run) used: a cold key in the shared Redis.
+    token = issuer.mint(audience=AUDIENCE, deployment="scale-" + secrets.token_hex(6))
+    seen = len(aws.requests)
+    aws.delay = 0.5
+    statuses: list[int] = []
+    keys: list[str] = []
+    barrier = threading.Barrier(20)
+
+    def call(url: str) -> None:
+        barrier.wait()
+        response = exchange(url, token)
+        statuses.append(response.status_code)
+        if response.status_code == 200:
+            keys.append(response.json()["aws_credentials"]["AccessKeyId"])
+
+    try:
+        threads = [threading.Thread(target=call, args=((a, b)[n % 2].url,)) for n in range(20)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        aws.delay = 0
+    assert statuses == [200] * 20
+    assert len(set(keys)) == 1
+    assert len(aws.requests[seen:]) == 1
+
+
+def test_mapping_change_reaches_both_replicas(
+    replicas: tuple[Replica, Replica, dict[str, str]], issuer: DevIssuer, tmp_path: Path
+) -> None:
+    a, b, env = replicas
+    token = issuer.mint(audience=AUDIENCE, account="late-account", project="p")
+    for replica in (a, b):
+        assert exchange(replica.url, token).json()["error"] == "unauthorized_client"
+    late = tmp_path / "late.yaml"
+    late.write_text(
+        "mappings:\n"
+        "  - name: late\n"
+        "    account: late-account\n"
+        "    project: p\n"
+        "    aws: {role_arn: 'arn:aws:iam::123456789012:role/late'}\n"
+    )
+    assert sts("mappings", "apply", str(late), env=env).returncode == 0
+    deadline = time.monotonic() + 10
+    pending = {a.url, b.url}
+    while pending and time.monotonic() < deadline:
+        # Several tries per replica: its two workers each refresh on their own.
+        for url in list(pending):
+            if all(exchange(url, token).status_code == 200 for _ in range(4)):
+                pending.discard(url)
+        time.sleep(0.2)
+    assert not pending
