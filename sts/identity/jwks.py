@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 from sts.config import Settings, check_url
+from sts.metrics import JWKS_FETCHES
 
 __all__ = [
     "DEFAULT_TTL",
@@ -193,16 +194,18 @@ def parse_jwks(body: bytes) -> dict[str, RSAKey]:
     return keys
 
 
-def ttl_from_cache_control(header: str | None) -> float:
+def ttl_from_cache_control(
+    header: str | None, min_ttl: float = MIN_TTL, max_ttl: float = MAX_TTL
+) -> float:
     """Key set lifetime from ``Cache-Control`` (RFC 9111 section 5.2.2), within our bounds."""
     if not header:
-        return DEFAULT_TTL
+        return min(max_ttl, max(min_ttl, DEFAULT_TTL))
     if _NO_CACHE.search(header):
-        return MIN_TTL
+        return min_ttl
     match = _MAX_AGE.search(header)
     if match is None:
-        return DEFAULT_TTL
-    return min(MAX_TTL, max(MIN_TTL, float(match.group(1))))
+        return min(max_ttl, max(min_ttl, DEFAULT_TTL))
+    return min(max_ttl, max(min_ttl, float(match.group(1))))
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,7 @@ class JWKSCache:
         except Exception as exc:
             reason = str(exc) if isinstance(exc, JWKSError) else f"error ({type(exc).__name__})"
             self._failures += 1
+            JWKS_FETCHES.labels("failed").inc()
             self._last_error = reason
             self._due_at = self._clock() + min(RETRY_BACKOFF_MAX, 2.0 ** (self._failures - 1))
             log.warning(
@@ -321,6 +325,7 @@ class JWKSCache:
                 "serving last good key set" if self._loaded else "no keys loaded",
             )
             return False
+        JWKS_FETCHES.labels("ok").inc()
         self._set = _KeySet(keys, frozenset(keys))
         self._loaded = True
         self._failures = 0
@@ -358,9 +363,10 @@ class JWKSCache:
                         raise JWKSError("response too slow")
             except requests.RequestException as exc:
                 raise JWKSError(f"request failed ({type(exc).__name__})") from None
-            ttl = ttl_from_cache_control(response.headers.get("Cache-Control"))
-        keys = parse_jwks(bytes(body))
-        return keys, min(self._max_ttl, max(self._min_ttl, ttl))
+            ttl = ttl_from_cache_control(
+                response.headers.get("Cache-Control"), self._min_ttl, self._max_ttl
+            )
+        return parse_jwks(bytes(body)), ttl
 
     def _http(self) -> requests.Session:
         if self._session is None:
@@ -394,6 +400,7 @@ class JWKSRegistry:
         clock: Callable[[], float] = time.monotonic,
         timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
         max_bytes: int = MAX_JWKS_BYTES,
+        min_ttl: float = MIN_TTL,
         refetch_cooldown: float = REFETCH_COOLDOWN,
     ) -> None:
         self._caches: dict[str, JWKSCache] = {
@@ -404,6 +411,7 @@ class JWKSRegistry:
                 clock=clock,
                 timeout=timeout,
                 max_bytes=max_bytes,
+                min_ttl=min_ttl,
                 refetch_cooldown=refetch_cooldown,
             )
             for issuer in settings.trusted_issuers
