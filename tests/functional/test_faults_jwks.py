@@ -1,0 +1,287 @@
+"""JWKS faults through real HTTP (CONTRACT section 3, "JWKS"): rotation, removal, outages,
+unknown-kid floods, a slow issuer, an oversized key set and redirects.
+
+Each test runs its own :class:`DevIssuer`, so breaking it never disturbs the session issuer.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from sts import create_app
+from sts.dev.aws_emulator import AwsEmulator
+from sts.dev.gcp_emulator import GcpEmulator
+from sts.dev.issuer import DevIssuer, SigningKey
+from sts.identity.jwks import CONNECT_TIMEOUT, MAX_JWKS_BYTES, READ_TIMEOUT, JWKSRegistry
+from sts.identity.verifier import KEY_NOT_FOUND, KEYS_UNAVAILABLE
+from sts.services import Services
+from tests.conftest import AUDIENCE
+from tests.functional.conftest import Stack, seed, serve_app, settings_for, wait_ready
+from tests.functional.test_token import assert_error
+
+
+@pytest.fixture
+def dev() -> Iterator[DevIssuer]:
+    with DevIssuer() as issuer:
+        yield issuer
+
+
+@pytest.fixture
+def tuned_stack(aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path) -> Any:
+    """Like ``stack_factory``, with a key-set registry built from ``registry_options``.
+
+    For what production timings would make slow: a TTL under a minute, no refetch cooldown.
+    """
+
+    @contextmanager
+    def start(dev: DevIssuer, **registry_options: Any) -> Iterator[Stack]:
+        url = f"sqlite:///{tmp_path / 'tuned.db'}"
+        database = seed(url)
+        settings = settings_for(url, dev, aws, gcp)
+        services = Services.build(settings, registry=JWKSRegistry(settings, **registry_options))
+        server, base = serve_app(create_app(services=services))
+        try:
+            wait_ready(services)
+            yield Stack(base, dev, aws, gcp, services, len(aws.requests), len(gcp.requests))
+        finally:
+            server.shutdown()
+            server.server_close()
+            services.close()
+            database.dispose()
+
+    return start
+
+
+def mint(dev: DevIssuer, key: SigningKey | None = None, **claims: Any) -> str:
+    return dev.mint(audience=AUDIENCE, key=key, **claims)
+
+
+def unknown_kid_token(dev: DevIssuer, kid: str | None = None) -> str:
+    """Signed by the issuer's current key, but naming a ``kid`` its key set does not have."""
+    header = {"alg": "RS256", "typ": "JWT", "kid": kid or "atky_" + secrets.token_urlsafe(12)}
+    return dev.mint(header=header, audience=AUDIENCE, deployment="unknown-kid")
+
+
+def key_not_found(response: requests.Response, token: str) -> None:
+    body = assert_error(response, 400, "invalid_request", token)
+    assert body["error_description"] == KEY_NOT_FOUND
+
+
+def readyz(stack: Stack) -> requests.Response:
+    return requests.get(stack.url + "/readyz", timeout=10)
+
+
+def test_rotated_key_is_accepted_once_fetched(stack_factory: Any, dev: DevIssuer) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    assert stack.post(mint(dev, deployment="before-rotation")).status_code == 200
+    fetched = dev.fetches
+
+    old = dev.key
+    dev.rotate()
+    # An unknown kid is fetched for at once: the cooldown has not been used yet.
+    response = stack.post(mint(dev, deployment="after-rotation"))
+    assert response.status_code == 200, response.text
+    assert dev.fetches == fetched + 1
+    # keep_old: tokens under the previous key still verify, with no further fetch.
+    assert stack.post(mint(dev, key=old, deployment="old-key-kept")).status_code == 200
+
+    # A second rotation inside the 30 s cooldown is not fetched for: the new kid is unknown.
+    dev.rotate()
+    token = mint(dev, deployment="second-rotation")
+    key_not_found(stack.post(token), token)
+    assert dev.fetches == fetched + 1
+
+
+def test_removed_key_stops_verifying_cached_verifications_included(
+    stack_factory: Any, dev: DevIssuer
+) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    old_key = dev.key
+    cached = mint(dev, deployment="cached-before-removal")
+    assert stack.post(cached).status_code == 200
+    assert stack.post(cached).status_code == 200  # now a cached verification and credential
+
+    dev.rotate(keep_old=False)
+    # The first token under the new kid makes the service refetch, learning that the old key
+    # is gone.
+    assert stack.post(mint(dev, deployment="after-removal")).status_code == 200
+
+    key_not_found(stack.post(cached), cached)
+    fresh_old = mint(dev, key=old_key, deployment="fresh-under-removed-key")
+    key_not_found(stack.post(fresh_old), fresh_old)
+
+
+def test_removed_key_is_dropped_by_the_background_refresh(tuned_stack: Any, dev: DevIssuer) -> None:
+    # The issuer asks for a 1 s cache lifetime; production clamps that to a minute.
+    dev.jwks_headers = {"Cache-Control": "max-age=1"}
+    with tuned_stack(dev, min_ttl=0.5) as stack:
+        cached = mint(dev, deployment="cached-then-removed")
+        assert stack.post(cached).status_code == 200
+        dev.rotate(keep_old=False)
+        fetched = dev.fetches
+        deadline = time.monotonic() + 5
+        while dev.fetches == fetched:
+            assert time.monotonic() < deadline, "the key set was not refreshed in the background"
+            time.sleep(0.05)
+        time.sleep(0.2)  # the fetch was served; let the service install the new set
+        # No token under the new kid was ever presented: the refresher alone removed the key.
+        key_not_found(stack.post(cached), cached)
+        assert stack.post(mint(dev, deployment="new-key")).status_code == 200
+
+
+def test_issuer_outage_with_keys_cached_keeps_serving(stack_factory: Any, dev: DevIssuer) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    cached = mint(dev, deployment="cached-before-outage")
+    assert stack.post(cached).status_code == 200
+    dev.stop()  # the issuer is gone: connections are refused
+
+    assert stack.post(cached).status_code == 200
+    # A token never seen before, under a known kid, verifies against the cached key set.
+    fresh = mint(dev, deployment="fresh-during-outage")
+    response = stack.post(fresh)
+    assert response.status_code == 200, response.text
+    # An unknown kid during the outage is a plain refusal, not an outage: keys are loaded.
+    token = unknown_kid_token(dev)
+    key_not_found(stack.post(token), token)
+    assert readyz(stack).status_code == 200
+
+
+def test_issuer_outage_with_nothing_cached_then_recovery(
+    stack_factory: Any, dev: DevIssuer
+) -> None:
+    dev.jwks_status = 503
+    stack = stack_factory(wait=False, trusted_issuers=(dev.url,))
+    token = mint(dev, deployment="before-first-keys")
+    body = assert_error(stack.post(token), 503, "temporarily_unavailable", token)
+    assert body["error_description"] == KEYS_UNAVAILABLE
+    ready = readyz(stack)
+    assert ready.status_code == 503
+    assert "jwks" in ready.json()["reason"]
+    assert requests.get(stack.url + "/healthz", timeout=10).status_code == 200
+
+    dev.jwks_status = 200
+    # The background refresher retries with a short backoff and the service becomes ready.
+    deadline = time.monotonic() + 10
+    while readyz(stack).status_code != 200:
+        assert time.monotonic() < deadline, "never became ready after the issuer recovered"
+        time.sleep(0.1)
+    assert stack.post(token).status_code == 200
+
+
+def test_unknown_kid_flood_makes_at_most_one_refetch(stack_factory: Any, dev: DevIssuer) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    fetched = dev.fetches
+    tokens = [unknown_kid_token(dev) for _ in range(50)]
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(stack.post, tokens))
+    for token, response in zip(tokens, responses, strict=True):
+        key_not_found(response, token)
+    assert dev.fetches - fetched == 1
+    assert stack.post(mint(dev, deployment="after-flood")).status_code == 200
+
+
+def test_slow_jwks_is_bounded_and_requests_do_not_pile_up(
+    stack_factory: Any, dev: DevIssuer
+) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    fetched = dev.fetches
+    dev.jwks_delay = READ_TIMEOUT + 3
+    bound = CONNECT_TIMEOUT + READ_TIMEOUT + 1.5
+    tokens = [unknown_kid_token(dev) for _ in range(10)]
+
+    def timed(token: str) -> tuple[float, requests.Response]:
+        started = time.monotonic()
+        response = stack.post(token)
+        return time.monotonic() - started, response
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
+        slow = [pool.submit(timed, token) for token in tokens]
+        time.sleep(0.3)
+        # Known kids never wait for a fetch in flight.
+        elapsed, response = timed(mint(dev, deployment="known-kid-while-slow"))
+        assert response.status_code == 200, response.text
+        assert elapsed < 1.0
+        results = [future.result() for future in slow]
+    assert time.monotonic() - started < bound
+    for token, (elapsed, response) in zip(tokens, results, strict=True):
+        key_not_found(response, token)
+        assert elapsed < bound
+    assert dev.fetches - fetched == 1
+
+
+def oversized_jwks(dev: DevIssuer) -> bytes:
+    """A well-formed key set, holding the issuer's real keys, padded past the size cap."""
+    document = {"keys": dev.jwks()["keys"], "padding": "x" * (MAX_JWKS_BYTES + 1024)}
+    return json.dumps(document).encode()
+
+
+def test_oversized_jwks_at_start_up_is_refused(stack_factory: Any, dev: DevIssuer) -> None:
+    dev.jwks_body = oversized_jwks(dev)
+    stack = stack_factory(wait=False, trusted_issuers=(dev.url,))
+    token = mint(dev, deployment="oversized-at-start")
+    assert_error(stack.post(token), 503, "temporarily_unavailable", token)
+    assert readyz(stack).status_code == 503
+    assert dev.fetches >= 1
+
+
+def test_oversized_jwks_keeps_the_last_good_set(stack_factory: Any, dev: DevIssuer) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    cached = mint(dev, deployment="before-oversized")
+    assert stack.post(cached).status_code == 200
+    dev.rotate()
+    dev.jwks_body = oversized_jwks(dev)  # it does hold the new key
+    fetched = dev.fetches
+    token = mint(dev, deployment="new-kid-in-oversized-set")
+    key_not_found(stack.post(token), token)
+    assert dev.fetches == fetched + 1
+    assert stack.post(cached).status_code == 200
+    assert readyz(stack).status_code == 200
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[DevIssuer]:
+    """Another host (127.0.0.2) serving a key set of its own: what a redirect would lead to."""
+    with DevIssuer(host="127.0.0.2") as other:
+        yield other
+
+
+def test_redirect_at_start_up_is_not_followed(
+    stack_factory: Any, dev: DevIssuer, elsewhere: DevIssuer
+) -> None:
+    dev.jwks_status = 302
+    dev.jwks_headers = {"Location": elsewhere.jwks_url}
+    stack = stack_factory(wait=False, trusted_issuers=(dev.url,))
+    # Claims of the trusted issuer, signed with the other host's key under its kid.
+    token = mint(dev, key=elsewhere.key, deployment="redirected-at-start")
+    assert_error(stack.post(token), 503, "temporarily_unavailable", token)
+    assert readyz(stack).status_code == 503
+    assert dev.fetches >= 1
+    assert elsewhere.fetches == 0
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirect_on_refetch_is_not_followed(
+    tuned_stack: Any, dev: DevIssuer, elsewhere: DevIssuer, status: int
+) -> None:
+    with tuned_stack(dev, refetch_cooldown=0.0) as stack:
+        assert stack.post(mint(dev, deployment="before-redirect")).status_code == 200
+        dev.jwks_status = status
+        dev.jwks_headers = {"Location": elsewhere.jwks_url}
+        fetched = dev.fetches
+        token = mint(dev, key=elsewhere.key, deployment="redirected")
+        key_not_found(stack.post(token), token)
+        assert dev.fetches == fetched + 1
+        assert elsewhere.fetches == 0
+        # The last good key set keeps serving.
+        assert stack.post(mint(dev, deployment="after-redirect")).status_code == 200
