@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
+from sts.audit_commands import audit
 from sts.config import ConfigError, Settings
 from sts.mappings.commands import db, mappings
 
@@ -27,6 +29,7 @@ def cli() -> None:
 
 cli.add_command(db)
 cli.add_command(mappings)
+cli.add_command(audit)
 
 
 @cli.command()
@@ -58,12 +61,28 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
 
 
 @cli.command()
-@click.option("--claims", "claims_json", required=True, help="Token claims as a JSON object.")
+@click.option("--claims", "claims_json", default=None, help="Token claims as a JSON object.")
+@click.option(
+    "--token",
+    "token",
+    default=None,
+    help="A real ID token (or @FILE, or - for stdin); its claims are read, not its signature.",
+)
 @click.option("--audience", default=None, help="Mapping name (or GCP provider) to ask for.")
 @click.option("--resource", default=None, help="Target to ask for (role ARN, SA email, WIP).")
 @click.option("--json", "as_json", is_flag=True, help="Print the explanation as JSON.")
-def explain(claims_json: str, audience: str | None, resource: str | None, as_json: bool) -> None:
-    """Which mapping would be chosen for these claims, and why each other one was not."""
+def explain(
+    claims_json: str | None,
+    token: str | None,
+    audience: str | None,
+    resource: str | None,
+    as_json: bool,
+) -> None:
+    """Which mapping would be chosen for these claims, and why each other one was not.
+
+    Give the claims with --claims, or a token with --token: explain reads the token's claims
+    (strictly parsed, signature NOT verified: this is a diagnosis, not an authorisation).
+    """
     import json
 
     from sts.identity.principal import ENVIRONMENT_TYPES, Principal
@@ -71,21 +90,18 @@ def explain(claims_json: str, audience: str | None, resource: str | None, as_jso
     from sts.mappings.store import Database
 
     settings = load_settings()
-    try:
-        claims = json.loads(claims_json)
-    except ValueError:
-        click.echo("error: --claims: not valid JSON", err=True)
+    if (claims_json is None) == (token is None):
+        click.echo("error: give exactly one of --claims or --token", err=True)
         sys.exit(2)
-    if not isinstance(claims, dict):
-        click.echo("error: --claims: must be a JSON object", err=True)
-        sys.exit(2)
+    option = "--claims" if token is None else "--token"
+    claims = _token_claims(token) if token is not None else _json_claims(claims_json or "")
     for name in ("account", "project", "deployment", "environment_type"):
         if not isinstance(claims.get(name), str) or not claims[name]:
-            click.echo(f"error: --claims: {name} must be a non-empty string", err=True)
+            click.echo(f"error: {option}: {name} must be a non-empty string", err=True)
             sys.exit(2)
     if claims["environment_type"] not in ENVIRONMENT_TYPES:
         click.echo(
-            "error: --claims: environment_type must be one of " + ", ".join(ENVIRONMENT_TYPES),
+            f"error: {option}: environment_type must be one of " + ", ".join(ENVIRONMENT_TYPES),
             err=True,
         )
         sys.exit(2)
@@ -115,6 +131,44 @@ def explain(claims_json: str, audience: str | None, resource: str | None, as_jso
             mark = "✓" if candidate.matched else "✗"
             click.echo(f"  {mark} {candidate.name}: {candidate.reason}")
     sys.exit(0 if result.chosen is not None else 1)
+
+
+def _json_claims(text: str) -> dict[str, Any]:
+    import json
+
+    try:
+        claims = json.loads(text)
+    except ValueError:
+        click.echo("error: --claims: not valid JSON", err=True)
+        sys.exit(2)
+    if not isinstance(claims, dict):
+        click.echo("error: --claims: must be a JSON object", err=True)
+        sys.exit(2)
+    return claims
+
+
+def _token_claims(value: str) -> dict[str, Any]:
+    """The payload of a compact JWS, decoded as strictly as the service decodes it."""
+    from sts.identity.jwks import JWKSError, decode_b64url, loads_json_object
+
+    if value == "-":
+        value = sys.stdin.read()
+    elif value.startswith("@"):
+        try:
+            with open(value[1:], encoding="ascii") as handle:
+                value = handle.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            click.echo(f"error: --token: cannot read {value[1:]}: {type(exc).__name__}", err=True)
+            sys.exit(2)
+    parts = value.strip().split(".")
+    if len(parts) != 3:
+        click.echo("error: --token: not a compact JWS (three dot-separated parts)", err=True)
+        sys.exit(2)
+    try:
+        return loads_json_object(decode_b64url(parts[1]))
+    except JWKSError:
+        click.echo("error: --token: payload is not base64url-encoded JSON", err=True)
+        sys.exit(2)
 
 
 @cli.command()

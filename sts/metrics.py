@@ -7,7 +7,7 @@ aggregates them; in a single process the default registry is used.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 EXCHANGES = Counter(
     "sts_exchanges_total",
@@ -45,4 +45,24 @@ JWKS_FETCHES = Counter(
     "sts_jwks_fetches_total",
     "JWKS fetches, by result (ok or failed).",
     ["result"],
+)
+CACHE_ENTRIES = Gauge(
+    "sts_cache_entries",
+    "Entries held in the in-process caches (summed over live worker processes).",
+    ["cache"],
+    multiprocess_mode="livesum",
+)
+MAPPINGS_LOADED = Gauge(
+    "sts_mappings_loaded",
+    "Mappings in the in-memory selection index.",
+    multiprocess_mode="livemax",
+)
+MAPPING_REVISION = Gauge(
+    "sts_mapping_revision",
+    "Revision of the mapping table the selection index was built from.",
+    multiprocess_mode="livemax",
+)
+AUDIT_WRITE_FAILURES = Counter(
+    "sts_audit_write_failures_total",
+    "Issuance events the database did not take; each one was logged by sts.audit instead.",
 )

@@ -8,6 +8,10 @@ imports :mod:`sts.wsgi`, which builds the app and starts its background refreshe
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import sys
+import tempfile
 
 import click
 
@@ -28,16 +32,55 @@ def prepare_database(settings: Settings) -> None:
         database.dispose()
 
 
-def run(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> int:
-    from granian import Granian
-    from granian.constants import Interfaces
+def metrics_directory() -> str:
+    """Where worker processes write their metrics; must be set before prometheus_client loads.
 
+    An operator's ``PROMETHEUS_MULTIPROC_DIR`` is used (and emptied: it holds the previous
+    run's values); otherwise a fresh temporary directory.
+    """
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured:
+        os.makedirs(configured, exist_ok=True)
+        for name in os.listdir(configured):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(configured, name))
+        return configured
+    directory = tempfile.mkdtemp(prefix="sts-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    return directory
+
+
+def run(settings: Settings, *, host: str, port: int, workers: int, threads: int) -> int:
+    """Prepare the database, then replace this process with a clean server process.
+
+    The CLI process has imported much of the package; metrics must be created only after
+    ``PROMETHEUS_MULTIPROC_DIR`` is set, so the server starts from a fresh interpreter (same
+    PID, so signals from a supervisor reach it directly).
+    """
     logs.configure(settings.log_format)
     try:
         prepare_database(settings)
     except Exception as exc:
         click.echo(f"error: database: {type(exc).__name__}: cannot prepare the database", err=True)
         return 1
+    owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+    metrics_directory()
+    argv = [sys.executable, "-m", "sts.serve", host, str(port), str(workers), str(threads)]
+    if owned:
+        argv.append("--owned-metrics-dir")
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
+    return 1  # not reached: execv replaces the process or raises
+
+
+def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
+    """Run granian until it is told to stop (the body of the server process)."""
+    from granian import Granian
+    from granian.constants import Interfaces
+
+    settings = Settings.from_env()
+    logs.configure(settings.log_format)
     log.info("starting", extra={"host": host, "port": port, "workers": workers})
     server = Granian(
         "sts.wsgi:app",
@@ -51,3 +94,16 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
     )
     server.serve()
     return 0
+
+
+def main(argv: list[str]) -> int:
+    host, port, workers, threads = argv[:4]
+    try:
+        return serve_forever(host, int(port), int(workers), int(threads))
+    finally:
+        if "--owned-metrics-dir" in argv[4:]:
+            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

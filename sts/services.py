@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
+from sts.audit import AuditRecorder
 from sts.cache import CredentialCache, RedisTier
 from sts.config import Settings
 from sts.exchange import Exchanger
@@ -12,6 +13,7 @@ from sts.identity.jwks import JWKSRegistry
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.live import LiveMappings
 from sts.mappings.store import Database
+from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED
 from sts.providers.aws import AwsProvider
 from sts.providers.base import CredentialProvider
 from sts.providers.gcp import GcpProvider
@@ -48,8 +50,19 @@ class Services:
             "aws": AwsProvider(settings),
             "gcp": GcpProvider(settings),
         }
-        exchanger = Exchanger(verifier, mappings, cache, providers)
-        return cls(settings, database, registry, verifier, mappings, cache, exchanger)
+        exchanger = Exchanger(verifier, mappings, cache, providers, AuditRecorder(database))
+        services = cls(settings, database, registry, verifier, mappings, cache, exchanger)
+        mappings.on_tick = services.export_gauges
+        return services
+
+    def export_gauges(self) -> None:
+        """Publish cache sizes and the index state (runs on the mapping refresh thread)."""
+        CACHE_ENTRIES.labels("credentials").set(len(self.cache))
+        CACHE_ENTRIES.labels("verified_tokens").set(self.verifier.cached_tokens)
+        if self.mappings.loaded:
+            index = self.mappings.current()
+            MAPPINGS_LOADED.set(len(index))
+            MAPPING_REVISION.set(index.revision)
 
     def start(self) -> None:
         """Start background refreshers; idempotent, and must run in the serving process."""

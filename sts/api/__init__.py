@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import time
+import uuid
 
-from flask import Flask, Response
+from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from sts.config import Settings
@@ -13,6 +16,11 @@ from sts.errors import OAuthError, ServerError
 from sts.services import Services
 
 log = logging.getLogger("sts.api")
+access_log = logging.getLogger("sts.access")
+
+# A caller's own request id is echoed only if it is short and plain; otherwise we make one.
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 
@@ -36,7 +44,7 @@ def render_error(error: OAuthError) -> Response:
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     from sts import logs
-    from sts.api import health, metrics, token
+    from sts.api import health, metrics, openapi, token
 
     if services is None:
         settings = settings or Settings.from_env()
@@ -48,6 +56,37 @@ def build_app(settings: Settings | None = None, services: Services | None = None
     app.register_blueprint(token.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
+    app.register_blueprint(openapi.bp)
+
+    @app.before_request
+    def _begin() -> None:
+        g.started = time.perf_counter()
+        incoming = request.headers.get("X-Request-Id")
+        g.request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        g.log_fields = {}
+
+    @app.after_request
+    def _finish(response: Response) -> Response:
+        """One log line per request; probes that succeed are logged at DEBUG only."""
+        request_id = g.get("request_id") or uuid.uuid4().hex
+        response.headers["X-Request-Id"] = request_id
+        quiet = request.path in QUIET_PATHS and response.status_code == 200
+        level = logging.DEBUG if quiet else logging.INFO
+        if access_log.isEnabledFor(level):
+            started = g.get("started", time.perf_counter())
+            access_log.log(
+                level,
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": request.method,
+                    "path": request.path,
+                    "status": response.status_code,
+                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                    **g.get("log_fields", {}),
+                },
+            )
+        return response
 
     @app.errorhandler(OAuthError)
     def _oauth_error(error: OAuthError) -> Response:
@@ -56,14 +95,20 @@ def build_app(settings: Settings | None = None, services: Services | None = None
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(error.code or 0, "invalid_request")
+        # Keep werkzeug's own headers but its HTML type: a 405 must carry Allow (RFC 9110 15.5.6).
+        kept = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
         return json_response(
             {"error": code, "error_description": (error.name or "error").lower()},
             error.code or 400,
+            kept,
         )
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
         log.error("unhandled error", extra={"exc_type": type(error).__name__})
+        fields = g.get("log_fields")
+        if fields is not None:
+            fields.update(outcome="server_error", cause=type(error).__name__)
         return render_error(ServerError())
 
     services.start()

@@ -8,12 +8,11 @@ contract names and ignores unknown parameters (RFC 6749 section 3.2).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app, g, request
 
 from sts.api import NO_STORE, services_of
 from sts.errors import InvalidRequest, OAuthError, UnsupportedGrantType
@@ -22,7 +21,6 @@ from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
 from sts.metrics import EXCHANGE_SECONDS, EXCHANGES
 from sts.providers.base import Credentials
 
-log = logging.getLogger("sts.token")
 bp = Blueprint("token", __name__)
 
 MAX_BODY_BYTES = 64 * 1024
@@ -208,38 +206,26 @@ _bodies = _BodyCache()
 
 @bp.post("/token")
 def token() -> Response:
+    """RFC 8693 section 2.1 request in, section 2.2.1 response out (CONTRACT section 2)."""
     started = time.perf_counter()
-    services = services_of(current_app)
+    fields = g.log_fields
     try:
-        result = services.exchanger.exchange(parse_token_request())
+        result = services_of(current_app).exchanger.exchange(parse_token_request())
     except OAuthError as error:
         EXCHANGES.labels(error.error, "none", "none").inc()
-        log.info(
-            "token exchange refused",
-            extra={
-                "status": error.status,
-                "error": error.error,
-                "reason": error.description,
-                "cause": error.cause,
-                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
+        fields.update(outcome=error.error, reason=error.description, cause=error.cause)
         raise
     body = _bodies.render(result, time.time())
     cache = "hit" if result.cache_hit else "miss"
     provider = result.mapping.provider
     EXCHANGES.labels("ok", provider, cache).inc()
     EXCHANGE_SECONDS.labels(provider, cache).observe(time.perf_counter() - started)
-    log.info(
-        "token exchanged",
-        extra={
-            "status": 200,
-            "mapping": result.mapping.name,
-            "provider": result.mapping.provider,
-            "deployment": result.principal.deployment,
-            "cache_hit": result.cache_hit,
-            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-        },
+    fields.update(
+        outcome="ok",
+        mapping=result.mapping.name,
+        provider=provider,
+        deployment=result.principal.deployment,
+        cache_hit=result.cache_hit,
     )
     response = Response(body, status=200, mimetype="application/json")
     response.headers.update(NO_STORE)

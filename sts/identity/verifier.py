@@ -156,6 +156,11 @@ class TokenVerifier:
                 self._verified.popitem(last=False)
         return verified.principal
 
+    @property
+    def cached_tokens(self) -> int:
+        """Verified tokens held (for the cache-size gauge)."""
+        return len(self._verified)
+
     def _forget(self, digest: bytes) -> None:
         with self._lock:
             self._verified.pop(digest, None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from sts.errors import TemporarilyUnavailable
 from sts.mappings.index import MappingIndex
@@ -22,9 +23,16 @@ REFRESH_INTERVAL_SECONDS = 2.0
 class LiveMappings:
     """Holds the current :class:`MappingIndex`; ``current()`` is a plain attribute read."""
 
-    def __init__(self, database: Database, interval: float = REFRESH_INTERVAL_SECONDS) -> None:
+    def __init__(
+        self,
+        database: Database,
+        interval: float = REFRESH_INTERVAL_SECONDS,
+        on_tick: Callable[[], None] | None = None,
+    ) -> None:
         self._database = database
         self._interval = interval
+        # Called after every refresh on the refresh thread (exports gauges; must not raise).
+        self.on_tick = on_tick
         self._index: MappingIndex | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -78,3 +86,8 @@ class LiveMappings:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.refresh()
+            if self.on_tick is not None:
+                try:
+                    self.on_tick()
+                except Exception as exc:
+                    log.warning("periodic task failed: %s", type(exc).__name__)

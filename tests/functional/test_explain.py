@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from sts.cli import cli
+from sts.dev.issuer import DevIssuer
 from tests.functional.conftest import seed
 
 CLAIMS = {
@@ -80,3 +82,31 @@ def test_bad_claims_are_exit_2(runner: CliRunner, claims: str) -> None:
     result = runner.invoke(cli, ["explain", "--claims", claims])
     assert result.exit_code == 2
     assert "--claims" in result.output
+
+
+def test_explain_reads_a_real_token(runner: CliRunner, issuer: DevIssuer, tmp_path: Path) -> None:
+    token = issuer.mint(audience="https://sts.example.test", **CLAIMS)
+    for value, stdin in ((token, None), ("-", token), (f"@{tmp_path / 't.jwt'}", None)):
+        (tmp_path / "t.jwt").write_text(token + "\n")
+        result = runner.invoke(cli, ["explain", "--token", value], input=stdin)
+        assert result.exit_code == 0, result.output
+        assert result.output.splitlines()[0] == "chosen: orders-prod"
+    other = issuer.mint(audience="x", environment_type="preview")
+    result = runner.invoke(cli, ["explain", "--token", other, "--json"])
+    assert json.loads(result.output)["chosen"] == "orders-preview"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--token", "not.a"],
+        ["--token", "a.!!!.c"],
+        ["--token", "@/nonexistent/file"],
+        [],
+        ["--claims", json.dumps(CLAIMS), "--token", "a.b.c"],
+    ],
+)
+def test_bad_token_arguments_are_exit_2(runner: CliRunner, args: list[str]) -> None:
+    result = runner.invoke(cli, ["explain", *args])
+    assert result.exit_code == 2
+    assert len(result.output.strip().splitlines()) == 1

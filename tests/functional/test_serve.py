@@ -147,3 +147,31 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     # The demo shows credentials masked, never whole: no long secret-looking run of characters.
     assert not re.search(r"[A-Za-z0-9_+-]{30,}", result.stdout), result.stdout
     assert list(tmp_path.iterdir()) == []
+
+
+def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    token = issuer.mint(audience=AUDIENCE, deployment="metrics-" + os.urandom(4).hex())
+    data = {"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN}
+    deadline = time.monotonic() + 10
+    while requests.post(server + "/token", data=data, timeout=30).status_code != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+    def total() -> float:
+        text = requests.get(server + "/metrics", timeout=10).text
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "sts_exchanges"
+            for sample in family.samples
+            if sample.name == "sts_exchanges_total"
+        )
+
+    before = total()
+    # Fresh connections spread over both workers; every scrape sees the sum of both.
+    for _ in range(20):
+        assert requests.post(server + "/token", data=data, timeout=30).status_code == 200
+    scrapes = {total() - before for _ in range(6)}
+    assert scrapes == {20.0}

@@ -1,0 +1,139 @@
+"""Metrics at /metrics, one log line per request with an X-Request-Id, in both log formats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Iterator
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from sts.logs import JsonFormatter, TextFormatter
+from tests.functional.conftest import Stack
+
+
+def samples(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = requests.get(url + "/metrics", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("text/plain")
+    found = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
+) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def test_metrics_count_exchanges_and_follow_conventions(stack: Stack) -> None:
+    before = samples(stack.url)
+    token = stack.token(deployment="metrics-check")
+    assert stack.post(token).status_code == 200
+    assert stack.post(token).status_code == 200
+    assert stack.post("garbage").status_code == 400
+    after = samples(stack.url)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("sts_exchanges_total", outcome="ok", provider="aws", cache="miss") == 1
+    assert delta("sts_exchanges_total", outcome="ok", provider="aws", cache="hit") == 1
+    assert (
+        delta("sts_exchanges_total", outcome="invalid_request", provider="none", cache="none") == 1
+    )
+    assert delta("sts_upstream_calls_total", provider="aws", result="ok") == 1
+    assert delta("sts_upstream_duration_seconds_count", provider="aws") == 1
+    assert delta("sts_exchange_duration_seconds_count", provider="aws", cache="hit") == 1
+    names = {name for name, _ in after}
+    for name in names:
+        if name.startswith("sts_"):
+            assert re.fullmatch(r"sts_[a-z0-9_]+", name), name
+    assert any(n.startswith("sts_jwks_fetches_total") for n in names)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    captured: list[logging.LogRecord] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            captured.append(record)
+
+    handler = Capture(level=logging.DEBUG)
+    logger = logging.getLogger("sts")
+    logger.addHandler(handler)
+    yield captured
+    logger.removeHandler(handler)
+
+
+def test_one_line_per_request_with_request_id(
+    stack: Stack, records: list[logging.LogRecord]
+) -> None:
+    token = stack.token(deployment="log-check")
+    response = requests.post(
+        stack.url + "/token",
+        data={
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token": token,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:id_token",
+        },
+        headers={"X-Request-Id": "gw-1234.abc"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["X-Request-Id"] == "gw-1234.abc"
+    generated = stack.post("garbage").headers["X-Request-Id"]
+    assert re.fullmatch(r"[0-9a-f]{32}", generated)
+    hostile = requests.post(
+        stack.url + "/token", headers={"X-Request-Id": "x\u00e9" + "y" * 300}, timeout=10
+    )
+    assert hostile.headers["X-Request-Id"] != "x\u00e9" + "y" * 300
+
+    lines = [r for r in records if r.name == "sts.access" and r.__dict__.get("path") == "/token"]
+    by_id = {r.__dict__["request_id"]: r.__dict__ for r in lines}
+    ok = by_id["gw-1234.abc"]
+    assert ok["status"] == 200
+    assert ok["outcome"] == "ok"
+    assert ok["mapping"] == "orders-prod"
+    assert ok["cache_hit"] is False
+    assert ok["latency_ms"] >= 0
+    refused = by_id[generated]
+    assert refused["status"] == 400
+    assert refused["outcome"] == "invalid_request"
+    assert refused["reason"] == "token unparsable"
+    # Exactly one access line per request.
+    assert len([r for r in lines if r.__dict__["request_id"] == "gw-1234.abc"]) == 1
+    text = json.dumps([r.__dict__ for r in records], default=str)
+    assert token not in text
+    assert token.split(".")[2] not in text
+
+
+def test_successful_probes_are_quiet(stack: Stack, records: list[logging.LogRecord]) -> None:
+    assert requests.get(stack.url + "/healthz", timeout=10).status_code == 200
+    probes = [r for r in records if r.name == "sts.access" and r.__dict__.get("path") == "/healthz"]
+    # Logged at DEBUG only, and the service logs at INFO: nothing.
+    assert probes == []
+    assert requests.get(stack.url + "/nowhere", timeout=10).status_code == 404
+    missing = [r for r in records if r.name == "sts.access" and r.__dict__["path"] == "/nowhere"]
+    assert [r.levelno for r in missing] == [logging.INFO]
+
+
+def test_formats() -> None:
+    record = logging.LogRecord("sts.access", logging.INFO, __file__, 1, "request", (), None)
+    record.request_id = "abc"
+    record.status = 200
+    line = JsonFormatter().format(record)
+    doc = json.loads(line)
+    assert doc["msg"] == "request"
+    assert doc["request_id"] == "abc"
+    assert doc["level"] == "info"
+    text = TextFormatter().format(record)
+    assert "request_id=abc" in text
+    assert "\n" not in text
