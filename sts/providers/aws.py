@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,7 @@ from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
 from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
+    MIN_LIFETIME_SECONDS,
     THROTTLED_RETRY_AFTER_SECONDS,
     Outcome,
     redact,
@@ -209,6 +211,9 @@ class AwsProvider:
             raise self._client_error(exc, mapping.name, subject_token) from None
         except (BotoCoreError, ResponseParserError) as exc:
             raise self._transport_error(exc, mapping.name) from None
+        except ValueError as exc:
+            # botocore's parser raises a bare ValueError for an unparsable timestamp in a 200.
+            raise self._transport_error(exc, mapping.name) from None
         return self._credentials(response, mapping.name)
 
     @staticmethod
@@ -232,7 +237,9 @@ class AwsProvider:
         return outcome.error(cause)
 
     @staticmethod
-    def _transport_error(exc: BotoCoreError | ResponseParserError, mapping: str) -> OAuthError:
+    def _transport_error(
+        exc: BotoCoreError | ResponseParserError | ValueError, mapping: str
+    ) -> OAuthError:
         if isinstance(exc, ConnectTimeoutError):
             outcome = _CONNECT_TIMEOUT
         elif isinstance(exc, ReadTimeoutError):
@@ -271,8 +278,12 @@ class AwsProvider:
             and session_token
             and isinstance(expiration, datetime)
             and expiration.tzinfo is not None
+            and expiration.timestamp() - time.time() >= MIN_LIFETIME_SECONDS
         ):
-            cause = f"AssumeRoleWithWebIdentity answer lacks credentials: mapping={mapping}"
+            cause = (
+                "AssumeRoleWithWebIdentity answer lacks usable credentials (missing, or expiring"
+                f" within {MIN_LIFETIME_SECONDS} s): mapping={mapping}"
+            )
             log.warning("%s", cause)
             raise _MALFORMED.error(cause)
         return Credentials(

@@ -21,6 +21,9 @@ THROTTLED_RETRY_AFTER_SECONDS = 5
 MAX_RETRY_AFTER_SECONDS = 60
 #: Upstream text kept in log causes, at most.
 MAX_CAUSE_CHARS = 200
+#: CONTRACT section 2: nothing with under 5 minutes left is ever handed out, fresh from upstream
+#: included; an answer that expires sooner is unusable (as ``sts.cache.MIN_REMAINING_SECONDS``).
+MIN_LIFETIME_SECONDS = 300
 
 _JWS_LIKE = re.compile(r"eyJ[A-Za-z0-9_=-]{8,}(\.[A-Za-z0-9_=-]*)*")
 

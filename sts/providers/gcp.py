@@ -43,6 +43,7 @@ from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
 from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
+    MIN_LIFETIME_SECONDS,
     RETRY_AFTER_SECONDS,
     THROTTLED_RETRY_AFTER_SECONDS,
     Outcome,
@@ -245,6 +246,10 @@ class GcpProvider:
                     scopes=scopes,
                     lifetime_seconds=target.lifetime_seconds,
                     secrets=secrets,
+                )
+            if expires_at - time.time() < MIN_LIFETIME_SECONDS:
+                raise _UpstreamError(
+                    _MALFORMED, f"token expires within {MIN_LIFETIME_SECONDS} s of issue"
                 )
         except _UpstreamError as failure:
             cause = f"GCP exchange failed: mapping={mapping.name} {failure.cause}"
