@@ -1,0 +1,1222 @@
+#!/usr/bin/env python3
+"""The zuplo-sts benchmark: one command, everything on 127.0.0.1 (docs/benchmarks.md).
+
+    python bench/run.py [--quick] [--duration 10] [--connections 32] [--profile]
+
+It starts a dev issuer, the AWS emulator (moto) and the GCP emulator in this process, then for
+each mapping count (10, 1,000, 100,000) a fresh database with generated mappings and ``sts serve``
+(2 workers), and drives it with wrk:
+
+- cached: the same token again and again (verified-token and credential caches hit);
+- warm: many distinct identities whose credentials are already cached;
+- cold: identities never seen before, so every request verifies RSA and calls the emulator,
+  which holds each answer back by ``--cold-delay`` seconds.
+
+Then, on the 1,000-mapping database, it runs the cached path head to head against the servers
+it could have been (granian with 1 or 4 blocking threads, gunicorn sync and gthread) and the
+Node.js comparators (fastify + jose, express + jose, 2 cluster workers each), and finally checks
+that 2 ``sts serve`` processes sharing Redis and PostgreSQL make exactly one upstream call for 20
+concurrent identical cold requests. Every process it starts is stopped on the way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import requests
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+NODE_DIR = BENCH / ".node"
+COMPARATOR = BENCH / "comparator"
+LUA_SCRIPT = BENCH / "lua" / "exchange.lua"
+
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from sts.dev.aws_emulator import AwsEmulator  # noqa: E402
+from sts.dev.gcp_emulator import GcpEmulator  # noqa: E402
+from sts.dev.issuer import DevIssuer  # noqa: E402
+from sts.mappings.document import spec_from_dict  # noqa: E402
+from sts.mappings.spec import MappingSpec  # noqa: E402
+from sts.mappings.store import Database  # noqa: E402
+
+HOST = "127.0.0.1"
+AUDIENCE = "https://sts.bench.example"
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+# Four workload identity pool providers shared by every GCP mapping, as an organisation would.
+WIPS = tuple(
+    f"//iam.googleapis.com/projects/{100000000 + n}/locations/global/workloadIdentityPools/"
+    f"zuplo-pool-{n}/providers/zuplo-oidc"
+    for n in range(4)
+)
+MAPPINGS_PER_ACCOUNT = 8
+DEFAULT_SERVER = "sts serve (granian, 4 blocking threads, default)"
+FASTIFY = "node fastify + jose, 2 workers"
+EXPRESS = "node express + jose, 2 workers"
+# Upper bound on how fast the cold path can go; cold tokens are minted for this rate so no
+# identity repeats within one measurement (the report warns if one did).
+COLD_RATE_CEILING = 400
+READY_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 10.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- tools -----------------------------------------------------------------------------------
+
+
+def run_quiet(cmd: Sequence[str], *, timeout: float, cwd: Path | None = None) -> bool:
+    try:
+        done = subprocess.run(
+            list(cmd), cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log(f"  {cmd[0]} failed: {exc}")
+        return False
+    if done.returncode != 0:
+        log(f"  {' '.join(cmd)} exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return done.returncode == 0
+
+
+def ensure_apt(binary: str, package: str) -> str:
+    """The path of ``binary``; installs the Debian ``package`` with apt-get when it is missing."""
+    found = shutil.which(binary)
+    if found:
+        return found
+    log(f"{binary} not found: installing the {package} package with apt-get")
+    if not run_quiet(["apt-get", "install", "-y", package], timeout=600):
+        run_quiet(["apt-get", "update"], timeout=600)
+        run_quiet(["apt-get", "install", "-y", package], timeout=600)
+    found = shutil.which(binary)
+    if not found:
+        raise SystemExit(f"error: {binary} is required; apt-get install -y {package} failed")
+    return found
+
+
+def ensure_node_modules() -> bool:
+    """npm ci the comparator's pinned dependencies into bench/.node (ignored by git)."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        ensure_apt("node", "nodejs")
+        ensure_apt("npm", "npm")
+    lock = COMPARATOR / "package-lock.json"
+    manifest = COMPARATOR / "package.json"
+    stamp = hashlib.sha256(manifest.read_bytes() + lock.read_bytes()).hexdigest()
+    stamp_file = NODE_DIR / ".installed"
+    if (
+        stamp_file.exists()
+        and stamp_file.read_text() == stamp
+        and (NODE_DIR / "node_modules").is_dir()
+    ):
+        return True
+    log("installing the comparator's npm packages into bench/.node (npm ci)")
+    NODE_DIR.mkdir(exist_ok=True)
+    shutil.copy(manifest, NODE_DIR / "package.json")
+    shutil.copy(lock, NODE_DIR / "package-lock.json")
+    ok = run_quiet(
+        ["npm", "ci", "--no-audit", "--no-fund", "--prefix", str(NODE_DIR)],
+        timeout=600,
+    )
+    if ok:
+        stamp_file.write_text(stamp)
+    return ok
+
+
+def ensure_py_spy() -> str | None:
+    found = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    if Path(found).exists():
+        return found
+    log("py-spy not found: pip install py-spy")
+    run_quiet([sys.executable, "-m", "pip", "install", "--quiet", "py-spy"], timeout=300)
+    found = str(Path(sys.executable).with_name("py-spy"))
+    return found if Path(found).exists() else shutil.which("py-spy")
+
+
+# -- processes -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Process:
+    """A child in its own process group, so stopping it also stops its workers."""
+
+    def __init__(self, name: str, cmd: Sequence[str], env: dict[str, str], log_path: Path) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._out = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            list(cmd),
+            env=env,
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def descendants(self) -> list[int]:
+        """Process ids below this one (server workers), from /proc."""
+        found: list[int] = []
+        pending = [self.pid]
+        while pending and len(found) < 256:
+            pid = pending.pop()
+            try:
+                children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            for child in children:
+                found.append(int(child))
+                pending.append(int(child))
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=STOP_TIMEOUT_SECONDS)
+        # Workers that outlived their parent still belong to the group.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._out.close()
+
+
+class Processes:
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.running: list[Process] = []
+
+    def start(self, name: str, cmd: Sequence[str], env: dict[str, str]) -> Process:
+        process = Process(name, cmd, env, self.out / f"{name}.log")
+        self.running.append(process)
+        return process
+
+    def stop(self, process: Process) -> None:
+        process.stop()
+        if process in self.running:
+            self.running.remove(process)
+
+    def stop_all(self) -> None:
+        while self.running:
+            self.stop(self.running[-1])
+
+
+def http() -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # loopback only: never a proxy from the environment
+    return session
+
+
+def wait_until(process: Process, url: str, *, timeout: float, ok: tuple[int, ...] = (200,)) -> None:
+    deadline = time.monotonic() + timeout
+    with http() as session:
+        while True:
+            if not process.alive():
+                raise RuntimeError(f"{process.name} exited:\n{process.tail()}")
+            with contextlib.suppress(requests.RequestException):
+                if session.get(url, timeout=2).status_code in ok:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{process.name} not ready after {timeout:.0f}s:\n{process.tail()}"
+                )
+            time.sleep(0.1)
+
+
+# -- mappings and identities -----------------------------------------------------------------
+
+
+def mapping_document(i: int) -> dict[str, Any]:
+    """Mapping number ``i``: 8 per account, 4 projects each with a production mapping on every
+    deployment and a preview mapping on ``pr-*`` deployments; one in five is GCP."""
+    account = f"acct-{i // MAPPINGS_PER_ACCOUNT:05d}"
+    slot = i % MAPPINGS_PER_ACCOUNT
+    project = f"proj-{slot // 2}"
+    production = slot % 2 == 0
+    environment = "production" if production else "preview"
+    doc: dict[str, Any] = {
+        "name": f"m{i:06d}-{project}-{environment}",
+        "description": f"bench mapping {i} for {account}/{project}",
+        "account": account,
+        "project": project,
+        "deployment": "*" if production else "pr-*",
+        "environment_type": environment,
+    }
+    if i % 5 == 2:
+        gcp: dict[str, Any] = {"workload_identity_provider": WIPS[i % len(WIPS)]}
+        if (i // 5) % 3 != 0:
+            gcp["service_account"] = service_account(i)
+        doc["gcp"] = gcp
+    else:
+        aws: dict[str, Any] = {
+            "role_arn": (
+                f"arn:aws:iam::{100000000000 + i // MAPPINGS_PER_ACCOUNT}:role/"
+                f"bench-{project}-{environment}"
+            ),
+            "duration_seconds": 3600,
+        }
+        if i % 4 == 1:
+            aws["session_policy"] = {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Action": "s3:GetObject",
+                        "Resource": f"arn:aws:s3:::{account}-{project}/*",
+                    }
+                ],
+            }
+        doc["aws"] = aws
+    return doc
+
+
+def service_account(i: int) -> str:
+    return f"sa-{i:06d}@acct-{i // MAPPINGS_PER_ACCOUNT:05d}.iam.gserviceaccount.com"
+
+
+def generate_specs(count: int) -> list[MappingSpec]:
+    return [spec_from_dict(mapping_document(i), f"bench[{i}]") for i in range(count)]
+
+
+def caller_claims(i: int, tag: str) -> dict[str, str]:
+    """Claims of a caller that mapping ``i`` (and only it) binds; ``tag`` makes it unique."""
+    doc = mapping_document(i)
+    prefix = "main" if doc["environment_type"] == "production" else "pr"
+    return {
+        "sub": f"atcl_bench_{tag}",
+        "account": doc["account"],
+        "project": doc["project"],
+        "deployment": f"{prefix}-{tag}",
+        "environment_type": doc["environment_type"],
+    }
+
+
+def form_body(token: str) -> str:
+    from urllib.parse import urlencode
+
+    return urlencode({"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN})
+
+
+def mint(issuer: DevIssuer, claims: dict[str, str]) -> str:
+    """A Zuplo-like ID token for ``AUDIENCE`` with ``claims`` over the issuer's defaults."""
+    full = issuer.claims(AUDIENCE)
+    full.update(claims)
+    return issuer.mint(full)
+
+
+def mint_bodies(issuer: DevIssuer, mappings: int, count: int, tag: str, seed: int) -> list[str]:
+    """``count`` form bodies for distinct identities spread over the mappings."""
+    rng = random.Random(seed)
+    bodies = []
+    for k in range(count):
+        claims = caller_claims(rng.randrange(mappings), f"{tag}{k:06d}")
+        bodies.append(form_body(mint(issuer, claims)))
+    return bodies
+
+
+# -- database --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres_schema() -> Iterator[str]:
+    schema = "bench_" + secrets.token_hex(6)
+    admin = sa.create_engine(POSTGRES_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        yield f"{POSTGRES_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def load_mappings(url: str, specs: list[MappingSpec]) -> float:
+    """Migrate and apply ``specs`` in one transaction; returns the apply's seconds."""
+    database = Database(url)
+    try:
+        database.upgrade()
+        started = time.perf_counter()
+        database.apply(specs, actor="bench", source="bench/run.py")
+        return time.perf_counter() - started
+    finally:
+        database.dispose()
+
+
+# -- load ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Load:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    errors: int
+    non_2xx: int
+
+
+def wrk(
+    binary: str,
+    url: str,
+    bodies_file: Path,
+    *,
+    duration: float,
+    connections: int,
+    threads: int,
+) -> Load:
+    env = {
+        **os.environ,
+        "BENCH_BODIES": str(bodies_file),
+        "BENCH_THREADS": str(threads),
+    }
+    cmd = [
+        binary,
+        "-t",
+        str(threads),
+        "-c",
+        str(connections),
+        "-d",
+        f"{max(1, round(duration))}s",
+        "--timeout",
+        "10s",
+        "-s",
+        str(LUA_SCRIPT),
+        url + "/token",
+    ]
+    done = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=duration + 60, check=False
+    )
+    for line in done.stdout.splitlines():
+        if line.startswith("BENCH-RESULT "):
+            raw = json.loads(line.removeprefix("BENCH-RESULT "))
+            seconds = raw["duration_us"] / 1e6
+            return Load(
+                requests=raw["requests"],
+                seconds=seconds,
+                rps=raw["requests"] / seconds if seconds else 0.0,
+                p50_ms=raw["p50_us"] / 1000,
+                p90_ms=raw["p90_us"] / 1000,
+                p99_ms=raw["p99_us"] / 1000,
+                max_ms=raw["max_us"] / 1000,
+                errors=raw["connect_errors"]
+                + raw["read_errors"]
+                + raw["write_errors"]
+                + raw["timeouts"],
+                non_2xx=raw["non_2xx"],
+            )
+    raise RuntimeError(f"wrk gave no result (exit {done.returncode}): {done.stderr[-400:]}")
+
+
+# -- the stack -------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    scenario: str
+    server: str
+    mappings: int
+    load: Load
+    upstream_calls: int | None = None
+    note: str = ""
+
+    @property
+    def per_10k(self) -> float | None:
+        if self.upstream_calls is None or not self.load.requests:
+            return None
+        return self.upstream_calls * 10_000 / self.load.requests
+
+
+@dataclass
+class Report:
+    started: str
+    machine: dict[str, str]
+    settings: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    apply_seconds: dict[int, float] = field(default_factory=dict)
+    ready_seconds: dict[int, float] = field(default_factory=dict)
+    single_flight: dict[str, Any] = field(default_factory=dict)
+    profile: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, scenario: str, server: str, mappings: int | None = None) -> Row | None:
+        for row in self.rows:
+            if (
+                row.scenario == scenario
+                and row.server == server
+                and (mappings is None or row.mappings == mappings)
+            ):
+                return row
+        return None
+
+
+def machine() -> dict[str, str]:
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "nproc": str(os.cpu_count()),
+        "cpu": model,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, out: Path) -> None:
+        self.args = args
+        self.out = out
+        self.procs = Processes(out)
+        self.wrk_bin = ""
+        self.issuer: DevIssuer | None = None
+        self.aws: AwsEmulator | None = None
+        self.gcp: GcpEmulator | None = None
+        self.report = Report(
+            started=time.strftime("%Y-%m-%d %H:%M:%S"),
+            machine=machine(),
+            settings={
+                "quick": args.quick,
+                "duration_s": args.duration,
+                "warmup_s": args.warmup,
+                "connections": args.connections,
+                "wrk_threads": args.threads,
+                "identities": args.identities,
+                "cold_delay_s": args.cold_delay,
+                "database": args.database,
+                "redis": not args.no_redis,
+                "mappings": args.mappings,
+            },
+        )
+        self.cached_response_bytes = 0
+
+    # -- environment --------------------------------------------------------------------
+
+    def start_emulators(self) -> None:
+        self.issuer = DevIssuer().start()
+        self.aws = AwsEmulator().start()
+        self.gcp = GcpEmulator().start()
+        for wip in WIPS:
+            self.gcp.add_provider(wip, self.issuer.url, self.issuer.jwks_url, [AUDIENCE])
+
+    def stop_emulators(self) -> None:
+        for emulator in (self.gcp, self.aws, self.issuer):
+            if emulator is not None:
+                with contextlib.suppress(Exception):
+                    emulator.stop()
+
+    def allow_service_accounts(self, count: int) -> None:
+        assert self.gcp is not None
+        for i in range(count):
+            doc = mapping_document(i)
+            if "gcp" in doc and "service_account" in doc["gcp"]:
+                self.gcp.allow_service_account(
+                    doc["gcp"]["service_account"], doc["gcp"]["workload_identity_provider"]
+                )
+
+    def sts_env(self, database_url: str, *, redis: bool) -> dict[str, str]:
+        assert self.issuer is not None
+        assert self.aws is not None
+        assert self.gcp is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+        env.update(
+            {
+                "STS_DATABASE_URL": database_url,
+                "STS_AUDIENCE": AUDIENCE,
+                "STS_TRUSTED_ISSUERS": self.issuer.url,
+                "STS_ALLOW_HTTP_LOOPBACK": "true",
+                "STS_AWS_ENDPOINT_URL": self.aws.endpoint_url,
+                "STS_GCP_STS_URL": self.gcp.sts_url,
+                "STS_GCP_IAM_CREDENTIALS_URL": self.gcp.iam_url,
+                "STS_LOG_FORMAT": "json",
+                "NO_PROXY": "127.0.0.1,localhost",
+                "no_proxy": "127.0.0.1,localhost",
+            }
+        )
+        if redis:
+            env["STS_REDIS_URL"] = REDIS_URL
+            env["STS_CACHE_ENCRYPTION_KEY"] = base64.urlsafe_b64encode(
+                secrets.token_bytes(32)
+            ).decode()
+        return env
+
+    def upstream_exchanges(self) -> int:
+        """Credential issuances upstream: AWS calls plus GCP STS exchanges (not IAM calls)."""
+        assert self.aws is not None
+        assert self.gcp is not None
+        gcp = sum(1 for request in list(self.gcp.requests) if request.path == "/v1/token")
+        return len(self.aws.requests) + gcp
+
+    def upstream_count(self) -> int:
+        assert self.aws is not None
+        assert self.gcp is not None
+        return len(self.aws.requests) + len(self.gcp.requests)
+
+    # -- servers ------------------------------------------------------------------------
+
+    def start_server(
+        self, kind: str, name: str, env: dict[str, str], *, ready_timeout: float
+    ) -> tuple[Process, str]:
+        """Start one server configuration; returns it and its base URL once it answers."""
+        port = free_port()
+        url = f"http://{HOST}:{port}"
+        python = sys.executable
+        if kind.startswith("gunicorn"):
+            # What sts serve sets up for its workers: metrics in multiprocess mode, so every
+            # server pays the same per-request metrics cost.
+            metrics = self.out / f"metrics-{name}"
+            shutil.rmtree(metrics, ignore_errors=True)
+            metrics.mkdir()
+            env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        if kind.startswith("granian"):
+            threads = kind.split("-bt", 1)[1] if "-bt" in kind else "4"
+            cmd = [
+                python,
+                "-m",
+                "sts",
+                "serve",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "--workers",
+                "2",
+                "--threads",
+                threads,
+            ]
+        elif kind == "gunicorn-sync":
+            cmd = [
+                python,
+                "-m",
+                "gunicorn",
+                "--workers",
+                "2",
+                "--worker-class",
+                "sync",
+                "--bind",
+                f"{HOST}:{port}",
+                "sts.wsgi:app",
+            ]
+        elif kind == "gunicorn-gthread":
+            cmd = [
+                python,
+                "-m",
+                "gunicorn",
+                "--workers",
+                "2",
+                "--worker-class",
+                "gthread",
+                "--threads",
+                "4",
+                "--bind",
+                f"{HOST}:{port}",
+                "sts.wsgi:app",
+            ]
+        elif kind in ("fastify", "express"):
+            assert self.issuer is not None
+            cmd = ["node", str(COMPARATOR / f"server-{kind}.js")]
+            env = {
+                **os.environ,
+                "NODE_PATH": str(NODE_DIR / "node_modules"),
+                "NODE_ENV": "production",
+                "PORT": str(port),
+                "JWKS_URL": self.issuer.jwks_url,
+                "ISSUER": self.issuer.url,
+                "AUDIENCE": AUDIENCE,
+                "BODY_BYTES": str(self.cached_response_bytes),
+                "WORKERS": "2",
+            }
+        else:
+            raise ValueError(kind)
+        process = self.procs.start(name, cmd, env)
+        probe = "/healthz" if kind in ("fastify", "express") else "/readyz"
+        wait_until(process, url + probe, timeout=ready_timeout)
+        return process, url
+
+    def first_ok(self, url: str, body: str, *, timeout: float) -> requests.Response:
+        """POST until a 200 (the first request may build the mapping index)."""
+        deadline = time.monotonic() + timeout
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        with http() as session:
+            while True:
+                response = session.post(url + "/token", data=body, headers=headers, timeout=60)
+                if response.status_code == 200:
+                    return response
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"POST /token answered {response.status_code}: {response.text[:200]}"
+                    )
+                time.sleep(0.2)
+
+    def issue_all(self, url: str, bodies: list[str]) -> int:
+        """Exchange each body once (8 at a time); returns how many were not 200."""
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        local = threading.local()
+
+        def one(body: str) -> int:
+            session = getattr(local, "session", None)
+            if session is None:
+                session = local.session = http()
+            return session.post(url + "/token", data=body, headers=headers, timeout=60).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            statuses = Counter(pool.map(one, bodies))
+        return sum(n for status, n in statuses.items() if status != 200)
+
+    def measure(
+        self, url: str, bodies_file: Path, *, duration: float | None = None
+    ) -> tuple[Load, int]:
+        """One wrk run; returns the load and the upstream calls made during it."""
+        before = self.upstream_count()
+        load = wrk(
+            self.wrk_bin,
+            url,
+            bodies_file,
+            duration=duration if duration is not None else self.args.duration,
+            connections=self.args.connections,
+            threads=self.args.threads,
+        )
+        return load, self.upstream_count() - before
+
+    def write_bodies(self, name: str, bodies: list[str]) -> Path:
+        path = self.out / f"{name}.bodies"
+        path.write_text("\n".join(bodies) + "\n")
+        return path
+
+    # -- scenarios ----------------------------------------------------------------------
+
+    def run_mapping_count(self, count: int) -> None:
+        assert self.issuer is not None
+        assert self.aws is not None
+        assert self.gcp is not None
+        args = self.args
+        log(f"{count} mappings: generating and applying")
+        specs = generate_specs(count)
+        self.allow_service_accounts(count)
+        with self.database(f"mappings-{count}") as database_url:
+            seconds = load_mappings(database_url, specs)
+            self.report.apply_seconds[count] = seconds
+            log(f"  apply of {count} mappings in one transaction: {seconds:.2f}s")
+            del specs
+            env = self.sts_env(database_url, redis=not args.no_redis)
+            started = time.monotonic()
+            ready_timeout = READY_TIMEOUT_SECONDS + count / 500
+            server, url = self.start_server(
+                "granian", f"sts-{count}", env, ready_timeout=ready_timeout
+            )
+            try:
+                tag = secrets.token_hex(3)
+                cached_body = self.cached_identity(count, tag)
+                self.first_ok(url, cached_body, timeout=ready_timeout)
+                self.report.ready_seconds[count] = time.monotonic() - started
+                self.scenario_cached(count, url, cached_body)
+                self.scenario_warm(count, url, tag)
+                self.scenario_cold(count, url, tag)
+            finally:
+                self.procs.stop(server)
+
+    def cached_identity(self, count: int, tag: str) -> str:
+        """The cached path's one token: bound to an AWS mapping in the middle of the table."""
+        i = count // 2
+        if "aws" not in mapping_document(i) or i >= count:
+            i = (i + 1) % count if count > 1 else 0
+        return form_body(mint(self.issuer_, caller_claims(i, f"c{tag}")))
+
+    @contextlib.contextmanager
+    def database(self, name: str) -> Iterator[str]:
+        if self.args.database == "postgres":
+            with postgres_schema() as url:
+                yield url
+        else:
+            path = self.out / f"{name}.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(str(path) + suffix).unlink(missing_ok=True)
+            yield f"sqlite:///{path}"
+
+    def scenario_cached(self, count: int, url: str, body: str) -> None:
+        path = self.write_bodies(f"cached-{count}", [body])
+        # The warm-up puts the token in both workers' caches; its calls are not counted.
+        self.measure(url, path, duration=self.args.warmup)
+        load, calls = self.measure(url, path)
+        self.add(Row("cached", "sts serve", count, load, calls))
+
+    def scenario_warm(self, count: int, url: str, tag: str) -> None:
+        n = self.args.identities
+        started = time.monotonic()
+        bodies = mint_bodies(self.issuer_, count, n, f"w{tag}", seed=2)
+        minted = time.monotonic()
+        before = self.upstream_count()
+        failed = self.issue_all(url, bodies)
+        warm_calls = self.upstream_count() - before
+        log(
+            f"  warm: minted {n} tokens in {minted - started:.1f}s, "
+            f"exchanged each once in {time.monotonic() - minted:.1f}s"
+        )
+        path = self.write_bodies(f"warm-{count}", bodies)
+        self.measure(url, path, duration=self.args.warmup)
+        load, calls = self.measure(url, path)
+        note = f"{n} identities; warming made {warm_calls} upstream calls"
+        if failed:
+            note += f"; {failed} warm-up exchanges failed"
+        self.add(Row("warm", "sts serve", count, load, calls, note))
+
+    def scenario_cold(self, count: int, url: str, tag: str) -> None:
+        assert self.aws is not None
+        assert self.gcp is not None
+        n = int(self.args.duration * COLD_RATE_CEILING) + 200
+        bodies = mint_bodies(self.issuer_, count, n, f"k{tag}", seed=3)
+        path = self.write_bodies(f"cold-{count}", bodies)
+        self.aws.delay = self.gcp.delay = self.args.cold_delay
+        exchanges = self.upstream_exchanges()
+        try:
+            load, calls = self.measure(url, path)
+        finally:
+            self.aws.delay = self.gcp.delay = 0.0
+        exchanges = self.upstream_exchanges() - exchanges
+        note = (
+            f"upstream delay {self.args.cold_delay * 1000:.0f} ms per call; {exchanges} "
+            "exchanges (a GCP mapping with a service account is 2 calls; requests still in "
+            "flight when wrk stops count upstream but not in requests)"
+        )
+        if load.requests > n:
+            note += f"; WARNING: {load.requests} requests > {n} fresh identities (some repeated)"
+        self.add(Row("cold", "sts serve", count, load, calls, note))
+
+    @property
+    def issuer_(self) -> DevIssuer:
+        assert self.issuer is not None
+        return self.issuer
+
+    def head_to_head(self, count: int) -> None:
+        """The cached path on every server configuration and on the comparators, back to back."""
+        log(f"head to head on the cached path, {count} mappings")
+        self.allow_service_accounts(count)
+        configs: list[tuple[str, str]] = [("granian", DEFAULT_SERVER)]
+        if not self.args.skip_comparator:
+            if ensure_node_modules():
+                configs.append(("fastify", FASTIFY))
+            else:
+                self.report.notes.append("comparator skipped: npm ci failed")
+        if not self.args.skip_servers:
+            configs += [
+                ("granian-bt1", "granian, 1 blocking thread"),
+                ("gunicorn-sync", "gunicorn sync, 2 workers"),
+                ("gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads"),
+            ]
+        if not self.args.skip_comparator and any(kind == "fastify" for kind, _ in configs):
+            configs.append(("express", EXPRESS))
+        with self.database(f"head-to-head-{count}") as database_url:
+            load_mappings(database_url, generate_specs(count))
+            body = self.cached_identity(count, secrets.token_hex(3))
+            path = self.write_bodies("head-to-head", [body])
+            for kind, label in configs:
+                self.head_to_head_one(
+                    kind, label, count, database_url=database_url, body=body, path=path
+                )
+
+    def head_to_head_one(
+        self, kind: str, label: str, count: int, *, database_url: str, body: str, path: Path
+    ) -> None:
+        log(f"  {label}")
+        env = self.sts_env(database_url, redis=not self.args.no_redis)
+        server, url = self.start_server(
+            kind, f"h2h-{kind}", env, ready_timeout=READY_TIMEOUT_SECONDS
+        )
+        try:
+            response = self.first_ok(url, body, timeout=READY_TIMEOUT_SECONDS)
+            if kind == "granian":
+                # The comparators answer with a body of this size.
+                self.cached_response_bytes = len(response.content)
+            note = f"{len(response.content)}-byte body"
+            self.measure(url, path, duration=self.args.warmup)
+            if self.args.profile and kind == "granian":
+                load, calls = self.profiled(server, url, path)
+            else:
+                load, calls = self.measure(url, path)
+            node = kind in ("fastify", "express")
+            self.add(Row("head-to-head", label, count, load, None if node else calls, note))
+        finally:
+            self.procs.stop(server)
+
+    def profiled(self, server: Process, url: str, path: Path) -> tuple[Load, int]:
+        """Measure while py-spy samples the two workers: collapsed stacks of one (summarised
+        into the report) and a flame graph of the other."""
+        spy = ensure_py_spy()
+        workers = [pid for pid in server.descendants() if "python" in _cmdline(pid)]
+        if spy is None or not workers:
+            self.report.notes.append("profile skipped: py-spy unavailable or no worker found")
+            return self.measure(url, path)
+        seconds = str(max(1, round(self.args.duration)))
+        raw, svg = self.out / "profile.raw", self.out / "profile.svg"
+        common = ["record", "--duration", seconds, "--rate", "250", "--nonblocking"]
+        jobs = [[spy, *common, "--pid", str(workers[-1]), "--function", "--format", "raw",
+                 "--output", str(raw)]]  # fmt: skip
+        if len(workers) > 1:
+            jobs.append([spy, *common, "--pid", str(workers[-2]), "--output", str(svg)])
+        logs = [self.out / f"py-spy-{n}.log" for n in range(len(jobs))]
+        recorders = []
+        for job, log_path in zip(jobs, logs, strict=True):
+            with open(log_path, "wb") as sink:
+                recorders.append(subprocess.Popen(job, stdout=sink, stderr=subprocess.STDOUT))
+        try:
+            result = self.measure(url, path)
+        finally:
+            for recorder in recorders:
+                try:
+                    recorder.wait(timeout=int(seconds) + 30)
+                except subprocess.TimeoutExpired:
+                    recorder.kill()
+                    recorder.wait()
+        if raw.exists():
+            self.report.profile = summarize_profile(raw)
+            self.report.notes.append(f"py-spy collapsed stacks: {raw}; flame graph: {svg}")
+        else:
+            problem = logs[0].read_text(errors="replace").strip()[-300:]
+            self.report.notes.append(f"py-spy recorded nothing: {problem}")
+        return result
+
+    def single_flight(self) -> None:
+        """2 ``sts serve`` processes on Redis + PostgreSQL; 20 identical cold requests."""
+        assert self.issuer is not None
+        assert self.aws is not None
+        log("multi-process check: 2 sts serve processes, Redis + PostgreSQL, 20 cold requests")
+        with postgres_schema() as database_url:
+            load_mappings(database_url, generate_specs(10))
+            env = self.sts_env(database_url, redis=True)
+            timeout = READY_TIMEOUT_SECONDS
+            a, url_a = self.start_server("granian", "replica-a", env, ready_timeout=timeout)
+            b, url_b = self.start_server("granian", "replica-b", env, ready_timeout=timeout)
+            try:
+                claims = caller_claims(0, "sf" + secrets.token_hex(4))
+                body = form_body(mint(self.issuer, claims))
+                delay = 0.5
+                barrier = threading.Barrier(20)
+                statuses: list[int] = []
+                keys: set[str] = set()
+                lock = threading.Lock()
+
+                def call(url: str) -> None:
+                    with http() as session:
+                        barrier.wait(timeout=30)
+                        response = session.post(
+                            url + "/token",
+                            data=body,
+                            headers={"Content-Type": "application/x-www-form-urlencoded"},
+                            timeout=60,
+                        )
+                    with lock:
+                        statuses.append(response.status_code)
+                        if response.status_code == 200:
+                            keys.add(response.json()["aws_credentials"]["AccessKeyId"])
+
+                before = len(self.aws.requests)
+                self.aws.delay = delay
+                try:
+                    threads = [
+                        threading.Thread(target=call, args=((url_a, url_b)[n % 2],))
+                        for n in range(20)
+                    ]
+                    for thread in threads:
+                        thread.start()
+                    for thread in threads:
+                        thread.join(timeout=90)
+                finally:
+                    self.aws.delay = 0.0
+                calls = len(self.aws.requests) - before
+                self.report.single_flight = {
+                    "requests": 20,
+                    "ok": statuses.count(200),
+                    "distinct_credentials": len(keys),
+                    "upstream_calls": calls,
+                    "upstream_delay_s": delay,
+                    "passed": calls == 1 and statuses.count(200) == 20 and len(keys) == 1,
+                }
+            finally:
+                self.procs.stop(a)
+                self.procs.stop(b)
+
+    def add(self, row: Row) -> None:
+        self.report.rows.append(row)
+        log(
+            f"  {row.scenario:<12} {row.server:<40} {row.load.rps:>9.0f} req/s  "
+            f"p50 {row.load.p50_ms:.2f} ms  p99 {row.load.p99_ms:.2f} ms  "
+            f"upstream {row.upstream_calls if row.upstream_calls is not None else '-'}"
+        )
+
+    # -- the whole run ------------------------------------------------------------------
+
+    def run(self) -> None:
+        self.wrk_bin = ensure_apt("wrk", "wrk")
+        self.start_emulators()
+        if not self.args.skip_main:
+            for count in self.args.mappings:
+                self.run_mapping_count(count)
+        self.head_to_head(self.args.head_to_head)
+        if not self.args.skip_multiprocess:
+            self.single_flight()
+
+    def close(self) -> None:
+        self.procs.stop_all()
+        self.stop_emulators()
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def summarize_profile(raw: Path, top: int = 15) -> list[str]:
+    """Top functions by own time and by total time, from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        # py-spy names the thread first; idle samples (waiting in select/poll) are left in.
+        samples += count
+        own[frames[-1]] += count
+        for frame in set(frames):
+            total[frame] += count
+    if not samples:
+        return ["(no samples)"]
+    lines = [f"{samples} samples of one worker under the cached-path load", "own time:"]
+    lines += [f"  {n * 100 / samples:5.1f}%  {frame}" for frame, n in own.most_common(top)]
+    lines.append("total time (function and what it calls):")
+    lines += [f"  {n * 100 / samples:5.1f}%  {frame}" for frame, n in total.most_common(top)]
+    return lines
+
+
+# -- output ----------------------------------------------------------------------------------
+
+
+def table(report: Report) -> str:
+    header = (
+        "| scenario | server | mappings | req/s | p50 ms | p99 ms | requests | non-2xx "
+        "| upstream calls | per 10k req | note |"
+    )
+    lines = [header, "|" + "---|" * 11]
+    for row in report.rows:
+        per = row.per_10k
+        lines.append(
+            f"| {row.scenario} | {row.server} | {row.mappings:,} | {row.load.rps:,.0f} "
+            f"| {row.load.p50_ms:.2f} | {row.load.p99_ms:.2f} | {row.load.requests:,} "
+            f"| {row.load.non_2xx + row.load.errors} "
+            f"| {row.upstream_calls if row.upstream_calls is not None else '-'} "
+            f"| {f'{per:.1f}' if per is not None else '-'} | {row.note} |"
+        )
+    return "\n".join(lines)
+
+
+def summary(report: Report) -> list[str]:
+    lines = []
+    for count, seconds in sorted(report.apply_seconds.items()):
+        ready = report.ready_seconds.get(count)
+        lines.append(
+            f"apply of {count:,} mappings (one transaction): {seconds:.2f} s; "
+            f"sts serve answering /token {ready:.1f} s after start"
+            if ready is not None
+            else f"apply of {count:,} mappings (one transaction): {seconds:.2f} s"
+        )
+    ours = report.find("head-to-head", DEFAULT_SERVER)
+    bt1 = report.find("head-to-head", "granian, 1 blocking thread")
+    for name in (FASTIFY, EXPRESS):
+        other = report.find("head-to-head", name)
+        if other is None or not other.load.rps:
+            continue
+        for label, row in (("sts serve (default)", ours), ("granian 1 blocking thread", bt1)):
+            if row is not None:
+                lines.append(
+                    f"cached path, {label} / {name}: {row.load.rps / other.load.rps:.2f}x "
+                    f"requests/s; p99 {row.load.p99_ms:.2f} ms vs {other.load.p99_ms:.2f} ms"
+                )
+    counts = sorted(report.apply_seconds)
+    if len(counts) > 1:
+        low = report.find("cached", "sts serve", counts[0])
+        high = report.find("cached", "sts serve", counts[-1])
+        if low and high and low.load.p50_ms:
+            lines.append(
+                f"selection: cached-path p50 with {counts[-1]:,} mappings / with {counts[0]:,}: "
+                f"{high.load.p50_ms / low.load.p50_ms:.2f}x"
+            )
+    if report.single_flight:
+        sf = report.single_flight
+        lines.append(
+            f"multi-process single-flight: {sf['requests']} concurrent identical cold requests "
+            f"over 2 sts serve processes (Redis + PostgreSQL, upstream delay "
+            f"{sf['upstream_delay_s']} s): {sf['ok']} ok, {sf['upstream_calls']} upstream "
+            f"call(s), {sf['distinct_credentials']} distinct credential(s): "
+            f"{'PASS' if sf['passed'] else 'FAIL'}"
+        )
+    return lines
+
+
+def print_report(report: Report, out: Path) -> None:
+    settings = report.settings
+    print()
+    print(
+        f"machine: {report.machine['nproc']} cores, {report.machine['cpu']}; "
+        f"python {report.machine['python']}"
+    )
+    print(
+        f"wrk: {settings['wrk_threads']} threads, {settings['connections']} connections, "
+        f"{settings['duration_s']} s per scenario after {settings['warmup_s']} s warm-up; "
+        f"database {settings['database']}; redis {'on' if settings['redis'] else 'off'}"
+        + ("; QUICK RUN" if settings["quick"] else "")
+    )
+    print()
+    print(table(report))
+    print()
+    for line in summary(report):
+        print(line)
+    if report.profile:
+        print()
+        print("\n".join(report.profile))
+    for note in report.notes:
+        print(f"note: {note}")
+    print(f"\nlogs and results: {out}")
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="2 s per scenario, 10 and 1,000 mappings only"
+    )
+    parser.add_argument("--duration", type=float, help="seconds per measurement (default 10)")
+    parser.add_argument("--warmup", type=float, help="seconds of warm-up load (default 3)")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=2, help="wrk threads")
+    parser.add_argument(
+        "--mappings", help="comma-separated mapping counts (default 10,1000,100000)"
+    )
+    parser.add_argument("--identities", type=int, default=1000, help="warm-path identities")
+    parser.add_argument(
+        "--cold-delay", type=float, default=0.05, help="emulator delay on the cold path (s)"
+    )
+    parser.add_argument("--database", choices=("sqlite", "postgres"), default="sqlite")
+    parser.add_argument("--no-redis", action="store_true", help="main runs without Redis")
+    parser.add_argument(
+        "--head-to-head", type=int, default=1000, help="mappings for the head-to-head runs"
+    )
+    parser.add_argument("--skip-main", action="store_true", help="no per-mapping-count runs")
+    parser.add_argument("--skip-comparator", action="store_true")
+    parser.add_argument("--skip-servers", action="store_true", help="no gunicorn/granian variants")
+    parser.add_argument("--skip-multiprocess", action="store_true")
+    parser.add_argument("--profile", action="store_true", help="py-spy one worker (cached path)")
+    parser.add_argument("--out", type=Path, help="directory for logs and results")
+    args = parser.parse_args(argv)
+    if args.duration is None:
+        args.duration = 2.0 if args.quick else 10.0
+    if args.warmup is None:
+        args.warmup = 1.0 if args.quick else 3.0
+    if args.mappings is None:
+        args.mappings = "10,1000" if args.quick else "10,1000,100000"
+    args.mappings = [int(part.replace("_", "")) for part in args.mappings.split(",") if part]
+    if not 1 <= args.duration <= 600 or not 1 <= args.warmup <= 120:
+        parser.error("--duration must be 1..600 s and --warmup 1..120 s")
+    if not 1 <= args.connections <= 10_000 or not 1 <= args.threads <= 64:
+        parser.error("--connections must be 1..10000 and --threads 1..64")
+    if any(not 1 <= n <= 1_000_000 for n in args.mappings):
+        parser.error("--mappings: counts must be 1..1,000,000")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    out = args.out or Path(tempfile.mkdtemp(prefix="sts-bench-"))
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(args, out)
+
+    def terminate(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, terminate)
+    status = 0
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything")
+        status = 130
+    except Exception as exc:
+        log(f"failed: {type(exc).__name__}: {exc}")
+        status = 1
+    finally:
+        bench.close()
+    report = bench.report
+    (out / "results.json").write_text(
+        json.dumps(
+            {**asdict(report), "rows": [{**asdict(r), "per_10k": r.per_10k} for r in report.rows]},
+            indent=2,
+            default=str,
+        )
+    )
+    print_report(report, out)
+    if report.single_flight and not report.single_flight["passed"]:
+        status = status or 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
