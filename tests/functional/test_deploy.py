@@ -353,6 +353,15 @@ def test_job_commands_are_real_sts_commands(manifests: dict[str, dict[str, Any]]
     assert volume["configMap"]["name"] == "zuplo-sts-mappings"
     assert volume["configMap"]["items"] == [{"key": "mappings.yaml", "path": "mappings.yaml"}]
     assert "mappings.yaml" in manifests["ConfigMap/zuplo-sts-mappings"]["data"]
+    # docs/operations.md applies the migration Job alone with this selector, before the roll.
+    migrations = [
+        key
+        for key, obj in manifests.items()
+        if obj.get("metadata", {}).get("labels", {}).get("app.kubernetes.io/component")
+        == "migrations"
+    ]
+    assert migrations == ["Job/zuplo-sts-db-upgrade"]
+    assert "-l app.kubernetes.io/component=migrations" in (ROOT / "docs/operations.md").read_text()
     prune = manifests["CronJob/zuplo-sts-audit-prune"]
     assert sts_container(prune)["args"] == ["audit", "prune"]
     assert click_params(sts_container(prune)["args"]) == {"older_than": None, "dry_run": False}
@@ -754,3 +763,28 @@ def test_build_stage_builds_an_installable_wheel(tmp_path: Path) -> None:
     assert "sts/cli.py" in names
     assert "sts/_migrations/env.py" in names
     assert any(n.startswith("sts/_migrations/versions/") for n in names)
+
+
+# ---------------------------------------------------------------------------------------------
+# docs/examples (type-checked by hand with tsc; here: they speak the contract's protocol)
+
+
+def test_examples_use_the_contract_fields() -> None:
+    examples = ROOT / "docs" / "examples"
+    client = (examples / "sts-client.ts").read_text()
+    assert "ZuploServices.getIDToken(context, {" in client
+    assert '"urn:ietf:params:oauth:grant-type:token-exchange"' in client
+    assert '"urn:ietf:params:oauth:token-type:id_token"' in client
+    assert '"content-type": "application/x-www-form-urlencoded"' in client
+    assert 'new URL("/token", ' in client
+    for field in ("AccessKeyId", "SecretAccessKey", "SessionToken", "Expiration"):
+        assert f"{field}: string" in client
+    aws = (examples / "aws-handler.ts").read_text()
+    assert 'import { AwsClient } from "aws4fetch";' in aws
+    assert "sessionToken: credentials.SessionToken" in aws
+    gcp = (examples / "gcp-handler.ts").read_text()
+    assert "authorization: `Bearer ${accessToken}`" in gcp
+    readme = (examples / "README.md").read_text()
+    for variable in re.findall(r"environment\.([A-Z_]+)|required\(\"([A-Z_]+)\"\)", aws + client):
+        name = variable[0] or variable[1]
+        assert f"`{name}`" in readme, name
