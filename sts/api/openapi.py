@@ -14,6 +14,7 @@ from typing import Any
 from flask import Blueprint, Response
 
 from sts import __version__
+from sts.api import REQUEST_ID
 from sts.api.token import GRANT_TYPE, MAX_BODY_BYTES, SUBJECT_TOKEN_TYPES
 from sts.identity.verifier import MAX_TOKEN_BYTES
 from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
@@ -215,6 +216,12 @@ _HEADERS: dict[str, Any] = {
         "description": "Seconds to wait before retrying (RFC 9110 section 10.2.3).",
         "schema": {"type": "integer", "minimum": 1},
     },
+    "RequestId": {
+        "required": True,
+        "description": "The caller's X-Request-Id when it is plain and short, else a new one; "
+        "the same id is in the service's log line for the request.",
+        "schema": {"type": "string", "pattern": f"^{REQUEST_ID.pattern}$"},
+    },
     "Allow": {
         "required": True,
         "description": "The methods the path supports (RFC 9110 section 15.5.6).",
@@ -349,6 +356,34 @@ _PATHS: dict[str, Any] = {
     },
 }
 
+_PARAMETERS: dict[str, Any] = {
+    "RequestId": {
+        "name": "X-Request-Id",
+        "in": "header",
+        "required": False,
+        "description": f"Echoed in the response when it matches {REQUEST_ID.pattern}.",
+        "schema": {"type": "string"},
+    },
+}
+
+
+def _with_request_id(paths: dict[str, Any], responses: dict[str, Any]) -> None:
+    """Every answer, documented or not, carries X-Request-Id (set in sts.api.build_app)."""
+    for item in paths.values():
+        for operation in item.values():
+            operation["parameters"] = [_ref("parameters", "RequestId")]
+            for response in operation["responses"].values():
+                if "$ref" not in response:
+                    response["headers"] = {
+                        **response.get("headers", {}),
+                        "X-Request-Id": _ref("headers", "RequestId"),
+                    }
+    for response in responses.values():
+        response["headers"] = {**response["headers"], "X-Request-Id": _ref("headers", "RequestId")}
+
+
+_with_request_id(_PATHS, _RESPONSES)
+
 DOCUMENT: dict[str, Any] = {
     "openapi": "3.1.0",
     "info": {
@@ -361,6 +396,7 @@ DOCUMENT: dict[str, Any] = {
     "components": {
         "schemas": _SCHEMAS,
         "headers": _HEADERS,
+        "parameters": _PARAMETERS,
         "responses": _RESPONSES,
     },
 }
