@@ -25,6 +25,7 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 MAX_CLOCK_SKEW_SECONDS = 300
+AUDIT_RETENTION_RANGE = (1, 3650)
 
 
 class ConfigError(ValueError):
@@ -119,6 +120,7 @@ class Settings:
     redis_url: str | None = None
     cache_encryption_key: bytes | None = field(default=None, repr=False)
     log_format: Literal["json", "text"] = "json"
+    audit_retention_days: int = 90
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +181,13 @@ class Settings:
         if log_format not in ("json", "text"):
             raise ConfigError("STS_LOG_FORMAT", "must be json or text")
 
+        retention_raw = env.get("STS_AUDIT_RETENTION_DAYS", "90").strip()
+        low, high = AUDIT_RETENTION_RANGE
+        if not re.fullmatch(r"\d{1,4}", retention_raw) or not low <= int(retention_raw) <= high:
+            raise ConfigError(
+                "STS_AUDIT_RETENTION_DAYS", f"must be a whole number of days, {low}..{high}"
+            )
+
         return cls(
             database_url=database_url,
             audiences=audiences,
@@ -192,6 +201,7 @@ class Settings:
             redis_url=redis_url,
             cache_encryption_key=key,
             log_format="json" if log_format == "json" else "text",
+            audit_retention_days=int(retention_raw),
         )
 
     def require_audience(self) -> None:

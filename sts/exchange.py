@@ -10,6 +10,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sts.audit import AuditRecorder
 from sts.cache import CredentialCache, cache_key
 from sts.errors import OAuthError, ServerError
 from sts.identity.principal import Principal
@@ -49,11 +50,13 @@ class Exchanger:
         mappings: LiveMappings,
         cache: CredentialCache,
         providers: Mapping[str, CredentialProvider],
+        audit: AuditRecorder,
     ) -> None:
         self.verifier = verifier
         self.mappings = mappings
         self.cache = cache
         self.providers = providers
+        self.audit = audit
 
     def exchange(self, request: TokenRequest) -> Exchanged:
         principal = self.verifier.verify(request.subject_token)
@@ -69,13 +72,18 @@ class Exchanger:
                 credentials = provider.issue(principal, mapping, request.subject_token, scopes)
             except OAuthError as exc:
                 UPSTREAM_CALLS.labels(mapping.provider, exc.error).inc()
+                self.audit.record_refused(principal, mapping, exc, scopes=scopes)
                 raise
-            except Exception:
+            except Exception as exc:
                 UPSTREAM_CALLS.labels(mapping.provider, "server_error").inc()
+                self.audit.record_refused(principal, mapping, exc, scopes=scopes)
                 raise
             finally:
                 UPSTREAM_SECONDS.labels(mapping.provider).observe(time.perf_counter() - started)
             UPSTREAM_CALLS.labels(mapping.provider, "ok").inc()
+            # Written before the caller is answered: a process killed after responding has
+            # already recorded what it handed out (the recorder never raises).
+            self.audit.record_issued(principal, mapping, credentials, scopes=scopes)
             return credentials
 
         credentials, hit = self.cache.get_or_issue(cache_key(mapping, principal, scopes), issue)

@@ -120,3 +120,39 @@ class MappingChange(Base):
     after: Mapped[dict[str, Any] | None]
     # The mapping_revision value this change produced.
     revision: Mapped[int]
+
+
+# SQLite makes only an INTEGER PRIMARY KEY an auto-incrementing rowid alias.
+EventId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class IssuanceEvent(Base):
+    """One upstream credential call: an issuance, a refusal or a temporary failure (sts.audit).
+
+    Written once per upstream call, never per request: cache hits write nothing. The claim
+    columns are unbounded text because they come from the caller's (verified) token.
+    ``credential_sha256`` is the hex SHA-256 of the issued secret (AWS SessionToken, GCP access
+    token), so a leaked credential can be traced to its row; the credential itself is never stored.
+    """
+
+    __tablename__ = "issuance_events"
+    __table_args__ = (sa.CheckConstraint("provider IN ('aws', 'gcp')", name="provider"),)
+
+    id: Mapped[int] = mapped_column(EventId, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    issuer: Mapped[str] = mapped_column(sa.Text())
+    sub: Mapped[str] = mapped_column(sa.Text())
+    account: Mapped[str] = mapped_column(sa.Text())
+    project: Mapped[str] = mapped_column(sa.Text())
+    deployment: Mapped[str] = mapped_column(sa.Text())
+    environment_type: Mapped[str] = mapped_column(sa.String(16))
+    mapping: Mapped[str] = mapped_column(sa.String(63), index=True)
+    provider: Mapped[str] = mapped_column(sa.String(8))
+    # The role ARN, the service-account email or, without one, the workload identity provider.
+    target: Mapped[str] = mapped_column(sa.String(2048))
+    # "issued", or "<OAuth error code>:<provider code>" (sts.audit documents the values).
+    outcome: Mapped[str] = mapped_column(sa.String(128))
+    provider_request_id: Mapped[str | None] = mapped_column(sa.String(256))
+    expires_at: Mapped[datetime | None]
+    credential_sha256: Mapped[str | None] = mapped_column(sa.String(64))
+    scopes: Mapped[str | None] = mapped_column(sa.Text())

@@ -22,7 +22,7 @@ from sts.mappings.spec import MappingSpec
 from sts.mappings.store import Database, NotMigratedError, migrations_dir
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"role_mappings", "mapping_revision", "mapping_changes"}
+TABLES = {"role_mappings", "mapping_revision", "mapping_changes", "issuance_events"}
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 TEAM_REVISION = "7ea3c0ffee01"
 

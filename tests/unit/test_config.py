@@ -78,6 +78,9 @@ def test_full_environment() -> None:
         ({"STS_CACHE_ENCRYPTION_KEY": "short"}, "STS_CACHE_ENCRYPTION_KEY"),
         ({"STS_CACHE_ENCRYPTION_KEY": "not base64!"}, "STS_CACHE_ENCRYPTION_KEY"),
         ({"STS_LOG_FORMAT": "xml"}, "STS_LOG_FORMAT"),
+        ({"STS_AUDIT_RETENTION_DAYS": "0"}, "STS_AUDIT_RETENTION_DAYS"),
+        ({"STS_AUDIT_RETENTION_DAYS": "3651"}, "STS_AUDIT_RETENTION_DAYS"),
+        ({"STS_AUDIT_RETENTION_DAYS": "7d"}, "STS_AUDIT_RETENTION_DAYS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> None:
@@ -87,6 +90,12 @@ def test_bad_values_name_the_variable(env: dict[str, str], variable: str) -> Non
     message = str(caught.value)
     assert message.startswith(variable + ":")
     assert "\n" not in message
+
+
+def test_audit_retention_days() -> None:
+    assert Settings.from_env({}).audit_retention_days == 90
+    assert Settings.from_env({"STS_AUDIT_RETENTION_DAYS": " 3650 "}).audit_retention_days == 3650
+    assert Settings.from_env({"STS_AUDIT_RETENTION_DAYS": "1"}).audit_retention_days == 1
 
 
 def test_audience_required_for_serving() -> None:

@@ -1,0 +1,278 @@
+"""Issuance events: one ``issuance_events`` row per upstream credential call.
+
+The exchange calls :class:`AuditRecorder` from inside the single-flight upstream call, before it
+answers, so every credential a caller could have received (and every upstream refusal) has its
+row even if the process dies right after responding; cache hits write nothing. A row carries the
+SHA-256 of the issued secret, never the secret: a leaked AWS session token or GCP access token can
+be hashed and looked up, and the table holds nothing anyone could use (the audit-event design of
+octo-sts, which logs a digest of the token it minted).
+
+Outcomes:
+
+- ``issued``: credentials came back.
+- ``<OAuth error code>:<provider code>``: the call failed, e.g. ``invalid_target:AccessDenied``,
+  ``invalid_request:ExpiredTokenException``, ``temporarily_unavailable:Throttling``. Temporary
+  failures are recorded too, so operators see upstream trouble next to what it affected.
+  A failure with no provider code (a bug, an unexpected exception) is
+  ``server_error:<exception type>``.
+
+A write that fails never fails the exchange and is never lost silently: the event goes to the
+``sts.audit`` logger as one WARNING line with every field, and
+``sts_audit_write_failures_total`` counts it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from sts.errors import OAuthError
+from sts.identity.principal import Principal
+from sts.mappings.models import IssuanceEvent, utcnow
+from sts.mappings.spec import MappingSpec
+from sts.mappings.store import Database
+from sts.metrics import AUDIT_WRITE_FAILURES
+from sts.providers.base import Credentials
+
+log = logging.getLogger("sts.audit")
+
+ISSUED = "issued"
+DEFAULT_LIMIT = 100
+#: Rows deleted per transaction by :meth:`AuditRecorder.prune`, so no lock is held for long.
+PRUNE_BATCH = 5000
+
+# Provider error descriptions come from fixed tables: "<aws|gcp>: <code> - <phrase>".
+_PROVIDER_CODE = re.compile(r"^(?:aws|gcp): ([A-Za-z0-9._-]{1,64}) - ")
+# The AWS provider's log cause names the request id AWS gave its refusal.
+_REQUEST_ID = re.compile(r"\brequest_id=([A-Za-z0-9-]{1,128})\b")
+
+
+@dataclass(frozen=True, slots=True)
+class IssuanceRecord:
+    """One issuance event, as written and as read back."""
+
+    created_at: datetime
+    issuer: str
+    sub: str
+    account: str
+    project: str
+    deployment: str
+    environment_type: str
+    mapping: str
+    provider: str
+    target: str
+    outcome: str
+    provider_request_id: str | None = None
+    expires_at: datetime | None = None
+    credential_sha256: str | None = None
+    scopes: str | None = None
+    id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: timestamps as ISO 8601 UTC with ``Z``."""
+        doc = asdict(self)
+        for name in ("created_at", "expires_at"):
+            value = doc[name]
+            if value is not None:
+                doc[name] = value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        return {"id": doc.pop("id"), **doc}
+
+    def row(self) -> dict[str, Any]:
+        """Column values for the INSERT (no ``id``: the database assigns it)."""
+        values = asdict(self)
+        del values["id"]
+        return values
+
+
+def credential_sha256(credentials: Credentials) -> str:
+    """Hex SHA-256 of the secret a caller presents: the AWS SessionToken or GCP access token."""
+    return hashlib.sha256(credentials.access_token.encode()).hexdigest()
+
+
+def outcome_of(error: BaseException) -> str:
+    """The outcome value for a failed upstream call (module docstring)."""
+    if not isinstance(error, OAuthError):
+        return f"server_error:{type(error).__name__}"
+    match = _PROVIDER_CODE.match(error.description)
+    return f"{error.error}:{match.group(1)}" if match else error.error
+
+
+def _request_id(error: BaseException) -> str | None:
+    cause = error.cause if isinstance(error, OAuthError) else None
+    match = _REQUEST_ID.search(cause or "")
+    if match is None or match.group(1) == "None":
+        return None
+    return match.group(1)
+
+
+def _scopes(scopes: Sequence[str]) -> str | None:
+    return " ".join(scopes) or None
+
+
+def _base(principal: Principal, mapping: MappingSpec) -> dict[str, Any]:
+    return {
+        "created_at": utcnow(),
+        "issuer": principal.issuer,
+        "sub": principal.sub,
+        "account": principal.account,
+        "project": principal.project,
+        "deployment": principal.deployment,
+        "environment_type": principal.environment_type,
+        "mapping": mapping.name,
+        "provider": mapping.provider,
+        "target": mapping.targets[0],
+    }
+
+
+def _reason(exc: BaseException) -> str:
+    """Exception type and the first line of the driver's message (not SQL or parameters)."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    first = lines[0][:200] if lines else ""
+    return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
+
+
+class AuditRecorder:
+    """Writes and reads ``issuance_events`` through the shared :class:`Database`."""
+
+    def __init__(self, database: Database, *, prune_batch: int = PRUNE_BATCH) -> None:
+        self.database = database
+        self.prune_batch = prune_batch
+
+    # -- writing (the exchange path) -------------------------------------------------------
+
+    def record_issued(
+        self,
+        principal: Principal,
+        mapping: MappingSpec,
+        credentials: Credentials,
+        *,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        """Record credentials just issued upstream; never raises."""
+        try:
+            record = IssuanceRecord(
+                **_base(principal, mapping),
+                outcome=ISSUED,
+                provider_request_id=credentials.request_id,
+                expires_at=datetime.fromtimestamp(credentials.expires_at, UTC),
+                credential_sha256=credential_sha256(credentials),
+                scopes=credentials.scope or _scopes(scopes),
+            )
+        except Exception as exc:  # the exchange must not fail for its audit row
+            self._lost(None, exc)
+            return
+        self._write(record)
+
+    def record_refused(
+        self,
+        principal: Principal,
+        mapping: MappingSpec,
+        error: BaseException,
+        *,
+        scopes: Sequence[str] = (),
+    ) -> None:
+        """Record an upstream call that failed (refusal or temporary failure); never raises."""
+        try:
+            record = IssuanceRecord(
+                **_base(principal, mapping),
+                outcome=outcome_of(error),
+                provider_request_id=_request_id(error),
+                scopes=_scopes(scopes),
+            )
+        except Exception as exc:
+            self._lost(None, exc)
+            return
+        self._write(record)
+
+    def _write(self, record: IssuanceRecord) -> None:
+        # One INSERT in its own short transaction: nothing else is locked while the caller waits.
+        try:
+            with self.database.engine.begin() as conn:
+                conn.execute(sa.insert(IssuanceEvent).values(**record.row()))
+        except Exception as exc:
+            self._lost(record, exc)
+
+    @staticmethod
+    def _lost(record: IssuanceRecord | None, exc: BaseException) -> None:
+        AUDIT_WRITE_FAILURES.inc()
+        log.warning(
+            "issuance event not written to the database (%s); logged here instead",
+            _reason(exc),
+            extra={"event": record.to_dict() if record is not None else None},
+        )
+
+    # -- reading and retention (the CLI) ---------------------------------------------------
+
+    def query(
+        self,
+        since: datetime | None = None,
+        mapping: str | None = None,
+        limit: int = DEFAULT_LIMIT,
+    ) -> list[IssuanceRecord]:
+        """Events newest first, optionally from ``since`` on and for one mapping."""
+        if limit < 1:
+            raise ValueError("limit must be positive")
+        statement = sa.select(IssuanceEvent)
+        if since is not None:
+            statement = statement.where(IssuanceEvent.created_at >= since)
+        if mapping is not None:
+            statement = statement.where(IssuanceEvent.mapping == mapping)
+        statement = statement.order_by(
+            IssuanceEvent.created_at.desc(), IssuanceEvent.id.desc()
+        ).limit(limit)
+        with self.database.session() as session:
+            return [
+                IssuanceRecord(
+                    id=event.id,
+                    created_at=event.created_at,
+                    issuer=event.issuer,
+                    sub=event.sub,
+                    account=event.account,
+                    project=event.project,
+                    deployment=event.deployment,
+                    environment_type=event.environment_type,
+                    mapping=event.mapping,
+                    provider=event.provider,
+                    target=event.target,
+                    outcome=event.outcome,
+                    provider_request_id=event.provider_request_id,
+                    expires_at=event.expires_at,
+                    credential_sha256=event.credential_sha256,
+                    scopes=event.scopes,
+                )
+                for event in session.scalars(statement)
+            ]
+
+    def prune(self, older_than: datetime, *, dry_run: bool = False) -> int:
+        """Delete events created before ``older_than``; returns how many (would be) deleted.
+
+        Deletes in batches of ``prune_batch`` rows, each its own transaction, so a large backlog
+        never holds a long lock against the exchanges writing new rows.
+        """
+        if older_than.tzinfo is None:
+            raise ValueError("older_than must be timezone-aware")
+        old = IssuanceEvent.created_at < older_than
+        if dry_run:
+            with self.database.engine.connect() as conn:
+                count = conn.execute(sa.select(sa.func.count()).where(old)).scalar_one()
+                return int(count)
+        total = 0
+        while True:
+            batch = sa.select(IssuanceEvent.id).where(old).order_by(IssuanceEvent.id)
+            with self.database.engine.begin() as conn:
+                deleted = conn.execute(
+                    sa.delete(IssuanceEvent).where(
+                        IssuanceEvent.id.in_(batch.limit(self.prune_batch).scalar_subquery())
+                    )
+                ).rowcount
+            total += deleted
+            if deleted < self.prune_batch:
+                return total

@@ -1,0 +1,145 @@
+"""``sts audit``: read and prune the issuance events (:mod:`sts.audit`).
+
+Exit codes as for the other commands: 0 success; 1 the operation failed (database unreachable or
+not migrated); 2 bad usage, a bad option value or bad configuration, as one line naming it, with
+nothing read or written.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from sts.audit import DEFAULT_LIMIT, AuditRecorder, IssuanceRecord
+from sts.config import ConfigError, Settings
+from sts.mappings.commands import _database, _exit, _guard
+
+_DURATION = re.compile(r"(\d{1,6})([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION_HELP = "a duration such as 30m, 24h, 7d"
+
+
+def parse_duration(value: str) -> timedelta | None:
+    """``30m``, ``24h``, ``7d``, ``2w``, ``90s`` as a positive timedelta; None if not one."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or int(match.group(1)) == 0:
+        return None
+    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+
+
+def parse_since(value: str, now: datetime) -> datetime | None:
+    """A duration back from ``now``, or an ISO-8601 timestamp (no zone: UTC); None if neither."""
+    duration = parse_duration(value)
+    if duration is not None:
+        try:
+            return now - duration
+        except OverflowError:
+            return None
+    try:
+        moment = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def _iso(moment: datetime | None) -> str:
+    if moment is None:
+        return "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def render_table(records: list[IssuanceRecord]) -> str:
+    """One line per event, newest first; the credential as the first 16 hex digits of its hash."""
+    header = ("TIME", "MAPPING", "OUTCOME", "IDENTITY", "SUB", "EXPIRES", "SHA256", "TARGET")
+    rows = [header] + [
+        (
+            _iso(record.created_at),
+            record.mapping,
+            record.outcome,
+            f"{record.account}/{record.project}/{record.deployment} ({record.environment_type})",
+            record.sub,
+            _iso(record.expires_at),
+            (record.credential_sha256 or "-")[:16],
+            f"{record.provider} {record.target}",
+        )
+        for record in records
+    ]
+    widths = [max(len(row[column]) for row in rows) for column in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(
+            [*(cell.ljust(width) for cell, width in zip(row[:-1], widths, strict=True)), row[-1]]
+        )
+        for row in rows
+    )
+
+
+@click.group("audit")
+def audit() -> None:
+    """Issuance events: every credential issued upstream and every upstream refusal."""
+
+
+@audit.command("list")
+@click.option("--since", default=None, help="Only events from then on: 30m, 24h, 7d or ISO-8601.")
+@click.option("--mapping", default=None, help="Only events of this mapping.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of objects.")
+@click.option(
+    "--limit",
+    default=DEFAULT_LIMIT,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="At most this many events (newest first).",
+)
+def audit_list(since: str | None, mapping: str | None, as_json: bool, limit: int) -> None:
+    """List issuance events, newest first."""
+    start = None
+    if since is not None:
+        start = parse_since(since, datetime.now(UTC))
+        if start is None:
+            _exit(f"--since: expected {_DURATION_HELP}, or an ISO-8601 timestamp", 2)
+    with _database() as database:
+        _guard(database.require_current)
+        recorder = AuditRecorder(database)
+        records = _guard(lambda: recorder.query(since=start, mapping=mapping, limit=limit))
+    if as_json:
+        click.echo(json.dumps([record.to_dict() for record in records], indent=2))
+    elif not records:
+        click.echo("no issuance events")
+    else:
+        click.echo(render_table(records))
+
+
+@audit.command("prune")
+@click.option(
+    "--older-than",
+    "older_than",
+    default=None,
+    help="Delete events older than this (30m, 24h, 7d); default STS_AUDIT_RETENTION_DAYS.",
+)
+@click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
+def audit_prune(older_than: str | None, dry_run: bool) -> None:
+    """Delete issuance events past the retention period."""
+    if older_than is not None:
+        age = parse_duration(older_than)
+        if age is None:
+            _exit(f"--older-than: expected {_DURATION_HELP}", 2)
+    else:
+        try:
+            age = timedelta(days=Settings.from_env().audit_retention_days)
+        except ConfigError as exc:
+            _exit(str(exc), 2)
+    try:
+        cutoff = datetime.now(UTC) - age
+    except OverflowError:
+        _exit("--older-than: too far back", 2)
+    with _database() as database:
+        _guard(database.require_current)
+        recorder = AuditRecorder(database)
+        count = _guard(lambda: recorder.prune(cutoff, dry_run=dry_run))
+    if dry_run:
+        click.echo(f"would delete {count} issuance event(s) older than {_iso(cutoff)}")
+        click.echo("(dry run: nothing deleted)")
+    else:
+        click.echo(f"deleted {count} issuance event(s) older than {_iso(cutoff)}")
