@@ -21,6 +21,8 @@ THROTTLED_RETRY_AFTER_SECONDS = 5
 MAX_RETRY_AFTER_SECONDS = 60
 #: Upstream text kept in log causes, at most.
 MAX_CAUSE_CHARS = 200
+#: Shorter parts of a secret are left in place: they could be any word of the message.
+MIN_REDACTED_PART = 16
 #: CONTRACT section 2: nothing with under 5 minutes left is ever handed out, fresh from upstream
 #: included; an answer that expires sooner is unusable (as ``sts.cache.MIN_REMAINING_SECONDS``).
 MIN_LIFETIME_SECONDS = 300
@@ -80,9 +82,17 @@ def parse_retry_after(value: str | None, default: int) -> int:
 
 
 def redact(text: str, *secrets: str) -> str:
-    """Upstream text for a log cause: secrets removed, cut to :data:`MAX_CAUSE_CHARS`."""
+    """Upstream text for a log cause: secrets removed, cut to :data:`MAX_CAUSE_CHARS`.
+
+    Each dot-separated part of a secret goes too: a JWS signature echoed on its own is enough to
+    rebuild the token from claims anyone can guess.
+    """
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "[redacted]")
+        if not secret:
+            continue
+        text = text.replace(secret, "[redacted]")
+        for part in secret.split("."):
+            if len(part) >= MIN_REDACTED_PART:
+                text = text.replace(part, "[redacted]")
     # Upstreams sometimes echo part of a token; any JWS-looking run goes too.
     return _JWS_LIKE.sub("[redacted]", text)[:MAX_CAUSE_CHARS]
