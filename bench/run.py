@@ -77,7 +77,11 @@ WIPS = tuple(
     for n in range(4)
 )
 MAPPINGS_PER_ACCOUNT = 8
-DEFAULT_SERVER = "sts serve (granian, 4 blocking threads, default)"
+SERVER_WORKERS = 2
+# What each worker logs when its selection index is built (sts/mappings/live.py).
+INDEX_LOADED = '"msg":"mapping index loaded"'
+GRANIAN_4 = "sts serve --threads 4 (granian)"
+GRANIAN_1 = "sts serve --threads 1 (granian)"
 FASTIFY = "node fastify + jose, 2 workers"
 EXPRESS = "node express + jose, 2 workers"
 # Upper bound on how fast the cold path can go; cold tokens are minted for this rate so no
@@ -199,6 +203,12 @@ class Process:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def log_count(self, text: str) -> int:
+        try:
+            return self.log_path.read_text(errors="replace").count(text)
+        except OSError:
+            return 0
 
     def descendants(self) -> list[int]:
         """Process ids below this one (server workers), from /proc."""
@@ -555,6 +565,12 @@ class Bench:
         self.gcp = GcpEmulator().start()
         for wip in WIPS:
             self.gcp.add_provider(wip, self.issuer.url, self.issuer.jwks_url, [AUDIENCE])
+        # A stopped sts server drops its keep-alive connections to the emulators; the standard
+        # library's servers would print a traceback for each.
+        for emulator in (self.issuer, self.gcp):
+            server = getattr(emulator, "_server", None)
+            if server is not None:
+                server.handle_error = lambda *_: None
 
     def stop_emulators(self) -> None:
         for emulator in (self.gcp, self.aws, self.issuer):
@@ -705,8 +721,23 @@ class Bench:
                     )
                 time.sleep(0.2)
 
+    def warm_up(self, process: Process, url: str, body: str, *, timeout: float) -> None:
+        """Until every worker has its mapping index: a worker builds it on its first request
+        or its refresher's first tick, whichever comes first, so a fresh server would pay for
+        it inside the measurement."""
+        self.first_ok(url, body, timeout=timeout)
+        deadline = time.monotonic() + timeout
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        with http() as session:
+            while process.log_count(INDEX_LOADED) < SERVER_WORKERS:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{process.name}: mapping index not loaded in every worker")
+                with contextlib.suppress(requests.RequestException):
+                    session.post(url + "/token", data=body, headers=headers, timeout=60)
+                time.sleep(0.05)
+
     def issue_all(self, url: str, bodies: list[str]) -> int:
-        """Exchange each body once (8 at a time); returns how many were not 200."""
+        """Exchange each body once (16 at a time); returns how many were not 200."""
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
         local = threading.local()
 
@@ -716,7 +747,7 @@ class Bench:
                 session = local.session = http()
             return session.post(url + "/token", data=body, headers=headers, timeout=60).status_code
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
+        with ThreadPoolExecutor(max_workers=16) as pool:
             statuses = Counter(pool.map(one, bodies))
         return sum(n for status, n in statuses.items() if status != 200)
 
@@ -764,7 +795,7 @@ class Bench:
             try:
                 tag = secrets.token_hex(3)
                 cached_body = self.cached_identity(count, tag)
-                self.first_ok(url, cached_body, timeout=ready_timeout)
+                self.warm_up(server, url, cached_body, timeout=ready_timeout)
                 self.report.ready_seconds[count] = time.monotonic() - started
                 self.scenario_cached(count, url, cached_body)
                 self.scenario_warm(count, url, tag)
@@ -795,7 +826,7 @@ class Bench:
         # The warm-up puts the token in both workers' caches; its calls are not counted.
         self.measure(url, path, duration=self.args.warmup)
         load, calls = self.measure(url, path)
-        self.add(Row("cached", "sts serve", count, load, calls))
+        self.add(Row("cached", GRANIAN_4, count, load, calls))
 
     def scenario_warm(self, count: int, url: str, tag: str) -> None:
         n = self.args.identities
@@ -815,7 +846,7 @@ class Bench:
         note = f"{n} identities; warming made {warm_calls} upstream calls"
         if failed:
             note += f"; {failed} warm-up exchanges failed"
-        self.add(Row("warm", "sts serve", count, load, calls, note))
+        self.add(Row("warm", GRANIAN_4, count, load, calls, note))
 
     def scenario_cold(self, count: int, url: str, tag: str) -> None:
         assert self.aws is not None
@@ -837,7 +868,7 @@ class Bench:
         )
         if load.requests > n:
             note += f"; WARNING: {load.requests} requests > {n} fresh identities (some repeated)"
-        self.add(Row("cold", "sts serve", count, load, calls, note))
+        self.add(Row("cold", GRANIAN_4, count, load, calls, note))
 
     @property
     def issuer_(self) -> DevIssuer:
@@ -848,7 +879,7 @@ class Bench:
         """The cached path on every server configuration and on the comparators, back to back."""
         log(f"head to head on the cached path, {count} mappings")
         self.allow_service_accounts(count)
-        configs: list[tuple[str, str]] = [("granian", DEFAULT_SERVER)]
+        configs: list[tuple[str, str]] = [("granian", GRANIAN_4)]
         if not self.args.skip_comparator:
             if ensure_node_modules():
                 configs.append(("fastify", FASTIFY))
@@ -856,7 +887,7 @@ class Bench:
                 self.report.notes.append("comparator skipped: npm ci failed")
         if not self.args.skip_servers:
             configs += [
-                ("granian-bt1", "granian, 1 blocking thread"),
+                ("granian-bt1", GRANIAN_1),
                 ("gunicorn-sync", "gunicorn sync, 2 workers"),
                 ("gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads"),
             ]
@@ -881,28 +912,30 @@ class Bench:
         )
         try:
             response = self.first_ok(url, body, timeout=READY_TIMEOUT_SECONDS)
+            if kind not in ("fastify", "express"):
+                self.warm_up(server, url, body, timeout=READY_TIMEOUT_SECONDS)
             if kind == "granian":
                 # The comparators answer with a body of this size.
                 self.cached_response_bytes = len(response.content)
             note = f"{len(response.content)}-byte body"
             self.measure(url, path, duration=self.args.warmup)
-            if self.args.profile and kind == "granian":
-                load, calls = self.profiled(server, url, path)
-            else:
-                load, calls = self.measure(url, path)
+            load, calls = self.measure(url, path)
             node = kind in ("fastify", "express")
             self.add(Row("head-to-head", label, count, load, None if node else calls, note))
+            if self.args.profile and kind == "granian":
+                # A run of its own: the samplers take CPU from the 2 cores being measured.
+                self.profiled(server, url, path)
         finally:
             self.procs.stop(server)
 
-    def profiled(self, server: Process, url: str, path: Path) -> tuple[Load, int]:
+    def profiled(self, server: Process, url: str, path: Path) -> None:
         """Measure while py-spy samples the two workers: collapsed stacks of one (summarised
         into the report) and a flame graph of the other."""
         spy = ensure_py_spy()
         workers = [pid for pid in server.descendants() if "python" in _cmdline(pid)]
         if spy is None or not workers:
             self.report.notes.append("profile skipped: py-spy unavailable or no worker found")
-            return self.measure(url, path)
+            return
         seconds = str(max(1, round(self.args.duration)))
         raw, svg = self.out / "profile.raw", self.out / "profile.svg"
         common = ["record", "--duration", seconds, "--rate", "250", "--nonblocking"]
@@ -930,7 +963,9 @@ class Bench:
         else:
             problem = logs[0].read_text(errors="replace").strip()[-300:]
             self.report.notes.append(f"py-spy recorded nothing: {problem}")
-        return result
+        self.report.notes.append(
+            f"under py-spy the cached path ran at {result[0].rps:,.0f} req/s (not in the table)"
+        )
 
     def single_flight(self) -> None:
         """2 ``sts serve`` processes on Redis + PostgreSQL; 20 identical cold requests."""
@@ -1029,20 +1064,28 @@ def summarize_profile(raw: Path, top: int = 15) -> list[str]:
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
     samples = 0
+    native = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count_text = line.rpartition(" ")
-        if not stack or not count_text.isdigit():
+        if not count_text.isdigit():
             continue
         count = int(count_text)
+        if not stack.strip():
+            # No Python frame: granian's own (Rust) threads, or the worker waiting for a core.
+            native += count
+            continue
         frames = stack.split(";")
-        # py-spy names the thread first; idle samples (waiting in select/poll) are left in.
         samples += count
         own[frames[-1]] += count
         for frame in set(frames):
             total[frame] += count
     if not samples:
         return ["(no samples)"]
-    lines = [f"{samples} samples of one worker under the cached-path load", "own time:"]
+    lines = [
+        f"py-spy, one worker under the cached-path load: {samples} samples in Python code "
+        f"({native} more without a Python frame); share of the Python samples:",
+        "own time:",
+    ]
     lines += [f"  {n * 100 / samples:5.1f}%  {frame}" for frame, n in own.most_common(top)]
     lines.append("total time (function and what it calls):")
     lines += [f"  {n * 100 / samples:5.1f}%  {frame}" for frame, n in total.most_common(top)]
@@ -1080,13 +1123,13 @@ def summary(report: Report) -> list[str]:
             if ready is not None
             else f"apply of {count:,} mappings (one transaction): {seconds:.2f} s"
         )
-    ours = report.find("head-to-head", DEFAULT_SERVER)
-    bt1 = report.find("head-to-head", "granian, 1 blocking thread")
+    ours = report.find("head-to-head", GRANIAN_4)
+    bt1 = report.find("head-to-head", GRANIAN_1)
     for name in (FASTIFY, EXPRESS):
         other = report.find("head-to-head", name)
         if other is None or not other.load.rps:
             continue
-        for label, row in (("sts serve (default)", ours), ("granian 1 blocking thread", bt1)):
+        for label, row in ((GRANIAN_4, ours), (GRANIAN_1, bt1)):
             if row is not None:
                 lines.append(
                     f"cached path, {label} / {name}: {row.load.rps / other.load.rps:.2f}x "
@@ -1094,8 +1137,8 @@ def summary(report: Report) -> list[str]:
                 )
     counts = sorted(report.apply_seconds)
     if len(counts) > 1:
-        low = report.find("cached", "sts serve", counts[0])
-        high = report.find("cached", "sts serve", counts[-1])
+        low = report.find("cached", GRANIAN_4, counts[0])
+        high = report.find("cached", GRANIAN_4, counts[-1])
         if low and high and low.load.p50_ms:
             lines.append(
                 f"selection: cached-path p50 with {counts[-1]:,} mappings / with {counts[0]:,}: "
