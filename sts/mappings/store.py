@@ -29,6 +29,7 @@ from sts.mappings.document import spec_from_dict
 from sts.mappings.models import MappingChange, MappingRevision, RoleMapping, utcnow
 from sts.mappings.spec import MappingSpec
 
+POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 
 
@@ -403,6 +404,12 @@ class Database:
         self.is_sqlite = self.url.get_backend_name() == "sqlite"
         if self.is_sqlite:
             options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+        elif (
+            self.url.get_backend_name() == "postgresql" and "connect_timeout" not in self.url.query
+        ):
+            # A database host that stops answering must not hold a request for the OS's TCP
+            # time-out (minutes): fail within seconds, and let /readyz say why.
+            options["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
         self.engine = sa.create_engine(self.url, **options)
         if self.is_sqlite:
             in_memory = self.url.database in (None, "", ":memory:") or "memory" in str(

@@ -154,10 +154,13 @@ def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) 
 
     token = issuer.mint(audience=AUDIENCE, deployment="metrics-" + os.urandom(4).hex())
     data = {"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN}
-    deadline = time.monotonic() + 10
-    while requests.post(server + "/token", data=data, timeout=30).status_code != 200:
+    # The mappings were applied after start-up: wait until both workers have picked them up.
+    deadline = time.monotonic() + 15
+    streak = 0
+    while streak < 12:
+        ok = requests.post(server + "/token", data=data, timeout=30).status_code == 200
+        streak = streak + 1 if ok else 0
         assert time.monotonic() < deadline
-        time.sleep(0.2)
 
     def total() -> float:
         text = requests.get(server + "/metrics", timeout=10).text
