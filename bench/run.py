@@ -522,11 +522,30 @@ def machine() -> dict[str, str]:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for package in ("granian", "gunicorn", "flask"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions.append(f"{package} {version(package)}")
+    with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+        node = subprocess.run(
+            ["node", "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+        versions.append(f"node {node.stdout.strip()}")
+    memory = "unknown"
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
     return {
         "nproc": str(os.cpu_count()),
         "cpu": model,
+        "memory": memory,
         "python": platform.python_version(),
         "kernel": platform.release(),
+        "versions": ", ".join(versions),
+        "load": " ".join(f"{n:.2f}" for n in os.getloadavg()),
     }
 
 
@@ -1160,8 +1179,9 @@ def print_report(report: Report, out: Path) -> None:
     settings = report.settings
     print()
     print(
-        f"machine: {report.machine['nproc']} cores, {report.machine['cpu']}; "
-        f"python {report.machine['python']}"
+        f"machine: {report.machine['nproc']} cores, {report.machine['cpu']}, "
+        f"{report.machine['memory']}; python {report.machine['python']}, "
+        f"{report.machine['versions']}; load average before the run {report.machine['load']}"
     )
     print(
         f"wrk: {settings['wrk_threads']} threads, {settings['connections']} connections, "
@@ -1235,7 +1255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def terminate(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt(f"signal {signum}")
 
+    # Set both explicitly: a shell starting this in the background would leave SIGINT ignored.
     signal.signal(signal.SIGTERM, terminate)
+    signal.signal(signal.SIGINT, terminate)
     status = 0
     try:
         bench.run()
