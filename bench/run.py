@@ -1214,7 +1214,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--mappings", help="comma-separated mapping counts (default 10,1000,100000)"
     )
-    parser.add_argument("--identities", type=int, default=1000, help="warm-path identities")
+    parser.add_argument(
+        "--identities", type=int, help="warm-path identities (default 1000; quick: 300)"
+    )
     parser.add_argument(
         "--cold-delay", type=float, default=0.05, help="emulator delay on the cold path (s)"
     )
@@ -1234,6 +1236,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.duration = 2.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 1.0 if args.quick else 3.0
+    if args.identities is None:
+        args.identities = 300 if args.quick else 1000
+    if not 1 <= args.identities <= 100_000:
+        parser.error("--identities must be 1..100000")
     if args.mappings is None:
         args.mappings = "10,1000" if args.quick else "10,1000,100000"
     args.mappings = [int(part.replace("_", "")) for part in args.mappings.split(",") if part]
