@@ -729,16 +729,23 @@ class Bench:
         """POST until a 200 (the first request may build the mapping index)."""
         deadline = time.monotonic() + timeout
         headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        problem = "no answer"
         with http() as session:
-            while True:
-                response = session.post(url + "/token", data=body, headers=headers, timeout=60)
-                if response.status_code == 200:
-                    return response
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"POST /token answered {response.status_code}: {response.text[:200]}"
+            while time.monotonic() < deadline:
+                # A worker's first request may build an index of 100,000 mappings: be patient.
+                wait = max(5.0, deadline - time.monotonic())
+                try:
+                    response = session.post(
+                        url + "/token", data=body, headers=headers, timeout=wait
                     )
+                except requests.RequestException as exc:
+                    problem = type(exc).__name__
+                else:
+                    if response.status_code == 200:
+                        return response
+                    problem = f"{response.status_code}: {response.text[:200]}"
                 time.sleep(0.2)
+        raise RuntimeError(f"POST /token did not succeed in {timeout:.0f}s: {problem}")
 
     def warm_up(self, process: Process, url: str, body: str, *, timeout: float) -> None:
         """Until every worker has its mapping index: a worker builds it on its first request
@@ -766,8 +773,12 @@ class Bench:
                 session = local.session = http()
             return session.post(url + "/token", data=body, headers=headers, timeout=60).status_code
 
-        with ThreadPoolExecutor(max_workers=16) as pool:
+        pool = ThreadPoolExecutor(max_workers=16)
+        try:
             statuses = Counter(pool.map(one, bodies))
+        finally:
+            # On Ctrl-C, drop what has not started instead of sending it all first.
+            pool.shutdown(wait=True, cancel_futures=True)
         return sum(n for status, n in statuses.items() if status != 200)
 
     def measure(
@@ -970,13 +981,17 @@ class Bench:
                 recorders.append(subprocess.Popen(job, stdout=sink, stderr=subprocess.STDOUT))
         try:
             result = self.measure(url, path)
-        finally:
+        except BaseException:
             for recorder in recorders:
-                try:
-                    recorder.wait(timeout=int(seconds) + 30)
-                except subprocess.TimeoutExpired:
-                    recorder.kill()
-                    recorder.wait()
+                recorder.kill()
+                recorder.wait()
+            raise
+        for recorder in recorders:
+            try:
+                recorder.wait(timeout=int(seconds) + 30)
+            except subprocess.TimeoutExpired:
+                recorder.kill()
+                recorder.wait()
         if raw.exists():
             self.report.profile = summarize_profile(raw)
             self.report.notes.append(f"py-spy collapsed stacks: {raw}; flame graph: {svg}")
@@ -1275,6 +1290,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"failed: {type(exc).__name__}: {exc}")
         status = 1
     finally:
+        # Stopping is bounded (Process.stop); a second Ctrl-C must not cut it short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         bench.close()
     report = bench.report
     (out / "results.json").write_text(
