@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from typing import Any
@@ -15,11 +16,23 @@ from typing import Any
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+_last_second: list[Any] = [-1, ""]
+
+
+def _timestamp(created: float, msecs: float) -> str:
+    """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
+    second = int(created)
+    cached = _last_second
+    if cached[0] != second:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        cached[0] = second
+    return f"{cached[1]}.{int(msecs):03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": _timestamp(record.created, record.msecs),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -44,10 +57,35 @@ class TextFormatter(logging.Formatter):
         return f"{line} {extras}" if extras else line
 
 
+class DirectHandler(logging.Handler):
+    """Writes each record as one line with one ``os.write`` to a file descriptor.
+
+    The access log is written once per request from every request thread; a StreamHandler
+    serialises them on its lock and a buffered stream. Our formatters keep no state and a
+    single ``write(2)`` of a line is not torn by other threads' lines, so no lock is taken.
+    """
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        if self.filter(record):
+            self.emit(record)
+            return True
+        return False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            os.write(self._fd, (self.format(record) + "\n").encode("utf-8", "replace"))
+        except Exception:
+            self.handleError(record)
+
+
 def configure(log_format: str, level: int = logging.INFO) -> None:
     """Route the ``sts`` loggers to stderr in the chosen format (idempotent)."""
     root = logging.getLogger("sts")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = DirectHandler(sys.stderr.fileno())
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root.handlers = [handler]
     root.setLevel(level)

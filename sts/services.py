@@ -79,6 +79,8 @@ class Services:
             self.database.ping()
         except Exception as exc:
             return False, f"database unavailable: {type(exc).__name__}"
+        if not self.mappings.loaded:
+            return False, "mapping index not loaded yet"
         return self.registry.ready()
 
     def close(self) -> None:

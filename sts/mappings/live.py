@@ -84,6 +84,9 @@ class LiveMappings:
         self._stop.set()
 
     def _run(self) -> None:
+        # Build the index as soon as the worker starts, not on its first request.
+        if self._index is None:
+            self.refresh()
         while not self._stop.wait(self._interval):
             self.refresh()
             if self.on_tick is not None:
