@@ -318,19 +318,58 @@ def apply_specs(
         *(("update", item.after.name, item.before, item.after) for item in diff.updated),
         *(("create", spec.name, None, spec) for spec in diff.created),
     ]
-    for action, name, before, after in changes:
-        _record(
-            conn,
-            action=action,
-            name=name,
-            before=before,
-            after=after,
-            revision=diff.revision,
-            actor=actor,
-            source=source,
-        )
+    _record_many(conn, changes, revision=diff.revision, actor=actor, source=source)
     _bump(conn, diff.revision)
     return diff
+
+
+_BATCH = 500
+
+
+def _record_many(
+    conn: Connection,
+    changes: list[tuple[str, str, MappingSpec | None, MappingSpec | None]],
+    *,
+    revision: int,
+    actor: str,
+    source: str,
+) -> None:
+    """:func:`_record` for many changes, with multi-row statements (a 100k-mapping file)."""
+    now = utcnow()
+    deleted = [name for action, name, _, _ in changes if action == "delete"]
+    for start in range(0, len(deleted), _BATCH):
+        batch = deleted[start : start + _BATCH]
+        conn.execute(sa.delete(RoleMapping).where(RoleMapping.name.in_(batch)))
+    for action, name, _, after in changes:
+        if action == "update":
+            assert after is not None
+            conn.execute(
+                sa.update(RoleMapping)
+                .where(RoleMapping.name == name)
+                .values(**_row_values(after), updated_at=now)
+            )
+    created = [
+        {**_row_values(after), "created_at": now, "updated_at": now}
+        for action, _, _, after in changes
+        if action == "create" and after is not None
+    ]
+    for start in range(0, len(created), _BATCH):
+        conn.execute(sa.insert(RoleMapping), created[start : start + _BATCH])
+    history = [
+        {
+            "changed_at": now,
+            "actor": actor,
+            "source": source,
+            "action": action,
+            "name": name,
+            "before": before.to_document() if before is not None else None,
+            "after": after.to_document() if after is not None else None,
+            "revision": revision,
+        }
+        for action, name, before, after in changes
+    ]
+    for start in range(0, len(history), _BATCH):
+        conn.execute(sa.insert(MappingChange), history[start : start + _BATCH])
 
 
 def set_mapping(
