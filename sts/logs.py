@@ -6,11 +6,14 @@ credentials to a logger (tests search the captured output for them).
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import sys
+import threading
 import time
+from collections import deque
 from typing import Any
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -58,16 +61,25 @@ class TextFormatter(logging.Formatter):
 
 
 class DirectHandler(logging.Handler):
-    """Writes each record as one line with one ``os.write`` to a file descriptor.
+    """Writes formatted lines to a file descriptor in batches, without a handler lock.
 
     The access log is written once per request from every request thread; a StreamHandler
-    serialises them on its lock and a buffered stream. Our formatters keep no state and a
-    single ``write(2)`` of a line is not torn by other threads' lines, so no lock is taken.
+    serialises them on its lock and pays one ``write(2)`` each. Here a request only appends
+    its line to a deque (atomic under the GIL); a flusher thread writes what is pending every
+    ``interval`` seconds in chunks of at most ``PIPE_BUF`` bytes, so lines from several worker
+    processes sharing one pipe are never torn. Warnings and errors are written at once, and
+    whatever is pending at exit is written then.
     """
 
-    def __init__(self, fd: int) -> None:
+    CHUNK_BYTES = 4000  # below PIPE_BUF (4096): one write(2) to a pipe is atomic
+
+    def __init__(self, fd: int, interval: float = 0.1) -> None:
         super().__init__()
         self._fd = fd
+        self._interval = interval
+        self._pending: deque[str] = deque()
+        self._write_lock = threading.Lock()
+        self._pid = 0
 
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filter(record):
@@ -77,9 +89,52 @@ class DirectHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            os.write(self._fd, (self.format(record) + "\n").encode("utf-8", "replace"))
+            self._pending.append(self.format(record))
         except Exception:
             self.handleError(record)
+            return
+        if self._pid != os.getpid():
+            self._start_flusher()
+        if record.levelno >= logging.WARNING or len(self._pending) > 1000:
+            self.flush()
+
+    def _start_flusher(self) -> None:
+        # Per process: after a fork the parent's flusher thread does not exist in the child.
+        self._pid = os.getpid()
+        self._write_lock = threading.Lock()
+        threading.Thread(target=self._run, name="sts-log-flush", daemon=True).start()
+        atexit.register(self.flush)
+
+    def _run(self) -> None:
+        pid = self._pid
+        while pid == os.getpid():
+            time.sleep(self._interval)
+            self.flush()
+
+    def flush(self) -> None:
+        with self._write_lock:
+            chunk: list[bytes] = []
+            size = 0
+            while True:
+                try:
+                    line = (self._pending.popleft() + "\n").encode("utf-8", "replace")
+                except IndexError:
+                    break
+                if chunk and size + len(line) > self.CHUNK_BYTES:
+                    self._write(b"".join(chunk))
+                    chunk, size = [], 0
+                chunk.append(line)
+                size += len(line)
+            if chunk:
+                self._write(b"".join(chunk))
+
+    def _write(self, data: bytes) -> None:
+        try:
+            while data:
+                written = os.write(self._fd, data)
+                data = data[written:]
+        except OSError:
+            pass  # stderr gone (a closed pipe): logging must never break a request
 
 
 def configure(log_format: str, level: int = logging.INFO) -> None:
