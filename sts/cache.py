@@ -226,17 +226,24 @@ class CredentialCache:
             return False
         return stale is None or credentials.expires_at > stale.credentials.expires_at
 
+    def _adopt(self, shared: SharedTier, key: CacheKey, stale: _Entry | None) -> Credentials | None:
+        """Take what another process stored for ``key``, if it is usable and newer."""
+        found = shared.get(key)
+        if not self._fresh(found, stale):
+            return None
+        assert found is not None
+        self.put(key, *found)
+        return found[0]
+
     def _fill(
         self, key: CacheKey, issue: Callable[[], Credentials], stale: _Entry | None
     ) -> tuple[Credentials, bool]:
         shared = self._shared
         if shared is None:
             return self._call(key, issue), False
-        found = shared.get(key)
-        if self._fresh(found, stale):
-            assert found is not None
-            self.put(key, *found)
-            return found[0], True
+        adopted = self._adopt(shared, key, stale)
+        if adopted is not None:
+            return adopted, True
 
         token = shared.acquire(key, self._lock_ttl)
         deadline = time.monotonic() + self._lock_ttl
@@ -248,20 +255,17 @@ class CredentialCache:
                 return self._call(key, issue, shared=shared), False
             time.sleep(poll)
             poll = min(poll * 1.5, 0.2)
-            found = shared.get(key)
-            if self._fresh(found, stale):
-                assert found is not None
-                self.put(key, *found)
-                return found[0], True
+            adopted = self._adopt(shared, key, stale)
+            if adopted is not None:
+                return adopted, True
             token = shared.acquire(key, self._lock_ttl)
         if token == UNAVAILABLE:
             return self._call(key, issue), False
         try:
-            found = shared.get(key)
-            if self._fresh(found, stale):
-                assert found is not None
-                self.put(key, *found)
-                return found[0], True
+            # The previous holder may have stored its answer just before we took the lock.
+            adopted = self._adopt(shared, key, stale)
+            if adopted is not None:
+                return adopted, True
             return self._call(key, issue, shared=shared), False
         finally:
             shared.release(key, token)

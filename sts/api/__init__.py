@@ -9,6 +9,7 @@ import os
 import re
 import secrets
 import time
+from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
@@ -38,6 +39,31 @@ def new_request_id() -> str:
     if _id_pid != os.getpid():
         _id_pid, _id_prefix, _ids = os.getpid(), secrets.token_hex(10), itertools.count(1)
     return f"{_id_prefix}{next(_ids):012x}"
+
+
+def request_id_from(incoming: str | None) -> str:
+    """A caller's own ``X-Request-Id`` when it is short and plain, else a new one."""
+    return incoming if incoming and REQUEST_ID.fullmatch(incoming) else new_request_id()
+
+
+def log_request(  # noqa: PLR0917 - the fields of one log line
+    request_id: str, method: str, path: str, status: int, started: float, fields: dict[str, Any]
+) -> None:
+    """The one access log line of a request; probes that succeed are logged at DEBUG only."""
+    level = logging.DEBUG if path in QUIET_PATHS and status == 200 else logging.INFO
+    if access_log.isEnabledFor(level):
+        access_log.log(
+            level,
+            "request",
+            extra={
+                "request_id": request_id,
+                "method": method,
+                "path": path,
+                "status": status,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                **fields,
+            },
+        )
 
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -79,31 +105,16 @@ def build_app(settings: Settings | None = None, services: Services | None = None
     @app.before_request
     def _begin() -> None:
         g.started = time.perf_counter()
-        incoming = request.headers.get("X-Request-Id")
-        g.request_id = incoming if incoming and REQUEST_ID.fullmatch(incoming) else new_request_id()
+        g.request_id = request_id_from(request.headers.get("X-Request-Id"))
         g.log_fields = {}
 
     @app.after_request
     def _finish(response: Response) -> Response:
-        """One log line per request; probes that succeed are logged at DEBUG only."""
         request_id = g.get("request_id") or new_request_id()
         response.headers["X-Request-Id"] = request_id
-        quiet = request.path in QUIET_PATHS and response.status_code == 200
-        level = logging.DEBUG if quiet else logging.INFO
-        if access_log.isEnabledFor(level):
-            started = g.get("started", time.perf_counter())
-            access_log.log(
-                level,
-                "request",
-                extra={
-                    "request_id": request_id,
-                    "method": request.method,
-                    "path": request.path,
-                    "status": response.status_code,
-                    "latency_ms": round((time.perf_counter() - started) * 1000, 3),
-                    **g.get("log_fields", {}),
-                },
-            )
+        started = g.get("started", time.perf_counter())
+        fields = g.get("log_fields", {})
+        log_request(request_id, request.method, request.path, response.status_code, started, fields)
         return response
 
     @app.errorhandler(OAuthError)
@@ -129,6 +140,8 @@ def build_app(settings: Settings | None = None, services: Services | None = None
             fields.update(outcome="server_error", cause=type(error).__name__)
         return render_error(ServerError())
 
+    # POST /token is answered before Flask: see sts.api.token.TokenEndpoint.
+    app.wsgi_app = token.TokenEndpoint(app.wsgi_app, services)  # type: ignore[method-assign]
     services.start()
     return app
 

@@ -223,47 +223,6 @@ def _stored(conn: Connection) -> dict[str, MappingSpec]:
     return {row.name: spec_from_row(row) for row in rows}
 
 
-def _record(
-    conn: Connection,
-    *,
-    action: str,
-    name: str,
-    before: MappingSpec | None,
-    after: MappingSpec | None,
-    revision: int,
-    actor: str,
-    source: str,
-) -> None:
-    """Write one change to ``role_mappings`` and its history row to ``mapping_changes``."""
-    now = utcnow()
-    if action == "create":
-        assert after is not None
-        conn.execute(
-            sa.insert(RoleMapping).values(**_row_values(after), created_at=now, updated_at=now)
-        )
-    elif action == "update":
-        assert after is not None
-        conn.execute(
-            sa.update(RoleMapping)
-            .where(RoleMapping.name == name)
-            .values(**_row_values(after), updated_at=now)
-        )
-    else:
-        conn.execute(sa.delete(RoleMapping).where(RoleMapping.name == name))
-    conn.execute(
-        sa.insert(MappingChange).values(
-            changed_at=now,
-            actor=actor,
-            source=source,
-            action=action,
-            name=name,
-            before=before.to_document() if before is not None else None,
-            after=after.to_document() if after is not None else None,
-            revision=revision,
-        )
-    )
-
-
 def _bump(conn: Connection, revision: int) -> None:
     conn.execute(
         sa.update(MappingRevision).where(MappingRevision.id == 1).values(revision=revision)
@@ -334,7 +293,10 @@ def _record_many(
     actor: str,
     source: str,
 ) -> None:
-    """:func:`_record` for many changes, with multi-row statements (a 100k-mapping file)."""
+    """Write changes to ``role_mappings`` and their history rows to ``mapping_changes``.
+
+    Multi-row statements in batches, so a 100,000-mapping file applies in seconds.
+    """
     now = utcnow()
     deleted = [name for action, name, _, _ in changes if action == "delete"]
     for start in range(0, len(deleted), _BATCH):
@@ -391,15 +353,8 @@ def set_mapping(
     if current == spec:
         return False
     action = "create" if current is None else "delete" if spec is None else "update"
-    _record(
-        conn,
-        action=action,
-        name=name,
-        before=current,
-        after=spec,
-        revision=revision,
-        actor=actor,
-        source=source,
+    _record_many(
+        conn, [(action, name, current, spec)], revision=revision, actor=actor, source=source
     )
     return True
 

@@ -167,3 +167,80 @@ def test_mapping_change_reaches_both_replicas(
                 pending.discard(url)
         time.sleep(0.2)
     assert not pending
+
+
+def audit_rows(database_url: str, deployment_prefix: str) -> list[tuple[str, str]]:
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT deployment, outcome FROM issuance_events WHERE deployment LIKE :p"),
+                {"p": deployment_prefix + "%"},
+            ).all()
+    finally:
+        engine.dispose()
+    return [(row[0], row[1]) for row in rows]
+
+
+def test_exchange_through_either_replica_is_audited_once(
+    replicas: tuple[Replica, Replica, dict[str, str]], issuer: DevIssuer, shared_postgres: str
+) -> None:
+    a, b, _ = replicas
+    prefix = "audit-once-" + secrets.token_hex(4)
+    token = issuer.mint(audience=AUDIENCE, deployment=prefix)
+    for replica in (a, b, a, b):
+        assert exchange(replica.url, token).status_code == 200
+    assert audit_rows(shared_postgres, prefix) == [(prefix, "issued")]
+
+
+def test_killing_a_replica_mid_load_loses_no_audit_row(
+    replicas: tuple[Replica, Replica, dict[str, str]], issuer: DevIssuer, shared_postgres: str
+) -> None:
+    """Cold exchanges (each one upstream call and one audit row) on both replicas; one replica
+    is killed with SIGKILL halfway. Every credential handed out has its row, and the survivor
+    keeps answering."""
+    a, b, _ = replicas
+    prefix = "kill-" + secrets.token_hex(4)
+    served: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def load(replica: Replica, worker: int) -> None:
+        for n in range(200):
+            if stop.is_set():
+                return
+            deployment = f"{prefix}-{worker}-{n}"
+            token = issuer.mint(audience=AUDIENCE, deployment=deployment)
+            try:
+                response = exchange(replica.url, token)
+            except requests.RequestException:
+                continue  # the killed replica: no answer, so no credential handed out
+            if response.status_code == 200:
+                with lock:
+                    served.append(deployment)
+
+    threads = [threading.Thread(target=load, args=((a, b)[w % 2], w)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while len(served) < 20 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    a.stop(signal.SIGKILL)
+    killed_at = len(served)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+
+    assert killed_at >= 20
+    survivors = [
+        exchange(b.url, issuer.mint(audience=AUDIENCE, deployment=f"{prefix}-after-{n}"))
+        for n in range(3)
+    ]
+    assert [r.status_code for r in survivors] == [200, 200, 200]
+    rows = dict(audit_rows(shared_postgres, prefix))
+    missing = [deployment for deployment in served if deployment not in rows]
+    assert missing == []
+    assert all(rows[d] == "issued" for d in served)
