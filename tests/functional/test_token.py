@@ -475,3 +475,14 @@ def test_exchange_on_postgres(stack_factory: Any, postgres_url: str) -> None:
     response = stack.post()
     assert response.status_code == 200, response.text
     assert response.json()["mapping"] == "orders-prod"
+
+
+def test_repeat_token_does_no_rsa_verification(stack: Stack) -> None:
+    token = stack.token(deployment="rsa-count")
+    assert stack.post(token).status_code == 200
+    checks = stack.services.verifier.signature_checks
+    for _ in range(5):
+        assert stack.post(token).status_code == 200
+    assert stack.services.verifier.signature_checks == checks
+    assert stack.post(stack.token(deployment="rsa-count-2")).status_code == 200
+    assert stack.services.verifier.signature_checks == checks + 1
