@@ -75,7 +75,7 @@ class DirectHandler(logging.Handler):
 
     def __init__(self, fd: int, interval: float = 0.1) -> None:
         super().__init__()
-        self._fd = fd
+        self.fd = fd
         self._interval = interval
         self._pending: deque[str] = deque()
         self._write_lock = threading.Lock()
@@ -131,17 +131,28 @@ class DirectHandler(logging.Handler):
     def _write(self, data: bytes) -> None:
         try:
             while data:
-                written = os.write(self._fd, data)
+                written = os.write(self.fd, data)
                 data = data[written:]
         except OSError:
             pass  # stderr gone (a closed pipe): logging must never break a request
 
 
+_handler: DirectHandler | None = None
+
+
 def configure(log_format: str, level: int = logging.INFO) -> None:
     """Route the ``sts`` loggers to stderr in the chosen format (idempotent)."""
+    global _handler  # noqa: PLW0603 - one handler per process
     root = logging.getLogger("sts")
-    handler = DirectHandler(sys.stderr.fileno())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    fd = sys.stderr.fileno()
+    if _handler is None or _handler.fd != fd:
+        # One handler (and one flusher thread) per process and descriptor, however often the
+        # app is built.
+        if _handler is not None:
+            _handler.flush()
+        _handler = DirectHandler(fd)
+    _handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler = _handler
     root.handlers = [handler]
     root.setLevel(level)
     root.propagate = False
