@@ -244,6 +244,17 @@ def run_demo() -> int:
             f"{len(aws.requests) - aws_calls} (expires_in now {again['expires_in']} s)"
         )
 
+        _step("The audit trail (sts audit list): one row per upstream issuance, no secrets")
+        from sts.audit import AuditRecorder
+
+        trail = Database(database_url)
+        try:
+            for event in reversed(AuditRecorder(trail).query(limit=10)):
+                digest = (event.credential_sha256 or "")[:12]
+                _ok(f"{event.mapping:<14} {event.outcome:<7} {event.target}  sha256 {digest}…")
+        finally:
+            trail.dispose()
+
         click.echo("")
         _step("Shutting down")
     click.echo(
