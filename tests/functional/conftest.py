@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from sts.config import Settings
 from sts.dev.aws_emulator import AwsEmulator, StsCall
 from sts.dev.gcp_emulator import GcpEmulator, RecordedRequest
 from sts.dev.issuer import DevIssuer
+from sts.identity.jwks import JWKSRegistry
 from sts.mappings.document import parse_document
 from sts.mappings.store import Database, apply_specs
 from sts.services import Services
@@ -171,35 +174,60 @@ def seed(database_url: str, document: str = DEFAULT_MAPPINGS) -> Database:
     return database
 
 
-@pytest.fixture
-def stack_factory(
-    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
-) -> Iterator[Any]:
-    started: list[tuple[BaseWSGIServer, Services, Database]] = []
+@contextmanager
+def running_stack(
+    issuer: DevIssuer,
+    aws: AwsEmulator,
+    gcp: GcpEmulator,
+    database_url: str,
+    *,
+    document: str = DEFAULT_MAPPINGS,
+    wait: bool = True,
+    registry_options: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Iterator[Stack]:
+    """The service over HTTP on ``database_url`` seeded with ``document``; stopped on exit.
 
-    def start(
-        document: str = DEFAULT_MAPPINGS,
-        database_url: str | None = None,
-        wait: bool = True,
-        **extra: Any,
-    ) -> Stack:
-        url = database_url or f"sqlite:///{tmp_path / f'sts{len(started)}.db'}"
-        database = seed(url, document)
-        settings = settings_for(url, issuer, aws, gcp, **extra)
-        services = Services.build(settings)
-        app = create_app(services=services)
+    ``registry_options`` builds the key-set registry with test timings (a TTL under a minute,
+    no refetch cooldown); ``extra`` overrides settings.
+    """
+    database = seed(database_url, document)
+    settings = settings_for(database_url, issuer, aws, gcp, **extra)
+    registry = JWKSRegistry(settings, **registry_options) if registry_options else None
+    services = Services.build(settings, registry=registry)
+    server, base = serve_app(create_app(services=services))
+    try:
         if wait:
             wait_ready(services)
-        server, base = serve_app(app)
-        started.append((server, services, database))
-        return Stack(base, issuer, aws, gcp, services, len(aws.requests), len(gcp.requests))
-
-    yield start
-    for server, services, database in started:
+        yield Stack(base, issuer, aws, gcp, services, len(aws.requests), len(gcp.requests))
+    finally:
         server.shutdown()
         server.server_close()
         services.close()
         database.dispose()
+
+
+@pytest.fixture
+def stack_factory(
+    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
+) -> Iterator[Any]:
+    """Start services on the default (or a given) document and database; all stopped at the end."""
+    numbers = itertools.count()
+    with ExitStack() as started:
+
+        def start(
+            document: str = DEFAULT_MAPPINGS,
+            database_url: str | None = None,
+            wait: bool = True,
+            **extra: Any,
+        ) -> Stack:
+            url = database_url or f"sqlite:///{tmp_path / f'sts{next(numbers)}.db'}"
+            stack: Stack = started.enter_context(
+                running_stack(issuer, aws, gcp, url, document=document, wait=wait, **extra)
+            )
+            return stack
+
+        yield start
 
 
 @pytest.fixture

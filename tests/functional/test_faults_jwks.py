@@ -11,22 +11,20 @@ import secrets
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from sts import create_app
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey
-from sts.identity.jwks import CONNECT_TIMEOUT, MAX_JWKS_BYTES, READ_TIMEOUT, JWKSRegistry
+from sts.identity.jwks import CONNECT_TIMEOUT, MAX_JWKS_BYTES, READ_TIMEOUT
 from sts.identity.verifier import KEY_NOT_FOUND, KEYS_UNAVAILABLE
-from sts.services import Services
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack, seed, serve_app, settings_for, wait_ready
+from tests.functional.conftest import Stack, running_stack
 from tests.functional.test_token import assert_error
 
 
@@ -43,21 +41,9 @@ def tuned_stack(aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path) -> Any:
     For what production timings would make slow: a TTL under a minute, no refetch cooldown.
     """
 
-    @contextmanager
-    def start(dev: DevIssuer, **registry_options: Any) -> Iterator[Stack]:
+    def start(dev: DevIssuer, **registry_options: Any) -> AbstractContextManager[Stack]:
         url = f"sqlite:///{tmp_path / 'tuned.db'}"
-        database = seed(url)
-        settings = settings_for(url, dev, aws, gcp)
-        services = Services.build(settings, registry=JWKSRegistry(settings, **registry_options))
-        server, base = serve_app(create_app(services=services))
-        try:
-            wait_ready(services)
-            yield Stack(base, dev, aws, gcp, services, len(aws.requests), len(gcp.requests))
-        finally:
-            server.shutdown()
-            server.server_close()
-            services.close()
-            database.dispose()
+        return running_stack(dev, aws, gcp, url, registry_options=registry_options)
 
     return start
 

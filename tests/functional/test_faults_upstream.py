@@ -21,7 +21,6 @@ from typing import Any
 import pytest
 import requests
 
-from sts import create_app
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
@@ -29,7 +28,7 @@ from sts.providers.aws import AwsProvider
 from sts.providers.gcp import GcpProvider
 from sts.services import Services
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack, seed, serve_app, settings_for, wait_ready
+from tests.functional.conftest import Stack, running_stack
 from tests.functional.test_token import assert_error
 
 CONNECT_TIMEOUT = 0.5
@@ -91,18 +90,9 @@ def shared_stack(
     """One service with fast-failing providers for the whole module: each case uses its own
     deployment name, so no case sees another's cached credentials."""
     url = f"sqlite:///{tmp_path_factory.mktemp('upstream') / 'sts.db'}"
-    database = seed(url)
-    services = Services.build(settings_for(url, issuer, aws, gcp))
-    speed_up(services)
-    server, base = serve_app(create_app(services=services))
-    try:
-        wait_ready(services)
-        yield Stack(base, issuer, aws, gcp, services, 0, 0)
-    finally:
-        server.shutdown()
-        server.server_close()
-        services.close()
-        database.dispose()
+    with running_stack(issuer, aws, gcp, url) as stack:
+        speed_up(stack.services)
+        yield stack
 
 
 @pytest.fixture

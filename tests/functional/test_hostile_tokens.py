@@ -37,14 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from sts import create_app
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey, b64url
 from sts.identity import verifier as v
-from sts.services import Services
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack, seed, serve_app, settings_for, wait_ready
+from tests.functional.conftest import Stack, running_stack
 
 TABLE = Path(__file__).parent.parent / "testdata" / "hostile_tokens.md"
 SKEW = 60  # the stack's STS_CLOCK_SKEW_SECONDS (the default)
@@ -67,16 +65,8 @@ def hostile_stack(
 ) -> Iterator[Stack]:
     """One service for the whole corpus (the rows never change its state, only read it)."""
     url = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'sts.db'}"
-    database = seed(url)
-    services = Services.build(settings_for(url, issuer, aws, gcp))
-    app = create_app(services=services)
-    wait_ready(services)
-    server, base = serve_app(app)
-    yield Stack(base, issuer, aws, gcp, services, len(aws.requests), len(gcp.requests))
-    server.shutdown()
-    server.server_close()
-    services.close()
-    database.dispose()
+    with running_stack(issuer, aws, gcp, url) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

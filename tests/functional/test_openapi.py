@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import jsonschema_rs
@@ -19,31 +17,10 @@ from sts.api.openapi import CACHE_CONTROL, DOCUMENT
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
-from sts.services import Services
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import SA, Stack, seed, serve_app, settings_for, wait_ready
+from tests.functional.conftest import SA, Stack, running_stack
 
 IMPLICIT_METHODS = {"HEAD", "OPTIONS"}
-
-
-@contextmanager
-def running_stack(
-    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, directory: Path
-) -> Iterator[Stack]:
-    """The service on SQLite with the default mappings, for tests that share one."""
-    database_url = f"sqlite:///{directory / 'sts.db'}"
-    database = seed(database_url)
-    services = Services.build(settings_for(database_url, issuer, aws, gcp))
-    app = create_app(services=services)
-    wait_ready(services)
-    server, base = serve_app(app)
-    try:
-        yield Stack(base, issuer, aws, gcp, services, len(aws.requests), len(gcp.requests))
-    finally:
-        server.shutdown()
-        server.server_close()
-        services.close()
-        database.dispose()
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +28,8 @@ def shared(
     issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """One service for the tests here that do not change it."""
-    with running_stack(issuer, aws, gcp, tmp_path_factory.mktemp("openapi")) as stack:
+    url = f"sqlite:///{tmp_path_factory.mktemp('openapi') / 'sts.db'}"
+    with running_stack(issuer, aws, gcp, url) as stack:
         yield stack
 
 

@@ -19,21 +19,16 @@ import requests
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sts import create_app
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
-from sts.services import Services
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import (
     GRANT,
     ID_TOKEN,
     ROLE,
     Stack,
-    seed,
-    serve_app,
-    settings_for,
-    wait_ready,
+    running_stack,
 )
 
 JWT_TYPE = "urn:ietf:params:oauth:token-type:jwt"
@@ -64,16 +59,8 @@ def request_stack(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
     url = f"sqlite:///{tmp_path_factory.mktemp('requests') / 'sts.db'}"
-    database = seed(url)
-    services = Services.build(settings_for(url, issuer, aws, gcp))
-    app = create_app(services=services)
-    wait_ready(services)
-    server, base = serve_app(app)
-    yield Stack(base, issuer, aws, gcp, services, len(aws.requests), len(gcp.requests))
-    server.shutdown()
-    server.server_close()
-    services.close()
-    database.dispose()
+    with running_stack(issuer, aws, gcp, url) as stack:
+        yield stack
 
 
 @pytest.fixture(scope="module")

@@ -34,8 +34,7 @@ from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import GRANT, ID_TOKEN, Stack
-from tests.functional.test_openapi import running_stack
+from tests.functional.conftest import GRANT, ID_TOKEN, Stack, running_stack
 
 MAX_EXAMPLES = 40
 # Identities a valid token can carry: one per default mapping, plus one that no mapping binds.
@@ -72,7 +71,8 @@ def fuzz_stack(
     issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Stack]:
     """One service for the whole module: schemathesis makes a few hundred requests."""
-    with running_stack(issuer, aws, gcp, tmp_path_factory.mktemp("fuzz")) as stack:
+    url = f"sqlite:///{tmp_path_factory.mktemp('fuzz') / 'sts.db'}"
+    with running_stack(issuer, aws, gcp, url) as stack:
         yield stack
 
 
