@@ -13,17 +13,19 @@ Never imported by the service path.
 from __future__ import annotations
 
 import secrets
+import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from sts.dev.serving import BackgroundServer
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -88,7 +90,7 @@ class _QuietHandler(WSGIRequestHandler):
         pass
 
 
-class AwsEmulator:
+class AwsEmulator(BackgroundServer):
     """moto's STS on 127.0.0.1 with a request record and fault knobs; start/stop or ``with``.
 
     ``requests`` holds every request received. ``fail_next`` makes the next requests answer an
@@ -103,7 +105,6 @@ class AwsEmulator:
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint_url(self) -> str:
@@ -185,7 +186,7 @@ class AwsEmulator:
 
         return record
 
-    def start(self) -> AwsEmulator:
+    def start(self) -> Self:
         # Imported here so that merely importing this module never loads moto.
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
@@ -196,26 +197,11 @@ class AwsEmulator:
         self._server = make_server(
             self.host, self.port, app, threaded=True, request_handler=_QuietHandler
         )
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(self._server)
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _running(self) -> socketserver.BaseServer | None:
+        return self._server
+
+    def _forget(self) -> None:
         self._server = None
-        self._thread = None
-
-    def __enter__(self) -> AwsEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -25,19 +25,21 @@ import binascii
 import json
 import re
 import secrets
+import socketserver
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from sts.dev.serving import BackgroundServer
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
@@ -121,7 +123,7 @@ def _rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-class GcpEmulator:
+class GcpEmulator(BackgroundServer):
     """Google STS + IAM Credentials on 127.0.0.1; start/stop or ``with``.
 
     Register providers with :meth:`add_provider` and impersonation grants with
@@ -141,7 +143,6 @@ class GcpEmulator:
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # -- configuration -------------------------------------------------------------------
 
@@ -413,7 +414,7 @@ class GcpEmulator:
             )
         return 200, json.dumps(answer).encode(), {"Content-Type": "application/json"}
 
-    def start(self) -> GcpEmulator:
+    def start(self) -> Self:
         emulator = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -447,26 +448,11 @@ class GcpEmulator:
 
         self._server = ThreadingHTTPServer((self.host, self.port), Handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        self._serve(self._server)
         return self
 
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+    def _running(self) -> socketserver.BaseServer | None:
+        return self._server
+
+    def _forget(self) -> None:
         self._server = None
-        self._thread = None
-
-    def __enter__(self) -> GcpEmulator:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
