@@ -1,7 +1,7 @@
 """One error hierarchy for the OAuth token endpoint (RFC 6749 section 5.2, RFC 8693 section 2.2.2).
 
 Every failure the caller can see is an :class:`OAuthError` carrying its RFC error code, HTTP status
-and a fixed, safe description. Handlers raise; :func:`sts.api.render_error` renders. The ``cause``
+and a fixed, safe description. Handlers raise; :func:`sts.api.error_answer` renders. The ``cause``
 is for logs only and never reaches the caller.
 """
 

@@ -67,6 +67,19 @@ def log_request(  # noqa: PLR0917 - the fields of one log line
 
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+JSON_HEADERS = [("Content-Type", "application/json"), *NO_STORE.items()]
+
+# An answer as the WSGI layer sends it: status, headers, body.
+Answer = tuple[int, list[tuple[str, str]], bytes]
+
+
+def error_answer(error: OAuthError) -> Answer:
+    """RFC 6749 section 5.2 error body; the description is fixed text, never caller input.
+
+    The one renderer of OAuth errors, for the WSGI fast path and Flask alike.
+    """
+    body = json.dumps(error.to_dict(), separators=(",", ":")).encode()
+    return error.status, [*JSON_HEADERS, *error.headers.items()], body
 
 
 def json_response(
@@ -82,8 +95,9 @@ def json_response(
 
 
 def render_error(error: OAuthError) -> Response:
-    """RFC 6749 section 5.2 error body; the description is fixed text, never caller input."""
-    return json_response(error.to_dict(), error.status, error.headers)
+    """:func:`error_answer` as a Flask response."""
+    status, headers, body = error_answer(error)
+    return Response(body, status=status, headers=headers)
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:

@@ -17,7 +17,14 @@ from urllib.parse import parse_qsl
 
 from flask import Blueprint, Response, current_app, g, request
 
-from sts.api import log_request, request_id_from, services_of
+from sts.api import (
+    JSON_HEADERS,
+    Answer,
+    error_answer,
+    log_request,
+    request_id_from,
+    services_of,
+)
 from sts.errors import InvalidRequest, OAuthError, ServerError, UnsupportedGrantType
 from sts.exchange import Exchanged, TokenRequest
 from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
@@ -236,21 +243,6 @@ class _BodyCache:
 _bodies = _BodyCache()
 
 
-Answer = tuple[int, list[tuple[str, str]], bytes]
-
-_JSON_HEADERS = [
-    ("Content-Type", "application/json"),
-    ("Cache-Control", "no-store"),
-    ("Pragma", "no-cache"),
-]
-
-
-def error_answer(error: OAuthError) -> Answer:
-    """RFC 6749 section 5.2 error body; the description is fixed text, never caller input."""
-    body = json.dumps(error.to_dict(), separators=(",", ":")).encode()
-    return error.status, [*_JSON_HEADERS, *error.headers.items()], body
-
-
 def token_answer(services: Services, environ: WSGIEnvironment, fields: dict[str, Any]) -> Answer:
     """``POST /token``: RFC 8693 section 2.1 request in, section 2.2.1 response out.
 
@@ -276,7 +268,7 @@ def token_answer(services: Services, environ: WSGIEnvironment, fields: dict[str,
         deployment=result.principal.deployment,
         cache_hit=result.cache_hit,
     )
-    return 200, list(_JSON_HEADERS), body
+    return 200, list(JSON_HEADERS), body
 
 
 @bp.post("/token")

@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
-from sts.dev.serving import BackgroundServer
+from sts.dev.serving import BackgroundServer, Fault, FaultQueue
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
@@ -66,14 +66,6 @@ class StsCall:
         return self.params.get("Policy")
 
 
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    times: int
-
-
 def error_document(code: str, message: str, *, sender: bool = True) -> bytes:
     """An AWS Query-protocol error response body, as STS sends it."""
     kind = "Sender" if sender else "Receiver"
@@ -102,7 +94,7 @@ class AwsEmulator(BackgroundServer):
         self.port = port
         self.delay = 0.0
         self.requests: list[StsCall] = []
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue()
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
 
@@ -128,8 +120,7 @@ class AwsEmulator(BackgroundServer):
         ``body`` replaces the document (for malformed answers, even with status 200).
         """
         payload = body if body is not None else error_document(code, message, sender=sender)
-        with self._lock:
-            self._faults.append(_Fault(status, payload, dict(headers or {}), times))
+        self._faults.add(Fault(status, payload, dict(headers or {}), times))
 
     def clear(self) -> None:
         """Forget recorded requests and pending faults; reset ``delay``."""
@@ -137,16 +128,6 @@ class AwsEmulator(BackgroundServer):
             self.requests.clear()
             self._faults.clear()
             self.delay = 0.0
-
-    def _take_fault(self) -> _Fault | None:
-        with self._lock:
-            if not self._faults:
-                return None
-            fault = self._faults[0]
-            fault.times -= 1
-            if fault.times <= 0:
-                self._faults.pop(0)
-            return fault
 
     def _middleware(self, app: WsgiApp) -> WsgiApp:
         def record(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -171,7 +152,7 @@ class AwsEmulator(BackgroundServer):
                 self.requests.append(call)
             if self.delay:
                 time.sleep(self.delay)
-            fault = self._take_fault()
+            fault = self._faults.take()
             if fault is not None:
                 start_response(
                     f"{fault.status} Injected",

@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sts.dev.serving import BackgroundServer
+from sts.dev.serving import BackgroundServer, Fault, FaultQueue
 
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
 ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
@@ -89,15 +89,6 @@ class FederatedToken:
     expires_at: float
 
 
-@dataclass
-class _Fault:
-    status: int
-    body: bytes
-    headers: dict[str, str]
-    times: int
-    path: str | None
-
-
 class _RejectError(Exception):
     def __init__(self, status: int, body: dict[str, Any]) -> None:
         super().__init__(status)
@@ -140,7 +131,7 @@ class GcpEmulator(BackgroundServer):
         self.bindings: dict[str, set[str]] = {}
         self.federated: dict[str, FederatedToken] = {}
         self.issued: list[str] = []
-        self._faults: list[_Fault] = []
+        self._faults = FaultQueue()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -198,8 +189,7 @@ class GcpEmulator(BackgroundServer):
             payload = body.encode()
         else:
             payload = json.dumps(body).encode()
-        with self._lock:
-            self._faults.append(_Fault(status, payload, dict(headers or {}), times, path))
+        self._faults.add(Fault(status, payload, dict(headers or {}), times, path))
 
     def clear(self) -> None:
         """Forget recorded requests, the ``issued`` record and pending faults; reset ``delay``.
@@ -211,16 +201,6 @@ class GcpEmulator(BackgroundServer):
             self.issued.clear()
             self._faults.clear()
             self.delay = 0.0
-
-    def _take_fault(self, path: str) -> _Fault | None:
-        with self._lock:
-            for index, fault in enumerate(self._faults):
-                if fault.path is None or path.startswith(fault.path):
-                    fault.times -= 1
-                    if fault.times <= 0:
-                        self._faults.pop(index)
-                    return fault
-        return None
 
     # -- Google STS ----------------------------------------------------------------------
 
@@ -394,7 +374,7 @@ class GcpEmulator(BackgroundServer):
             self.requests.append(RecordedRequest(method, path, headers, body, raw))
         if self.delay:
             time.sleep(self.delay)
-        fault = self._take_fault(path)
+        fault = self._faults.take(path)
         if fault is not None:
             return fault.status, fault.body, {"Content-Type": "application/json", **fault.headers}
         try:

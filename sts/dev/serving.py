@@ -4,8 +4,46 @@ from __future__ import annotations
 
 import socketserver
 import threading
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Self
+
+
+@dataclass
+class Fault:
+    """An answer an emulator gives instead of its real one, ``times`` times."""
+
+    status: int
+    body: bytes
+    headers: dict[str, str]
+    times: int
+    path: str | None = None  # only requests whose path starts with this; None: any
+
+
+class FaultQueue:
+    """Injected faults, consumed in order by the requests they apply to (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._faults: list[Fault] = []
+        self._lock = threading.Lock()
+
+    def add(self, fault: Fault) -> None:
+        with self._lock:
+            self._faults.append(fault)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def take(self, path: str = "") -> Fault | None:
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.path is None or path.startswith(fault.path):
+                    fault.times -= 1
+                    if fault.times <= 0:
+                        self._faults.pop(index)
+                    return fault
+        return None
 
 
 class BackgroundServer:
