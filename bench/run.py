@@ -57,12 +57,13 @@ LUA_SCRIPT = BENCH / "lua" / "exchange.lua"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from sts.db import Database  # noqa: E402
 from sts.dev.aws_emulator import AwsEmulator  # noqa: E402
 from sts.dev.gcp_emulator import GcpEmulator  # noqa: E402
 from sts.dev.issuer import DevIssuer  # noqa: E402
+from sts.mappings import store  # noqa: E402
 from sts.mappings.document import spec_from_dict  # noqa: E402
 from sts.mappings.spec import MappingSpec  # noqa: E402
-from sts.mappings.store import Database  # noqa: E402
 
 HOST = "127.0.0.1"
 AUDIENCE = "https://sts.bench.example"
@@ -397,7 +398,7 @@ def load_mappings(url: str, specs: list[MappingSpec]) -> float:
     try:
         database.upgrade()
         started = time.perf_counter()
-        database.apply(specs, actor="bench", source="bench/run.py")
+        store.apply(database, specs, actor="bench", source="bench/run.py")
         return time.perf_counter() - started
     finally:
         database.dispose()

@@ -1,7 +1,7 @@
 """Alembic environment for the zuplo-sts tables.
 
 The database comes from, in order: a connection handed over by the caller
-(``config.attributes["connection"]``, as :class:`sts.mappings.store.Database` does), the
+(``config.attributes["connection"]``, as :class:`sts.db.Database` does), the
 ``sqlalchemy.url`` option, then ``STS_DATABASE_URL`` (default ``sqlite:///sts.db``), so
 ``alembic upgrade head`` from the repository root and ``sts db upgrade`` reach the same database.
 """
@@ -15,14 +15,14 @@ from alembic import context
 from sqlalchemy.engine import Connection
 
 from sts.config import DEFAULT_DATABASE_URL
-from sts.mappings.models import Base
-from sts.mappings.store import Database
+from sts.db import Database
+from sts.db.models import all_tables
 
 config = context.config
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
-target_metadata = Base.metadata
+target_metadata = all_tables()
 
 
 def _url() -> str:

@@ -33,11 +33,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sts.db import Database
+from sts.db.models import IssuanceEvent, utcnow
 from sts.errors import OAuthError
 from sts.identity.principal import Principal
-from sts.mappings.models import IssuanceEvent, utcnow
 from sts.mappings.spec import MappingSpec
-from sts.mappings.store import Database
 from sts.metrics import AUDIT_WRITE_FAILURES
 from sts.providers.base import Credentials
 

@@ -15,7 +15,7 @@ import click
 
 from sts.audit import DEFAULT_LIMIT, AuditRecorder, IssuanceRecord
 from sts.config import ConfigError, Settings
-from sts.mappings.commands import _database, _exit, _guard
+from sts.db.commands import fail, guard, open_database
 
 _DURATION = re.compile(r"(\d{1,6})([smhdw])")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
@@ -98,11 +98,11 @@ def audit_list(since: str | None, mapping: str | None, as_json: bool, limit: int
     if since is not None:
         start = parse_since(since, datetime.now(UTC))
         if start is None:
-            _exit(f"--since: expected {_DURATION_HELP}, or an ISO-8601 timestamp", 2)
-    with _database() as database:
-        _guard(database.require_current)
+            fail(f"--since: expected {_DURATION_HELP}, or an ISO-8601 timestamp", 2)
+    with open_database() as database:
+        guard(database.require_current)
         recorder = AuditRecorder(database)
-        records = _guard(lambda: recorder.query(since=start, mapping=mapping, limit=limit))
+        records = guard(lambda: recorder.query(since=start, mapping=mapping, limit=limit))
     if as_json:
         click.echo(json.dumps([record.to_dict() for record in records], indent=2))
     elif not records:
@@ -124,20 +124,20 @@ def audit_prune(older_than: str | None, dry_run: bool) -> None:
     if older_than is not None:
         age = parse_duration(older_than)
         if age is None:
-            _exit(f"--older-than: expected {_DURATION_HELP}", 2)
+            fail(f"--older-than: expected {_DURATION_HELP}", 2)
     else:
         try:
             age = timedelta(days=Settings.from_env().audit_retention_days)
         except ConfigError as exc:
-            _exit(str(exc), 2)
+            fail(str(exc), 2)
     try:
         cutoff = datetime.now(UTC) - age
     except OverflowError:
-        _exit("--older-than: too far back", 2)
-    with _database() as database:
-        _guard(database.require_current)
+        fail("--older-than: too far back", 2)
+    with open_database() as database:
+        guard(database.require_current)
         recorder = AuditRecorder(database)
-        count = _guard(lambda: recorder.prune(cutoff, dry_run=dry_run))
+        count = guard(lambda: recorder.prune(cutoff, dry_run=dry_run))
     if dry_run:
         click.echo(f"would delete {count} issuance event(s) older than {_iso(cutoff)}")
         click.echo("(dry run: nothing deleted)")

@@ -9,7 +9,8 @@ import click
 
 from sts.audit_commands import audit
 from sts.config import ConfigError, Settings
-from sts.mappings.commands import db, mappings
+from sts.db.commands import db
+from sts.mappings.commands import mappings
 
 
 def load_settings() -> Settings:
@@ -85,9 +86,10 @@ def explain(
     """
     import json
 
+    from sts.db import Database
     from sts.identity.principal import ENVIRONMENT_TYPES, Principal
+    from sts.mappings import store
     from sts.mappings.index import MappingIndex
-    from sts.mappings.store import Database
 
     settings = load_settings()
     if (claims_json is None) == (token is None):
@@ -116,7 +118,7 @@ def explain(
     )
     database = Database(settings.database_url)
     try:
-        revision, specs = database.load()
+        revision, specs = store.load(database)
     except Exception as exc:
         click.echo(f"error: database: {type(exc).__name__}: cannot read mappings", err=True)
         sys.exit(1)

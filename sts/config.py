@@ -13,8 +13,11 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 ZUPLO_ISSUER = "https://dev.zuplo.com/v1/client-auth/auth_o8PUdhKxSTOiB794GWPwLQCD"
 DEFAULT_DATABASE_URL = "sqlite:///sts.db"
@@ -104,6 +107,34 @@ def decode_encryption_key(raw: str) -> bytes:
     return key
 
 
+def parse_database_url(raw: str) -> URL:
+    """An SQLAlchemy URL whose dialect and driver are installed, or :class:`ConfigError`.
+
+    Checked when settings load, so an unknown dialect (``nosuchdb://``) or a missing driver is a
+    one-line configuration error for every command, not a stack trace at first use.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(raw)
+    except (ArgumentError, ValueError):
+        raise ConfigError("STS_DATABASE_URL", "not a valid SQLAlchemy URL") from None
+    try:
+        dialect = url.get_dialect()
+    except ArgumentError:
+        raise ConfigError(
+            "STS_DATABASE_URL", f"unknown database dialect {url.drivername!r}"
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError:
+        raise ConfigError(
+            "STS_DATABASE_URL", f"the driver for {url.drivername!r} is not installed"
+        ) from None
+    return url
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the service reads from its environment, validated."""
@@ -131,12 +162,7 @@ class Settings:
         database_url = env.get("STS_DATABASE_URL", DEFAULT_DATABASE_URL).strip()
         if not database_url:
             raise ConfigError("STS_DATABASE_URL", "must not be empty")
-        try:
-            from sqlalchemy.engine import make_url
-
-            make_url(database_url)
-        except Exception:
-            raise ConfigError("STS_DATABASE_URL", "not a valid SQLAlchemy URL") from None
+        parse_database_url(database_url)
 
         audiences = _list(env, "STS_AUDIENCE")
 

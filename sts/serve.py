@@ -17,7 +17,7 @@ import click
 
 from sts import logs
 from sts.config import Settings
-from sts.mappings.store import Database
+from sts.db import Database
 
 log = logging.getLogger("sts.serve")
 

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from sts.audit import AuditRecorder
 from sts.cache import CredentialCache, RedisTier
 from sts.config import Settings
+from sts.db import Database
 from sts.exchange import Exchanger
 from sts.identity.jwks import JWKSRegistry
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.live import LiveMappings
-from sts.mappings.store import Database
 from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED
 from sts.providers.aws import AwsProvider
 from sts.providers.base import CredentialProvider

@@ -141,10 +141,11 @@ def run_demo() -> int:
             "error: sts demo needs the AWS emulator: pip install 'zuplo-sts[demo]'", err=True
         )
         return 1
+    from sts.db import Database
     from sts.dev.gcp_emulator import GcpEmulator
     from sts.dev.issuer import DevIssuer
     from sts.mappings.document import parse_document
-    from sts.mappings.store import Database, apply_specs
+    from sts.mappings.store import apply_specs
 
     started = time.monotonic()
     click.echo(

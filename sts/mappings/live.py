@@ -11,9 +11,10 @@ import logging
 import threading
 from collections.abc import Callable
 
+from sts.db import Database
 from sts.errors import TemporarilyUnavailable
+from sts.mappings import store
 from sts.mappings.index import MappingIndex
-from sts.mappings.store import Database
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,9 @@ class LiveMappings:
         """Reload if the stored revision moved; keep the old index if the database fails."""
         with self._lock:
             try:
-                revision = self._database.revision()
+                revision = store.revision(self._database)
                 if self._index is None or revision != self._index.revision:
-                    revision, specs = self._database.load()
+                    revision, specs = store.load(self._database)
                     self._index = MappingIndex(specs, revision=revision)
                     log.info("mapping index loaded", extra={"revision": revision})
             except Exception as exc:

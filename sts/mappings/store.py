@@ -8,55 +8,20 @@ in-memory index polls). A dry run computes the same diff and writes nothing.
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
 
+from sts.db import Database
+from sts.db.models import utcnow
 from sts.mappings.document import spec_from_dict
-from sts.mappings.models import MappingChange, MappingRevision, RoleMapping, utcnow
+from sts.mappings.models import MappingChange, MappingRevision, RoleMapping
 from sts.mappings.spec import MappingSpec
-
-POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
-SQLITE_BUSY_TIMEOUT_SECONDS = 30
-
-
-class NotMigratedError(RuntimeError):
-    """The schema is missing or behind the code: ``sts db upgrade`` has not been run."""
-
-    def __init__(self, current: str | None, head: str | None) -> None:
-        super().__init__(
-            f"database not migrated (at {current or 'no revision'}, code needs {head}): "
-            "run sts db upgrade"
-        )
-        self.current = current
-        self.head = head
-
-
-def migrations_dir() -> Path:
-    """The Alembic scripts: shipped as ``sts._migrations``; repo-root ``migrations/`` in a checkout.
-
-    The source checkout wins when present, so an editable install uses the files being edited.
-    """
-    checkout = Path(__file__).resolve().parents[2] / "migrations"
-    if (checkout / "env.py").is_file():
-        return checkout
-    spec = importlib.util.find_spec("sts._migrations")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the migrations are not installed with the sts package")
-    return Path(next(iter(spec.submodule_search_locations)))
 
 
 @dataclass(frozen=True)
@@ -383,168 +348,36 @@ def bump_revision(bind: Connection | Session, revision: int) -> None:
     _bump(_connection(bind), revision)
 
 
-class Database:
-    """An engine plus the mapping operations; safe to share between threads.
-
-    SQLite gets a busy timeout, WAL (concurrent readers while a writer commits), foreign keys and
-    real transactions: pysqlite's own ``BEGIN`` handling is switched off and SQLAlchemy's begin
-    emits it, so reads inside a transaction share one snapshot and DDL is transactional
-    (SQLAlchemy docs, "Serializable isolation / Savepoints / Transactional DDL" for pysqlite).
-    """
-
-    def __init__(self, url: str) -> None:
-        self.url = make_url(url)
-        options: dict[str, Any] = {"pool_pre_ping": True}
-        self.is_sqlite = self.url.get_backend_name() == "sqlite"
-        if self.is_sqlite:
-            options["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
-        elif (
-            self.url.get_backend_name() == "postgresql" and "connect_timeout" not in self.url.query
-        ):
-            # A database host that stops answering must not hold a request for the OS's TCP
-            # time-out (minutes): fail within seconds, and let /readyz say why.
-            options["connect_args"] = {"connect_timeout": POSTGRES_CONNECT_TIMEOUT_SECONDS}
-        self.engine = sa.create_engine(self.url, **options)
-        if self.is_sqlite:
-            in_memory = self.url.database in (None, "", ":memory:") or "memory" in str(
-                self.url.query.get("mode", "")
-            )
-            _configure_sqlite(self.engine, wal=not in_memory)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    # -- connections ----------------------------------------------------------------------
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on an exception."""
-        with self._sessions.begin() as session:
-            yield session
-
-    @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
-        """A read transaction that sees one consistent state, whatever commits meanwhile."""
-        conn = self.engine.connect()
-        try:
-            if not self.is_sqlite:
-                # READ COMMITTED (PostgreSQL's default) takes a new snapshot per statement.
-                conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            with conn.begin():
-                yield conn
-        finally:
-            conn.close()
-
-    def ping(self) -> None:
-        """Raise if the database does not answer (``/readyz``)."""
-        with self.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-
-    def dispose(self) -> None:
-        self.engine.dispose()
-
-    # -- migrations -----------------------------------------------------------------------
-
-    def alembic_config(self, version_locations: Sequence[str | Path] = ()) -> Config:
-        """A programmatic Alembic config on the shipped migrations (no alembic.ini needed).
-
-        ``version_locations`` adds directories of further revisions, such as a team's own
-        revisions that call :func:`sts.mappings.migration.apply_mappings`.
-        """
-        config = Config()
-        location = migrations_dir()
-        config.set_main_option("script_location", str(location))
-        config.set_main_option("path_separator", "os")
-        if version_locations:
-            paths = [str(location / "versions"), *(str(path) for path in version_locations)]
-            config.set_main_option("version_locations", os.pathsep.join(paths))
-        # ConfigParser interpolation: a literal % in a URL (search_path%3D...) must be doubled.
-        url = self.url.render_as_string(hide_password=False).replace("%", "%%")
-        config.set_main_option("sqlalchemy.url", url)
-        return config
-
-    def upgrade(
-        self, revision: str = "head", *, version_locations: Sequence[str | Path] = ()
-    ) -> None:
-        """Run Alembic upgrades to ``revision`` in one transaction."""
-        config = self.alembic_config(version_locations)
-        with self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.upgrade(config, revision)
-
-    def downgrade(self, revision: str, *, version_locations: Sequence[str | Path] = ()) -> None:
-        """Run Alembic downgrades to ``revision`` (``"base"``: drop all) in one transaction."""
-        config = self.alembic_config(version_locations)
-        with self.engine.begin() as conn:
-            config.attributes["connection"] = conn
-            command.downgrade(config, revision)
-
-    def current(self) -> str | None:
-        """The database's Alembic revision (several heads: comma-separated); None: unmigrated."""
-        with self.engine.connect() as conn:
-            heads = MigrationContext.configure(conn).get_current_heads()
-        return ",".join(sorted(heads)) if heads else None
-
-    def head(self) -> str | None:
-        """The newest revision the shipped migrations define."""
-        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
-
-    def require_current(self) -> None:
-        """Raise :class:`NotMigratedError` unless the schema includes the shipped head."""
-        current, head = self.current(), self.head()
-        if current is None:
-            raise NotMigratedError(current, head)
-        script = ScriptDirectory.from_config(self.alembic_config())
-        known = {revision.revision for revision in script.walk_revisions()}
-        if head not in current.split(",") and not set(current.split(",")) - known:
-            raise NotMigratedError(current, head)
-
-    # -- mappings -------------------------------------------------------------------------
-
-    def revision(self) -> int:
-        """The mapping revision: one indexed single-row SELECT, cheap enough to poll."""
-        with self.engine.connect() as conn:
-            return read_revision(conn)
-
-    def load(self) -> tuple[int, list[MappingSpec]]:
-        """The revision and every mapping (disabled ones too), read in one consistent snapshot."""
-        with self.snapshot() as conn:
-            revision = read_revision(conn)
-            return revision, list(_stored(conn).values())
-
-    def apply(
-        self,
-        specs: Iterable[MappingSpec],
-        *,
-        prune: bool = False,
-        dry_run: bool = False,
-        actor: str,
-        source: str,
-    ) -> Diff:
-        """:func:`apply_specs` in a transaction of its own."""
-        with self.engine.begin() as conn:
-            return apply_specs(
-                conn, specs, prune=prune, dry_run=dry_run, actor=actor, source=source
-            )
-
-    def remove(self, name: str, actor: str, source: str) -> bool:
-        """Delete one mapping (with its history row and a revision bump); False if unknown."""
-        with self.engine.begin() as conn:
-            return remove_spec(conn, name, actor=actor, source=source)
+# -- the mapping operations on a Database (CLI, service, tests) ------------------------------
 
 
-def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
-        dbapi_connection.isolation_level = None
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA foreign_keys = ON")
-            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_SECONDS * 1000}")
-            if wal:
-                cursor.execute("PRAGMA journal_mode = WAL")
-                cursor.execute("PRAGMA synchronous = NORMAL")
-        finally:
-            cursor.close()
+def revision(database: Database) -> int:
+    """The mapping revision: one indexed single-row SELECT, cheap enough to poll."""
+    with database.engine.connect() as conn:
+        return read_revision(conn)
 
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        conn.exec_driver_sql("BEGIN")
+
+def load(database: Database) -> tuple[int, list[MappingSpec]]:
+    """The revision and every mapping (disabled ones too), read in one consistent snapshot."""
+    with database.snapshot() as conn:
+        return read_revision(conn), list(_stored(conn).values())
+
+
+def apply(
+    database: Database,
+    specs: Iterable[MappingSpec],
+    *,
+    prune: bool = False,
+    dry_run: bool = False,
+    actor: str,
+    source: str,
+) -> Diff:
+    """:func:`apply_specs` in a transaction of its own."""
+    with database.engine.begin() as conn:
+        return apply_specs(conn, specs, prune=prune, dry_run=dry_run, actor=actor, source=source)
+
+
+def remove(database: Database, name: str, *, actor: str, source: str) -> bool:
+    """Delete one mapping (with its history row and a revision bump); False if unknown."""
+    with database.engine.begin() as conn:
+        return remove_spec(conn, name, actor=actor, source=source)

@@ -17,12 +17,13 @@ from werkzeug.serving import BaseWSGIServer, make_server
 
 from sts import create_app
 from sts.config import Settings
+from sts.db import Database
 from sts.dev.aws_emulator import AwsEmulator, StsCall
 from sts.dev.gcp_emulator import GcpEmulator, RecordedRequest
 from sts.dev.issuer import DevIssuer
 from sts.identity.jwks import JWKSRegistry
 from sts.mappings.document import parse_document
-from sts.mappings.store import Database, apply_specs
+from sts.mappings.store import apply_specs
 from sts.services import Services
 from tests.conftest import AUDIENCE
 

@@ -18,9 +18,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sts.audit import IssuanceRecord
 from sts.cli import cli
+from sts.db import Database
+from sts.db.models import IssuanceEvent
 from sts.logs import JsonFormatter
-from sts.mappings.models import IssuanceEvent
-from sts.mappings.store import Database
 from sts.providers.aws import MAX_ATTEMPTS
 from tests.functional.conftest import ROLE, SA, Stack
 

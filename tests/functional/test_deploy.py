@@ -64,6 +64,16 @@ def variables_in_table(text: str, heading: str) -> set[str]:
     return set(re.findall(r"^\| `(STS_[A-Z0-9_]+)` \|", section, flags=re.MULTILINE))
 
 
+NOT_YET_BUILT = {
+    "STS_BROKER_ISSUER",
+    "STS_KEY_ENCRYPTION_KEY",
+    "STS_SIGNING_KMS_KEY_IDS",
+    "STS_KMS_ENDPOINT_URL",
+    "STS_SIGNING_KEY_ROTATION_DAYS",
+    "STS_AZURE_AUTHORITY_URL",
+}
+
+
 def test_variable_lists_agree() -> None:
     code = variables_read_by_code()
     assert len(code) >= 12
@@ -71,8 +81,9 @@ def test_variable_lists_agree() -> None:
     contract = ROOT.parent / "shared" / "CONTRACT.md"
     if contract.exists():  # the contract's copy beside the repository, when present
         contracted = variables_in_table(contract.read_text(), "## 5. Configuration")
-        assert len(contracted) == 12
-        assert contracted <= code
+        assert code <= contracted
+        # Broker mode and Azure are contracted but not built yet: this set shrinks as they land.
+        assert contracted - code == NOT_YET_BUILT
 
 
 # ---------------------------------------------------------------------------------------------

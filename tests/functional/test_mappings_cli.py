@@ -17,10 +17,13 @@ import pytest
 import sqlalchemy as sa
 from click.testing import CliRunner, Result
 
-from sts.mappings.commands import db, mappings
+from sts.db import Database
+from sts.db.commands import db
+from sts.mappings import store
+from sts.mappings.commands import mappings
 from sts.mappings.document import parse_document
 from sts.mappings.models import MappingChange, RoleMapping
-from sts.mappings.store import Database, apply_specs
+from sts.mappings.store import apply_specs
 
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 WIP = (
@@ -98,7 +101,7 @@ def test_apply_creates_then_is_a_no_op(database: Database, run: Any, tmp_path: P
         "+ create analytics-gcp (gcp reader@my-gcp.iam.gserviceaccount.com)",
         f"+ create orders-prod (aws {ROLE})",
     ]
-    revision, specs = database.load()
+    revision, specs = store.load(database)
     assert revision == 1
     assert sorted(specs, key=lambda s: s.name) == sorted(
         parse_document(DOCUMENT), key=lambda s: s.name
@@ -115,7 +118,7 @@ def test_apply_creates_then_is_a_no_op(database: Database, run: Any, tmp_path: P
     again = run("mappings", "apply", path)
     assert again.exit_code == 0
     assert again.stdout.strip() == "no changes"
-    assert database.revision() == 1
+    assert store.revision(database) == 1
     assert len(history(database)) == 2
 
 
@@ -130,12 +133,12 @@ def test_apply_updates_with_field_diff(database: Database, run: Any, tmp_path: P
         "~ update analytics-gcp: deployment analytics-* -> analytics-main, enabled true -> false",
         "~ update orders-prod: aws.duration_seconds 3600 -> 900",
     ]
-    assert database.revision() == 2
+    assert store.revision(database) == 2
     update = history(database)[-1]
     assert (update["action"], update["name"], update["revision"]) == ("update", "orders-prod", 2)
     assert update["before"]["aws"]["duration_seconds"] == 3600
     assert update["after"]["aws"]["duration_seconds"] == 900
-    _, specs = database.load()
+    _, specs = store.load(database)
     disabled = next(spec for spec in specs if spec.name == "analytics-gcp")
     assert disabled.enabled is False
     with database.session() as session:
@@ -154,12 +157,12 @@ def test_prune_deletes_only_when_asked(database: Database, run: Any, tmp_path: P
         "no changes",
         "(1 stored mapping(s) not in the file kept; --prune deletes them)",
     ]
-    assert database.revision() == 1
+    assert store.revision(database) == 1
 
     pruned = run("mappings", "apply", "--prune", write(tmp_path, only_orders))
     assert pruned.exit_code == 0
     assert pruned.stdout.splitlines() == ["- delete analytics-gcp"]
-    assert [spec.name for spec in database.load()[1]] == ["orders-prod"]
+    assert [spec.name for spec in store.load(database)[1]] == ["orders-prod"]
     deleted = history(database)[-1]
     assert (deleted["action"], deleted["after"], deleted["revision"]) == ("delete", None, 2)
     assert deleted["before"]["gcp"]["service_account"] == "reader@my-gcp.iam.gserviceaccount.com"
@@ -175,14 +178,14 @@ def test_dry_run_prints_the_diff_and_writes_nothing(
         f"+ create orders-prod (aws {ROLE})",
         "(dry run: nothing written)",
     ]
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
     assert history(database) == []
 
 
 def test_apply_reads_stdin(database: Database, run: Any) -> None:
     result = run("mappings", "apply", "-", stdin=DOCUMENT)
     assert result.exit_code == 0, result.output
-    assert database.revision() == 1
+    assert store.revision(database) == 1
 
 
 def test_apply_is_one_transaction(database: Database) -> None:
@@ -197,7 +200,7 @@ def test_apply_is_one_transaction(database: Database) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         apply_then_fail()
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
     assert history(database) == []
 
 
@@ -215,7 +218,7 @@ def test_list_json_round_trips(database: Database, run: Any, tmp_path: Path) -> 
     result = run("mappings", "apply", "--prune", write(tmp_path, listed.stdout, "listed.json"))
     assert result.exit_code == 0
     assert result.stdout.strip() == "no changes"
-    assert database.revision() == 1
+    assert store.revision(database) == 1
 
 
 def test_list_table(database: Database, run: Any, tmp_path: Path) -> None:
@@ -240,8 +243,8 @@ def test_remove(database: Database, run: Any, tmp_path: Path) -> None:
     assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
     result = run("mappings", "remove", "orders-prod")
     assert (result.exit_code, result.stdout) == (0, "- delete orders-prod\n")
-    assert [spec.name for spec in database.load()[1]] == ["analytics-gcp"]
-    assert database.revision() == 2
+    assert [spec.name for spec in store.load(database)[1]] == ["analytics-gcp"]
+    assert store.revision(database) == 2
     last = history(database)[-1]
     assert (last["action"], last["name"], last["actor"], last["revision"]) == (
         "delete",
@@ -253,7 +256,7 @@ def test_remove(database: Database, run: Any, tmp_path: Path) -> None:
     unknown = run("mappings", "remove", "orders-prod")
     assert unknown.exit_code == 1
     assert unknown.stderr == "error: no mapping named 'orders-prod'\n"
-    assert database.revision() == 2
+    assert store.revision(database) == 2
 
 
 # -- bad input: exit 2, one line saying where, nothing written ------------------------------
@@ -303,7 +306,7 @@ def test_bad_file_exits_2_with_the_line(
     assert result.stdout == ""
     assert result.stderr.startswith(f"error: {path}:{where}")
     assert result.stderr.count("\n") == 1
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
     assert history(database) == []
 
 
@@ -312,7 +315,7 @@ def test_one_bad_entry_writes_nothing(database: Database, run: Any, tmp_path: Pa
     result = run("mappings", "apply", "--prune", write(tmp_path, bad))
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'mappings.yaml'}:19: mappings[2].aws")
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
 
 
 def test_unreadable_file_exits_2(database: Database, run: Any, tmp_path: Path) -> None:
@@ -392,7 +395,7 @@ def test_db_upgrade_and_current(run: Any, database_url: str) -> None:
         assert run("db", "upgrade").stdout == f"database already at {head} (head)\n"
         assert run("db", "current").stdout == f"{head} (head)\n"
         assert db.current() == head
-        assert db.revision() == 0
+        assert store.revision(db) == 0
     finally:
         db.dispose()
 
@@ -402,15 +405,15 @@ def test_db_upgrade_and_current(run: Any, database_url: str) -> None:
 
 def test_database_basics(database: Database) -> None:
     database.ping()
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
     specs = parse_document(DOCUMENT)
-    diff = database.apply(specs, actor="t", source="test")
+    diff = store.apply(database, specs, actor="t", source="test")
     assert (diff.revision, diff.changed) == (1, True)
-    assert database.remove("orders-prod", actor="t", source="test") is True
-    assert database.remove("orders-prod", actor="t", source="test") is False
-    assert database.revision() == 2
+    assert store.remove(database, "orders-prod", actor="t", source="test") is True
+    assert store.remove(database, "orders-prod", actor="t", source="test") is False
+    assert store.revision(database) == 2
     with pytest.raises(ValueError, match="duplicate"):
-        database.apply([specs[0], specs[0]], actor="t", source="test")
+        store.apply(database, [specs[0], specs[0]], actor="t", source="test")
 
 
 def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
@@ -471,7 +474,7 @@ def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database)
             release.wait(10)
 
     def second() -> None:
-        results["second"] = database.apply([second_spec], actor="b", source="t")
+        results["second"] = store.apply(database, [second_spec], actor="b", source="t")
 
     one = threading.Thread(target=first)
     one.start()
@@ -484,7 +487,7 @@ def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database)
     one.join(10)
     two.join(10)
     assert (results["first"].revision, results["second"].revision) == (1, 2)
-    assert database.revision() == 2
+    assert store.revision(database) == 2
     assert [(r["name"], r["revision"]) for r in history(database)] == [
         ("orders-prod", 1),
         ("analytics-gcp", 2),

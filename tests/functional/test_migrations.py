@@ -16,10 +16,12 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
+from sts.db import Database, NotMigratedError, migrations_dir
+from sts.db.models import all_tables
+from sts.mappings import store
 from sts.mappings.document import MappingFileError, parse_document
-from sts.mappings.models import Base, MappingChange
+from sts.mappings.models import MappingChange
 from sts.mappings.spec import MappingSpec
-from sts.mappings.store import Database, NotMigratedError, migrations_dir
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {"role_mappings", "mapping_revision", "mapping_changes", "issuance_events"}
@@ -49,7 +51,7 @@ def test_upgrade_from_empty_then_downgrade_to_empty(database: Database) -> None:
     assert tables(database) == TABLES | {"alembic_version"}
     assert database.current() == database.head()
     database.require_current()
-    assert database.revision() == 0
+    assert store.revision(database) == 0
     with database.engine.connect() as conn:
         inspector = sa.inspect(conn)
         indexes = {index["name"]: index for index in inspector.get_indexes("role_mappings")}
@@ -69,7 +71,7 @@ def test_autogenerate_diff_against_the_models_is_empty(database: Database) -> No
     database.upgrade()
     with database.engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
-        assert compare_metadata(context, Base.metadata) == []
+        assert compare_metadata(context, all_tables()) == []
 
 
 def test_root_alembic_ini_works_from_the_repository_root(database: Database) -> None:
@@ -163,8 +165,8 @@ def test_migration_helper_applies_and_reverts(database: Database, tmp_path: Path
     database.upgrade()
     head = database.head()
     assert head is not None
-    database.apply(parse_document(BEFORE), actor="ops", source="cli")
-    original = by_name(database.load()[1])
+    store.apply(database, parse_document(BEFORE), actor="ops", source="cli")
+    original = by_name(store.load(database)[1])
     versions = team_revision(tmp_path / "versions", head, TEAM)
 
     for cycle in range(2):
@@ -172,7 +174,7 @@ def test_migration_helper_applies_and_reverts(database: Database, tmp_path: Path
         assert database.current() == TEAM_REVISION
         # A database ahead of the shipped head (with the team's revisions) counts as migrated.
         database.require_current()
-        revision, specs = database.load()
+        revision, specs = store.load(database)
         assert revision == 2 + 2 * cycle
         assert set(by_name(specs)) == {"kept", "edited", "added"}
         assert by_name(specs)["edited"].aws.duration_seconds == 900  # type: ignore[union-attr]
@@ -180,7 +182,7 @@ def test_migration_helper_applies_and_reverts(database: Database, tmp_path: Path
 
         database.downgrade(head, version_locations=[versions])
         assert database.current() == head
-        revision, specs = database.load()
+        revision, specs = store.load(database)
         assert revision == 3 + 2 * cycle
         assert by_name(specs) == original
 
@@ -209,14 +211,14 @@ def test_revert_restores_the_state_before_the_upgrade(database: Database, tmp_pa
     database.upgrade()
     head = database.head()
     assert head is not None
-    database.apply(parse_document(BEFORE), actor="ops", source="cli")
-    original = by_name(database.load()[1])
+    store.apply(database, parse_document(BEFORE), actor="ops", source="cli")
+    original = by_name(store.load(database)[1])
     versions = team_revision(tmp_path / "versions", head, TEAM)
     database.upgrade("head", version_locations=[versions])
-    assert database.remove("added", actor="ops", source="cli")
+    assert store.remove(database, "added", actor="ops", source="cli")
 
     database.downgrade(head, version_locations=[versions])
-    assert by_name(database.load()[1]) == original
+    assert by_name(store.load(database)[1]) == original
 
 
 def test_migration_with_an_invalid_document_changes_nothing(
@@ -230,7 +232,7 @@ def test_migration_with_an_invalid_document_changes_nothing(
     with pytest.raises(MappingFileError, match=rf"^alembic:{TEAM_REVISION}:3: mappings\[1\]"):
         database.upgrade("head", version_locations=[versions])
     assert database.current() == head
-    assert database.load() == (0, [])
+    assert store.load(database) == (0, [])
 
 
 def test_cli_runs_team_revisions_up_and_down(database_url: str, tmp_path: Path) -> None:
@@ -255,11 +257,11 @@ def test_cli_runs_team_revisions_up_and_down(database_url: str, tmp_path: Path) 
         up = sts("db", "upgrade", "--versions", str(versions))
         assert up.returncode == 0, up.stderr
         assert TEAM_REVISION in up.stdout
-        assert set(by_name(database.load()[1])) == {"added", "edited"}
+        assert set(by_name(store.load(database)[1])) == {"added", "edited"}
         down = sts("db", "downgrade", head, "--versions", str(versions))
         assert down.returncode == 0, down.stderr
         assert database.current() == head
-        assert database.load()[1] == []
+        assert store.load(database)[1] == []
         missing = sts("db", "upgrade", "--versions", str(tmp_path / "nowhere"))
         assert missing.returncode == 2
     finally:

@@ -14,6 +14,8 @@ from prometheus_client import REGISTRY
 
 from sts.audit import AuditRecorder, IssuanceRecord, credential_sha256, outcome_of
 from sts.audit_commands import parse_duration, parse_since
+from sts.db import Database
+from sts.db.models import IssuanceEvent
 from sts.errors import (
     InvalidRequest,
     InvalidTarget,
@@ -22,9 +24,7 @@ from sts.errors import (
     TemporarilyUnavailable,
 )
 from sts.identity.principal import Principal
-from sts.mappings.models import IssuanceEvent
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
-from sts.mappings.store import Database
 from sts.providers.base import Credentials
 
 ROLE = "arn:aws:iam::123456789012:role/orders-api"

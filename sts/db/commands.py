@@ -1,0 +1,131 @@
+"""``sts db``, and what every database command shares (README, "Commands").
+
+Exit codes: 0 success; 1 the operation failed (database unreachable or not migrated); 2 bad
+usage or bad configuration (an ``STS_DATABASE_URL`` no installed driver can open included),
+reported as one line naming what is wrong, with nothing written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import NoReturn, TypeVar
+
+import click
+import sqlalchemy as sa
+from alembic.util.exc import CommandError
+
+from sts.config import ConfigError, Settings
+from sts.db import Database, NotMigratedError
+from sts.mappings.document import MappingFileError
+
+SOURCE = "cli"
+T = TypeVar("T")
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _reason(exc: BaseException) -> str:
+    """First line of the driver's message: SQLAlchemy's own text adds SQL and parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+@contextmanager
+def open_database() -> Iterator[Database]:
+    """The configured database, answering; exits 2 on bad configuration, 1 if unreachable."""
+    try:
+        settings = Settings.from_env()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        database = Database(settings.database_url)
+    except ConfigError as exc:
+        fail(str(exc), 2)
+    try:
+        try:
+            database.ping()
+        except sa.exc.SQLAlchemyError as exc:
+            fail(f"database unreachable: {_reason(exc)}", 1)
+        yield database
+    finally:
+        database.dispose()
+
+
+def guard(action: Callable[[], T]) -> T:
+    """Run one database operation; its failure is one line and exit 1, never a stack trace."""
+    try:
+        return action()
+    except NotMigratedError as exc:
+        fail(str(exc), 1)
+    except sa.exc.SQLAlchemyError as exc:
+        fail(f"database error: {_reason(exc)}", 1)
+    except CommandError as exc:
+        fail(f"migration failed: {_reason(exc)}", 1)
+    except MappingFileError as exc:
+        # Only a stored row can fail here (files are parsed before the database is touched).
+        fail(f"stored mapping invalid: {exc}", 1)
+
+
+def actor() -> str:
+    return os.environ.get("USER") or SOURCE
+
+
+@click.group("db")
+def db() -> None:
+    """Database schema migrations (Alembic) on STS_DATABASE_URL."""
+
+
+_VERSIONS = click.option(
+    "--versions",
+    "versions",
+    multiple=True,
+    type=click.Path(exists=True, file_okay=False, dir_okay=True),
+    help="Extra Alembic versions directory (your own revisions, e.g. mappings); repeatable.",
+)
+
+
+@db.command("upgrade")
+@_VERSIONS
+def db_upgrade(versions: tuple[str, ...]) -> None:
+    """Apply all pending migrations (zuplo-sts's own, and yours from --versions)."""
+    with open_database() as database:
+        before = guard(database.current)
+        guard(lambda: database.upgrade("heads", version_locations=versions))
+        after = guard(database.current)
+    if before == after:
+        click.echo(f"database already at {after} (head)")
+    else:
+        click.echo(f"database upgraded from {before or 'empty'} to {after} (head)")
+
+
+@db.command("downgrade")
+@click.argument("revision")
+@_VERSIONS
+def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
+    """Migrate down to REVISION (for example to undo one of your own mapping revisions)."""
+    with open_database() as database:
+        before = guard(database.current)
+        guard(lambda: database.downgrade(revision, version_locations=versions))
+        after = guard(database.current)
+    click.echo(f"database downgraded from {before or 'empty'} to {after or 'empty'}")
+
+
+@db.command("current")
+def db_current() -> None:
+    """Print the database's migration revision."""
+    with open_database() as database:
+        current = guard(database.current)
+        head = guard(database.head)
+    if current is None:
+        click.echo("none (not migrated: run sts db upgrade)")
+    elif current == head:
+        click.echo(f"{current} (head)")
+    else:
+        click.echo(f"{current} (head is {head}: run sts db upgrade)")
