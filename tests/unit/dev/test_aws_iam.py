@@ -1,0 +1,221 @@
+"""The AWS emulator's web-identity checks (sts.dev.aws_iam), with a real OIDC issuer on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from sts.dev.aws_iam import IamTrust, Refusal
+from sts.dev.issuer import SigningKey, b64url
+
+ROLE = "arn:aws:iam::123456789012:role/abac"
+TAGS = "https://aws.amazon.com/tags"
+
+
+class Issuer:
+    """Discovery and JWKS on 127.0.0.1, as a broker issuer publishes them."""
+
+    def __init__(self) -> None:
+        self.key = SigningKey.generate()
+        self.published = [self.key]
+        issuer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/.well-known/openid-configuration":
+                    body = {"issuer": issuer.url, "jwks_uri": issuer.url + "/.well-known/jwks.json"}
+                elif self.path == "/.well-known/jwks.json":
+                    body = {"keys": [k.public_jwk() for k in issuer.published]}
+                else:
+                    self.send_error(404)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def mint(self, key: SigningKey | None = None, **overrides: Any) -> str:
+        return mint(self.url, key or self.key, **overrides)
+
+
+def mint(url: str, key: SigningKey, **overrides: Any) -> str:
+    """A broker-like token for ``url``: sub, aud and the session tags claim, signed by ``key``."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": url,
+        "sub": "mapping:orders",
+        "aud": "sts.amazonaws.com",
+        "iat": now,
+        "exp": now + 300,
+        TAGS: {
+            "principal_tags": {
+                "zuplo-account": ["acme"],
+                "zuplo-project": ["orders"],
+            },
+            "transitive_tag_keys": ["zuplo-account", "zuplo-project"],
+        },
+    }
+    claims.update(overrides)
+    claims = {name: value for name, value in claims.items() if value is not None}
+    header = b64url(json.dumps({"alg": "RS256", "kid": key.kid, "typ": "JWT"}).encode())
+    payload = b64url(json.dumps(claims).encode())
+    signing_input = f"{header}.{payload}".encode()
+    return f"{header}.{payload}.{b64url(key.sign(signing_input))}"
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    served = Issuer()
+    yield served
+    served.server.shutdown()
+    served.server.server_close()
+
+
+def abac_policy(provider_arn: str, provider: str, *, tag_session: bool = True) -> dict[str, Any]:
+    actions = ["sts:AssumeRoleWithWebIdentity"] + (["sts:TagSession"] if tag_session else [])
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": provider_arn},
+                "Action": actions,
+                "Condition": {
+                    "StringEquals": {
+                        f"{provider}:aud": "sts.amazonaws.com",
+                        "aws:RequestTag/zuplo-account": "acme",
+                    },
+                    "StringLike": {f"{provider}:sub": "mapping:*"},
+                },
+            }
+        ],
+    }
+
+
+@pytest.fixture
+def trust(issuer: Issuer) -> IamTrust:
+    trust = IamTrust()
+    provider = trust.add_oidc_provider(issuer.url, ["sts.amazonaws.com"])
+    trust.set_trust_policy(ROLE, abac_policy(provider.arn, provider.url))
+    return trust
+
+
+def code(refusal: Refusal | None) -> str | None:
+    return None if refusal is None else refusal.code
+
+
+def test_a_token_that_meets_the_policy_is_accepted(trust: IamTrust, issuer: Issuer) -> None:
+    assert trust.check(ROLE, issuer.mint()) is None
+
+
+def test_roles_without_a_trust_policy_are_left_to_moto(trust: IamTrust, issuer: Issuer) -> None:
+    other = "arn:aws:iam::123456789012:role/other"
+    assert not trust.governs(other)
+    assert trust.check(other, "not even a token") is None
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({"aud": "https://sts.example.test"}, "InvalidIdentityToken"),
+        ({"aud": ["x", "y"]}, "InvalidIdentityToken"),
+        ({"exp": int(time.time()) - 10}, "ExpiredTokenException"),
+        ({"iat": int(time.time()) + 3600}, "InvalidIdentityToken"),
+        ({"nbf": int(time.time()) + 3600}, "InvalidIdentityToken"),
+        ({"sub": "deployment:orders"}, "AccessDenied"),
+        ({"iss": "https://elsewhere.example"}, "InvalidIdentityToken"),
+        (
+            {TAGS: {"principal_tags": {"zuplo-account": ["other"]}, "transitive_tag_keys": []}},
+            "AccessDenied",
+        ),
+        ({TAGS: None}, "AccessDenied"),  # the policy checks aws:RequestTag/zuplo-account
+    ],
+)
+def test_claims_and_conditions_are_checked(
+    trust: IamTrust, issuer: Issuer, overrides: dict[str, Any], expected: str
+) -> None:
+    assert code(trust.check(ROLE, issuer.mint(**overrides))) == expected
+
+
+def test_a_key_the_issuer_does_not_publish_is_refused(trust: IamTrust, issuer: Issuer) -> None:
+    stranger = SigningKey.generate(kid=issuer.key.kid)
+    refusal = trust.check(ROLE, issuer.mint(key=stranger))
+    assert refusal == Refusal(400, "InvalidIdentityToken", "Incorrect token signature")
+
+
+def test_tags_need_sts_tag_session(issuer: Issuer) -> None:
+    trust = IamTrust()
+    provider = trust.add_oidc_provider(issuer.url, ["sts.amazonaws.com"])
+    trust.set_trust_policy(ROLE, abac_policy(provider.arn, provider.url, tag_session=False))
+    assert trust.check(ROLE, issuer.mint()) == Refusal(
+        403, "AccessDenied", "Not authorized to perform sts:TagSession"
+    )
+
+
+def _tags(principal: dict[str, Any], transitive: list[str] | None = None) -> dict[str, Any]:
+    return {TAGS: {"principal_tags": principal, "transitive_tag_keys": transitive or []}}
+
+
+@pytest.mark.parametrize(
+    ("tags", "expected"),
+    [
+        (_tags({"zuplo-account": ["acme"], "k": ["v" * 256]}), None),
+        (_tags({"zuplo-account": ["acme"], "k": ["v" * 257]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"], "k" * 129: ["v"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"], "k": ["a\nb"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"], "k": ["semi;colon"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"], "aws:k": ["v"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"], "K": ["v"], "k": ["v"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme", "two"]}), "InvalidIdentityToken"),
+        (_tags({"zuplo-account": ["acme"]}, ["zuplo-project"]), "InvalidIdentityToken"),
+        (
+            _tags({"zuplo-account": ["acme"], **{f"t{i}": ["v"] for i in range(50)}}),
+            "PackedPolicyTooLarge",
+        ),
+        (_tags({"zuplo-account": ["acme"], **{f"t{i}": ["v"] for i in range(49)}}), None),
+        (_tags({"zuplo-account": ["acme"], "k": ["a b_.:/=+-@Ü9"]}), None),
+    ],
+)
+def test_session_tag_format_is_aws_s(
+    trust: IamTrust, issuer: Issuer, tags: dict[str, Any], expected: str | None
+) -> None:
+    assert code(trust.check(ROLE, issuer.mint(**tags))) == expected
+
+
+def test_a_matching_deny_wins(issuer: Issuer) -> None:
+    trust = IamTrust()
+    provider = trust.add_oidc_provider(issuer.url, ["sts.amazonaws.com"])
+    policy = abac_policy(provider.arn, provider.url)
+    policy["Statement"].append(
+        {
+            "Effect": "Deny",
+            "Principal": {"Federated": provider.arn},
+            "Action": "sts:*",
+            "Condition": {"StringEquals": {"aws:RequestTag/zuplo-project": "orders"}},
+        }
+    )
+    trust.set_trust_policy(ROLE, policy)
+    assert code(trust.check(ROLE, issuer.mint())) == "AccessDenied"
+
+
+def test_an_unreachable_issuer_is_an_idp_communication_error() -> None:
+    trust = IamTrust()
+    trust.add_oidc_provider("http://127.0.0.1:1", ["sts.amazonaws.com"])
+    trust.set_trust_policy(ROLE, {"Statement": []})
+    token = mint("http://127.0.0.1:1", SigningKey.generate())
+    assert code(trust.check(ROLE, token)) == "IDPCommunicationError"
