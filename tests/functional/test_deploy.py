@@ -449,28 +449,24 @@ def render_sub(template: str, variables: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Za-z0-9_.:]+)\}", one, template)
 
 
-def trust_policies(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The role's trust policy for each value of HasSubjectPin, rendered as IAM will see it."""
+def trust_policy(template: dict[str, Any]) -> dict[str, Any]:
+    """The role's trust policy, rendered as IAM will see it."""
     document = template["Resources"]["ExampleRole"]["Properties"]["AssumeRolePolicyDocument"]
-    condition, pinned, unpinned = document["Fn::If"]
-    assert condition == "HasSubjectPin"
-    rendered = {}
-    for label, sub in (("pinned", pinned), ("unpinned", unpinned)):
-        body, variables = sub["Fn::Sub"]
-        assert variables["ProviderArn"] == {"Ref": "ZuploOidcProvider"}
-        # IssuerHostPath is the issuer URL without its scheme: the IAM condition key prefix.
-        assert variables["IssuerHostPath"] == {
-            "Fn::Select": [1, {"Fn::Split": ["https://", {"Ref": "IssuerUrl"}]}]
-        }
-        issuer = template["Parameters"]["IssuerUrl"]["Default"]
-        values = {
-            "ProviderArn": "arn:aws:iam::123456789012:oidc-provider/" + issuer[len("https://") :],
-            "IssuerHostPath": issuer.split("https://")[1],
-            "Audience": "https://sts.example.com",
-            "SubjectPin": "client-123",
-        }
-        rendered[label] = json.loads(render_sub(body, values))
-    return rendered
+    body, variables = document["Fn::Sub"]
+    assert variables["ProviderArn"] == {"Ref": "ZuploOidcProvider"}
+    # IssuerHostPath is the issuer URL without its scheme: the IAM condition key prefix.
+    assert variables["IssuerHostPath"] == {
+        "Fn::Select": [1, {"Fn::Split": ["https://", {"Ref": "IssuerUrl"}]}]
+    }
+    issuer = template["Parameters"]["IssuerUrl"]["Default"]
+    values = {
+        "ProviderArn": "arn:aws:iam::123456789012:oidc-provider/" + issuer[len("https://") :],
+        "IssuerHostPath": issuer.split("https://")[1],
+        "Audience": "https://sts.example.com",
+        "SubjectPin": "client-123",
+    }
+    policy: dict[str, Any] = json.loads(render_sub(body, values))
+    return policy
 
 
 def test_oidc_provider_for_the_zuplo_issuer(cfn_template: dict[str, Any]) -> None:
@@ -488,23 +484,24 @@ def test_oidc_provider_for_the_zuplo_issuer(cfn_template: dict[str, Any]) -> Non
     }
 
 
-def test_trust_policy_checks_audience_and_optionally_sub(cfn_template: dict[str, Any]) -> None:
-    policies = trust_policies(cfn_template)
-    for label, policy in policies.items():
-        (statement,) = policy["Statement"]
-        assert statement["Effect"] == "Allow", label
-        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity", label
-        assert statement["Principal"]["Federated"].startswith("arn:aws:iam::"), label
-        (operator,) = statement["Condition"]
-        assert operator == "StringEquals", label
-        keys = statement["Condition"]["StringEquals"]
-        assert keys[f"{ISSUER_HOST_PATH}:aud"] == "https://sts.example.com", label
-        # Generic OIDC providers offer only aud and sub as IAM condition keys.
-        assert {key.rsplit(":", 1)[1] for key in keys} <= {"aud", "sub"}, label
-    pinned = policies["pinned"]["Statement"][0]["Condition"]["StringEquals"]
-    assert pinned[f"{ISSUER_HOST_PATH}:sub"] == "client-123"
-    unpinned = policies["unpinned"]["Statement"][0]["Condition"]["StringEquals"]
-    assert f"{ISSUER_HOST_PATH}:sub" not in unpinned
+def test_pass_through_trust_always_pins_one_sub(cfn_template: dict[str, Any]) -> None:
+    """Any Zuplo deployment can mint a token for any audience: a role must pin sub."""
+    pin = cfn_template["Parameters"]["SubjectPin"]
+    assert "Default" not in pin
+    assert pin["MinLength"] == 1
+    for bad in ("", "client 1", "client-*", "client-?"):
+        assert not re.fullmatch(pin["AllowedPattern"], bad), bad
+    assert re.fullmatch(pin["AllowedPattern"], "client-123")
+    (statement,) = trust_policy(cfn_template)["Statement"]
+    assert statement["Effect"] == "Allow"
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Principal"]["Federated"].startswith("arn:aws:iam::")
+    assert statement["Condition"] == {
+        "StringEquals": {
+            f"{ISSUER_HOST_PATH}:aud": "https://sts.example.com",
+            f"{ISSUER_HOST_PATH}:sub": "client-123",
+        }
+    }
 
 
 def test_role_session_and_policy(cfn_template: dict[str, Any]) -> None:

@@ -1,0 +1,132 @@
+"""deploy/aws/zuplo-sts-broker.yaml: lints clean, and its trust policies, rendered as IAM receives
+them, admit exactly the broker tokens they should (evaluated by the dev emulator's IAM checks
+against a real issuer on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cfnlint.api import ManualArgs, lint
+from cfnlint.decode import decode_str
+
+from sts.dev.aws_iam import IamTrust
+from tests.oidc import TAGS, Issuer
+
+TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "aws" / "zuplo-sts-broker.yaml"
+PINNED = "arn:aws:iam::123456789012:role/zuplo-orders-api"
+ABAC = "arn:aws:iam::123456789012:role/zuplo-projects"
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    decoded, errors = decode_str(TEMPLATE.read_text())
+    assert not errors
+    assert decoded is not None
+    return dict(decoded)
+
+
+@pytest.fixture(scope="module")
+def issuer() -> Iterator[Issuer]:
+    served = Issuer()
+    yield served
+    served.close()
+
+
+def test_lints_clean_and_the_linter_sees_breakage() -> None:
+    text = TEMPLATE.read_text()
+    matches = lint(text, config=ManualArgs(include_checks=["I"], regions=["us-east-1"]))
+    assert [str(match) for match in matches] == []
+    broken = text.replace("MaxSessionDuration: !Ref", "MaxSessionDurations: !Ref")
+    assert "E3002" in {match.rule.id for match in lint(broken)}
+
+
+def test_the_provider_trusts_the_broker_issuer_for_sts_amazonaws_com(
+    template: dict[str, Any],
+) -> None:
+    provider = template["Resources"]["BrokerOidcProvider"]["Properties"]
+    assert provider["Url"] == {"Ref": "BrokerIssuerUrl"}
+    assert provider["ClientIdList"] == ["sts.amazonaws.com"]
+    pattern = template["Parameters"]["BrokerIssuerUrl"]["AllowedPattern"]
+    assert re.fullmatch(pattern, "https://sts.example.com")
+    for bad in ("http://sts.example.com", "https://sts.example.com/", "https://a.example?x=1"):
+        assert not re.fullmatch(pattern, bad), bad
+
+
+def rendered_trust(template: dict[str, Any], role: str, values: dict[str, str]) -> dict[str, Any]:
+    """The role's AssumeRolePolicyDocument after Fn::Sub, as IAM will see it."""
+    body, variables = template["Resources"][role]["Properties"]["AssumeRolePolicyDocument"][
+        "Fn::Sub"
+    ]
+    assert variables["ProviderArn"] == {"Ref": "BrokerOidcProvider"}
+    assert variables["IssuerHostPath"] == {
+        "Fn::Select": [1, {"Fn::Split": ["https://", {"Ref": "BrokerIssuerUrl"}]}]
+    }
+    text = re.sub(r"\$\{([A-Za-z0-9_]+)\}", lambda m: values[m.group(1)], body)
+    policy: dict[str, Any] = json.loads(text)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def trust(template: dict[str, Any], issuer: Issuer) -> IamTrust:
+    """Both roles' trust policies on an IAM OIDC provider for the test issuer."""
+    trust = IamTrust()
+    provider = trust.add_oidc_provider(issuer.url, ["sts.amazonaws.com"])
+    values = {
+        "ProviderArn": provider.arn,
+        "IssuerHostPath": provider.url,
+        "MappingName": "orders-prod",
+        "ZuploAccount": "acme",
+    }
+    trust.set_trust_policy(PINNED, rendered_trust(template, "PinnedRole", values))
+    trust.set_trust_policy(ABAC, rendered_trust(template, "AbacRole", values))
+    return trust
+
+
+def tags(account: str = "acme", project: str | None = "orders") -> dict[str, Any]:
+    principal = {"zuplo-account": [account]}
+    if project is not None:
+        principal["zuplo-project"] = [project]
+    return {TAGS: {"principal_tags": principal, "transitive_tag_keys": list(principal)}}
+
+
+@pytest.mark.parametrize(
+    ("role", "claims", "expected"),
+    [
+        (PINNED, {"sub": "mapping:orders-prod", **tags()}, None),
+        (PINNED, {"sub": "mapping:orders-prod", TAGS: None}, None),
+        (PINNED, {"sub": "mapping:orders-preview", **tags()}, "AccessDenied"),
+        (
+            PINNED,
+            {"sub": "mapping:orders-prod", "aud": "https://sts.example.com"},
+            "InvalidIdentityToken",
+        ),
+        (ABAC, {"sub": "mapping:any-project", **tags()}, None),
+        (ABAC, {"sub": "mapping:other", **tags(project="billing")}, None),
+        (ABAC, {"sub": "mapping:any-project", **tags(account="other")}, "AccessDenied"),
+        (ABAC, {"sub": "mapping:any-project", **tags(project=None)}, "AccessDenied"),
+        (ABAC, {"sub": "mapping:any-project", TAGS: None}, "AccessDenied"),
+        (ABAC, {"sub": "deployment:x", **tags()}, "AccessDenied"),
+    ],
+)
+def test_trust_policies_admit_exactly_their_mappings(
+    trust: IamTrust, issuer: Issuer, role: str, claims: dict[str, Any], expected: str | None
+) -> None:
+    refusal = trust.check(role, issuer.mint(**claims))
+    assert (None if refusal is None else refusal.code) == expected
+
+
+def test_the_abac_permissions_use_the_project_tag(template: dict[str, Any]) -> None:
+    (policy,) = template["Resources"]["AbacRole"]["Properties"]["Policies"]
+    read, listing = policy["PolicyDocument"]["Statement"]
+    assert read["Resource"] == {
+        "Fn::Sub": "arn:${AWS::Partition}:s3:::${AbacBucketName}"
+        "/${!aws:PrincipalTag/zuplo-project}/*"
+    }
+    assert listing["Condition"] == {
+        "StringLike": {"s3:prefix": "${aws:PrincipalTag/zuplo-project}/*"}
+    }
