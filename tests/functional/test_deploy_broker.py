@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import hcl2
 import pytest
 from cfnlint.api import ManualArgs, lint
 from cfnlint.decode import decode_str
@@ -130,3 +131,67 @@ def test_the_abac_permissions_use_the_project_tag(template: dict[str, Any]) -> N
     assert listing["Condition"] == {
         "StringLike": {"s3:prefix": "${aws:PrincipalTag/zuplo-project}/*"}
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# deploy/gcp-broker (Terraform)
+
+GCP = TEMPLATE.parents[1] / "gcp-broker"
+
+
+def unquote(value: Any) -> Any:
+    """python-hcl2 keeps string literals' quotes; interpolations come as ``${...}``."""
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def hcl_blocks(name: str, kind: str) -> dict[str, dict[str, Any]]:
+    with (GCP / name).open() as handle:
+        data: dict[str, Any] = hcl2.load(handle)
+    found: dict[str, dict[str, Any]] = {}
+    for entry in data.get(kind, []):
+        for first, body in entry.items():
+            if kind == "resource":
+                for second, inner in body.items():
+                    found[f"{unquote(first)}.{unquote(second)}"] = inner
+            else:
+                found[unquote(first)] = body
+    return found
+
+
+def test_gcp_provider_trusts_the_broker_issuer_with_googles_default_audience() -> None:
+    resources = hcl_blocks("main.tf", "resource")
+    provider = resources["google_iam_workload_identity_pool_provider.zuplo_sts"]
+    (oidc,) = provider["oidc"]
+    assert oidc["issuer_uri"] == "${var.broker_issuer}"
+    # The broker token's aud is "https:" + the provider name: Google's default, so no list.
+    assert "allowed_audiences" not in oidc
+    mapping = {unquote(k): unquote(v) for k, v in provider["attribute_mapping"].items()}
+    assert mapping == {
+        "google.subject": "assertion.sub",
+        "attribute.account": "assertion.account",
+        "attribute.project": "assertion.project",
+        "attribute.deployment": "assertion.deployment",
+        "attribute.environment_type": "assertion.environment_type",
+        "attribute.zuplo_sub": "assertion.zuplo_sub",
+    }
+    assert unquote(provider["attribute_condition"]) == (
+        "assertion.sub.startsWith('mapping:') && assertion.account == '${var.zuplo_account}'"
+    )
+    assert "default" not in hcl_blocks("variables.tf", "variable")["broker_issuer"]
+
+
+def test_gcp_binding_names_one_mapping() -> None:
+    binding = hcl_blocks("main.tf", "resource")["google_service_account_iam_member.one_mapping"]
+    assert unquote(binding["role"]) == "roles/iam.workloadIdentityUser"
+    assert unquote(binding["member"]) == (
+        "principal://iam.googleapis.com/${google_iam_workload_identity_pool.zuplo_sts.name}"
+        "/subject/mapping:${var.mapping_name}"
+    )
+
+
+def test_gcp_broker_variables_declared_and_used() -> None:
+    text = "".join((GCP / name).read_text() for name in ("main.tf", "outputs.tf"))
+    used = set(re.findall(r"\bvar\.([a-z_][a-z0-9_]*)", text))
+    assert used == set(hcl_blocks("variables.tf", "variable"))

@@ -1,0 +1,23 @@
+output "workload_identity_provider" {
+  description = "The mapping's gcp.workload_identity_provider."
+  value       = "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.zuplo_sts.name}"
+}
+
+output "service_account_email" {
+  description = "The mapping's gcp.service_account."
+  value       = google_service_account.reader.email
+}
+
+output "mapping_snippet" {
+  description = "The mapping the binding names, for deploy/kubernetes/mappings-configmap.yaml."
+  value = yamlencode({
+    name    = var.mapping_name
+    account = var.zuplo_account
+    project = "my-project"
+    gcp = {
+      workload_identity_provider = "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.zuplo_sts.name}"
+      service_account            = google_service_account.reader.email
+      token                      = "broker"
+    }
+  })
+}
