@@ -246,7 +246,8 @@ def test_signed_random_header(
     result = outcome(verifier, issuer.sign(enc(header), enc(valid_claims(issuer))))
     typ = header.get("typ", "JWT")
     valid = (
-        header.get("alg") == "RS256"
+        finite(header)
+        and header.get("alg") == "RS256"
         and header.get("kid") == issuer.key.kid
         and not {"crit", "b64", "cty", "enc", "zip"} & header.keys()
         and isinstance(typ, str)
@@ -257,6 +258,17 @@ def test_signed_random_header(
         assert result == principal_of(valid_claims(issuer), issuer), header
     else:
         assert isinstance(result, InvalidRequest), f"accepted a header that breaks a rule: {header}"
+
+
+def finite(value: Any) -> bool:
+    """RFC 8259 section 6 has no NaN or Infinity: a part holding one is not JSON at all."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(finite(v) for v in value)
+    return True
 
 
 def key_headers_well_typed(header: dict[str, Any]) -> bool:
@@ -277,6 +289,9 @@ CLAIM_VALUES = (
     st.sampled_from(["", "my-account", "production", "preview", AUDIENCE, [AUDIENCE]])
     | st.integers(int(NOW) - 200, int(NOW) + 200)
     | st.floats(NOW - 200, NOW + 200)
+    # Around the 24-hour lifetime edge for the valid claims' iat (NOW - 10), and a day back.
+    | st.integers(int(NOW) - 10 + DAY - 100, int(NOW) - 10 + DAY + 100)
+    | st.integers(int(NOW) - DAY - 100, int(NOW) - DAY + 100)
     | JSON
 )
 
@@ -316,7 +331,7 @@ def _number(value: Any) -> bool:
 
 def claims_obey_the_rules(claims: dict[str, Any], issuer: DevIssuer) -> bool:
     """The README's token checks, written out independently of the verifier."""
-    if claims.get("iss") != issuer.url:
+    if not finite(claims) or claims.get("iss") != issuer.url:
         return False
     aud = claims.get("aud")
     audiences = [aud] if isinstance(aud, str) else aud
@@ -361,7 +376,7 @@ def valid_random_claims(draw: st.DrawFn, issuer: DevIssuer) -> dict[str, Any]:
         "project": draw(NAMES),
         "deployment": draw(NAMES),
         "environment_type": draw(st.sampled_from(ENVIRONMENT_TYPES)),
-        "zz": draw(JSON),  # unknown claims are ignored
+        "zz": draw(JSON.filter(finite)),  # unknown claims are ignored
     }
     if draw(st.booleans()):
         claims["nbf"] = draw(st.floats(NOW - DAY, NOW + SKEW))
