@@ -45,11 +45,13 @@ DEFAULT_REFRESH_FRACTION = 0.8
 REFRESH_RETRY_SECONDS = 10.0
 REFRESH_THREADS = 4
 
-CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str]]
+CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str], frozenset[str]]
 
 
 def cache_key(mapping: MappingSpec, principal: Principal, scopes: tuple[str, ...]) -> CacheKey:
-    """What separates credentials: the mapping as currently defined, the caller, the scopes."""
+    """What separates credentials: the mapping as currently defined, the caller, the scopes,
+    and the token's audiences (README, credential caching: a cloud that checks ``aud`` must
+    never see credentials obtained with another one)."""
     return (
         mapping.name,
         mapping.fingerprint,
@@ -60,6 +62,7 @@ def cache_key(mapping: MappingSpec, principal: Principal, scopes: tuple[str, ...
         principal.deployment,
         principal.environment_type,
         frozenset(scopes),
+        principal.audiences,
     )
 
 

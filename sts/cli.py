@@ -114,7 +114,7 @@ def explain(
         project=claims["project"],
         deployment=claims["deployment"],
         environment_type=claims["environment_type"],
-        expires_at=0,
+        audiences=frozenset(),  # selection never depends on aud; only the credential cache does
     )
     database = Database(settings.database_url)
     try:

@@ -12,6 +12,9 @@ Never imported by the service path.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
 import socketserver
 import threading
@@ -77,6 +80,19 @@ def error_document(code: str, message: str, *, sender: bool = True) -> bytes:
     ).encode()
 
 
+def _token_audiences(token: str) -> list[str]:
+    """The ``aud`` of a compact JWT (RFC 7519 section 4.1.3), unverified; [] if unreadable."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return []
+    aud = claims.get("aud") if isinstance(claims, dict) else None
+    if isinstance(aud, str):
+        return [aud]
+    return [a for a in aud if isinstance(a, str)] if isinstance(aud, list) else []
+
+
 class _QuietHandler(WSGIRequestHandler):
     def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
         pass
@@ -86,7 +102,9 @@ class AwsEmulator(BackgroundServer):
     """moto's STS on 127.0.0.1 with a request record and fault knobs; start/stop or ``with``.
 
     ``requests`` holds every request received. ``fail_next`` makes the next requests answer an
-    AWS error instead of reaching moto; ``delay`` holds every answer back that many seconds.
+    AWS error instead of reaching moto; ``delay`` holds every answer back that many seconds;
+    ``require_audience`` makes a role check the web identity token's ``aud``, as IAM does
+    against the OIDC provider's client ID list.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -95,6 +113,7 @@ class AwsEmulator(BackgroundServer):
         self.delay = 0.0
         self.requests: list[StsCall] = []
         self._faults = FaultQueue()
+        self._audiences: dict[str, frozenset[str]] = {}
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
 
@@ -122,12 +141,33 @@ class AwsEmulator(BackgroundServer):
         payload = body if body is not None else error_document(code, message, sender=sender)
         self._faults.add(Fault(status, payload, dict(headers or {}), times))
 
+    def require_audience(self, role_arn: str, audiences: Iterable[str] | None) -> None:
+        """``AssumeRoleWithWebIdentity`` for ``role_arn`` answers ``InvalidIdentityToken`` unless
+        the token's ``aud`` names one of ``audiences`` (None: no check, moto's default).
+
+        moto checks no token at all; IAM compares ``aud`` with the OIDC provider's client IDs.
+        The token's signature is not checked here: the service verified it already.
+        """
+        with self._lock:
+            if audiences is None:
+                self._audiences.pop(role_arn, None)
+            else:
+                self._audiences[role_arn] = frozenset(audiences)
+
     def clear(self) -> None:
-        """Forget recorded requests and pending faults; reset ``delay``."""
+        """Forget recorded requests, pending faults and audience rules; reset ``delay``."""
         with self._lock:
             self.requests.clear()
             self._faults.clear()
+            self._audiences.clear()
             self.delay = 0.0
+
+    def _audience_refused(self, call: StsCall) -> bool:
+        with self._lock:
+            allowed = self._audiences.get(call.role_arn or "")
+        if allowed is None or call.action != "AssumeRoleWithWebIdentity":
+            return False
+        return allowed.isdisjoint(_token_audiences(call.web_identity_token or ""))
 
     def _middleware(self, app: WsgiApp) -> WsgiApp:
         def record(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -163,6 +203,13 @@ class AwsEmulator(BackgroundServer):
                     ],
                 )
                 return [fault.body]
+            if self._audience_refused(call):
+                refusal = error_document("InvalidIdentityToken", "Incorrect token audience")
+                start_response(
+                    "400 Bad Request",
+                    [("Content-Type", "text/xml"), ("Content-Length", str(len(refusal)))],
+                )
+                return [refusal]
             return app(environ, start_response)
 
         return record

@@ -6,9 +6,9 @@ Invariants:
   chooses one, and a redirect is a failed fetch, so the configured host is the only host asked.
 - Readers never block on the network for a known ``kid``: the key map is an immutable snapshot
   replaced whole after each successful fetch.
-- A failed fetch never empties the key set: the last good set keeps serving (CONTRACT section 3).
+- A failed fetch never empties the key set: the last good set keeps serving (README, token checks).
 - An unknown ``kid`` triggers at most one refetch per :data:`REFETCH_COOLDOWN` seconds, and only
-  one fetch per issuer is ever in flight.
+  one fetch per issuer is ever in flight, with at most one request thread waiting for it.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFETCH_COOLDOWN = 30.0
-"""Seconds between two refetches triggered by an unknown ``kid`` (CONTRACT section 3)."""
+"""Seconds between two refetches triggered by an unknown ``kid`` (README, token checks)."""
 MIN_TTL = 60.0
 MAX_TTL = 3600.0
 DEFAULT_TTL = 300.0
@@ -212,9 +212,15 @@ def ttl_from_cache_control(
 class _KeySet:
     keys: dict[str, RSAKey]
     kids: frozenset[str]
+    thumbprints: dict[str, str]
+    """RFC 7638 thumbprint of each key: what tells a replaced key under the same kid apart."""
+
+    @classmethod
+    def of(cls, keys: dict[str, RSAKey]) -> _KeySet:
+        return cls(keys, frozenset(keys), {kid: key.thumbprint() for kid, key in keys.items()})
 
 
-_EMPTY = _KeySet({}, frozenset())
+_EMPTY = _KeySet({}, frozenset(), {})
 
 
 class JWKSCache:
@@ -277,28 +283,33 @@ class JWKSCache:
     def get_key(self, kid: str) -> RSAKey | None:
         """The verification key for ``kid``, refetching once (per cooldown) when it is unknown.
 
-        While another thread is fetching, callers wait for that fetch instead of starting their
-        own; after the cooldown's single refetch, an unknown ``kid`` is simply not found.
+        Anyone can invent a ``kid`` (README, token checks), so a miss never queues behind a fetch:
+        a miss that finds no fetch in flight and no cooldown running fetches itself, bounded by
+        the fetch's own timeout; every other miss is answered at once from the current set.
+        Known kids never touch the lock.
         """
         key = self._set.keys.get(kid)
         if key is not None:
             return key
-        if self._cooling_down() and not self._lock.locked():
-            # Unknown kids inside the cooldown cost nothing: no lock, no waiting.
+        if self._cooling_down():
             return None
-        if not self._lock.acquire(timeout=sum(self._timeout) + 1.0):
+        # Non-blocking: while the refresher or another miss is fetching, this miss is simply
+        # not found, and never a second thread waiting on the network for this issuer.
+        if not self._lock.acquire(blocking=False):
             return self._set.keys.get(kid)
         try:
             key = self._set.keys.get(kid)
-            if key is not None:
+            if key is not None or self._cooling_down():
                 return key
-            if self._cooling_down():
-                return None
             self._last_miss_fetch = self._clock()
             self._fetch_locked()
             return self._set.keys.get(kid)
         finally:
             self._lock.release()
+
+    def thumbprint(self, kid: str) -> str | None:
+        """RFC 7638 thumbprint of the key held for ``kid`` (never fetches); None if not held."""
+        return self._set.thumbprints.get(kid)
 
     def _cooling_down(self) -> bool:
         last = self._last_miss_fetch
@@ -326,7 +337,7 @@ class JWKSCache:
             )
             return False
         JWKS_FETCHES.labels("ok").inc()
-        self._set = _KeySet(keys, frozenset(keys))
+        self._set = _KeySet.of(keys)
         self._loaded = True
         self._failures = 0
         self._last_error = None

@@ -9,7 +9,12 @@ ENVIRONMENT_TYPES = ("production", "preview", "development")
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """A Zuplo deployment, as proven by a verified ID token."""
+    """A Zuplo deployment, as proven by a verified ID token.
+
+    ``audiences`` is the token's whole ``aud`` (RFC 7519 section 4.1.3) as a set: the cloud sees
+    the token and may check it, so credentials are never shared across audiences (README,
+    credential caching).
+    """
 
     issuer: str
     sub: str
@@ -17,4 +22,4 @@ class Principal:
     project: str
     deployment: str
     environment_type: str
-    expires_at: int
+    audiences: frozenset[str]

@@ -1,4 +1,4 @@
-"""Verify a Zuplo ID token and reduce it to a :class:`Principal` (CONTRACT section 3).
+"""Verify a Zuplo ID token and reduce it to a :class:`Principal` (README, token checks).
 
 The token is a compact JWS (RFC 7515 section 7.1) carrying JWT claims (RFC 7519), signed RS256
 (RFC 7518 section 3.3). Structure, header and claims are checked by our own code with strict
@@ -35,10 +35,12 @@ __all__ = [
     "ISSUER_NOT_TRUSTED",
     "KEYS_UNAVAILABLE",
     "KEY_NOT_FOUND",
+    "MAX_LIFETIME_SECONDS",
     "MAX_TOKEN_BYTES",
     "SIGNATURE_INVALID",
     "TOKEN_EXPIRED",
     "TOKEN_ISSUED_IN_FUTURE",
+    "TOKEN_LIFETIME_TOO_LONG",
     "TOKEN_NOT_YET_VALID",
     "TOKEN_TOO_LARGE",
     "TOKEN_UNPARSABLE",
@@ -58,8 +60,11 @@ TOKEN_NOT_YET_VALID = "token not yet valid"  # noqa: S105
 TOKEN_ISSUED_IN_FUTURE = "token issued in the future"  # noqa: S105
 CLAIM_INVALID = "claim missing or invalid"
 KEYS_UNAVAILABLE = "signing keys unavailable"
+TOKEN_LIFETIME_TOO_LONG = "token lifetime too long"  # noqa: S105
 
 MAX_TOKEN_BYTES = 16 * 1024
+MAX_LIFETIME_SECONDS = 24 * 3600
+"""``exp - iat`` above this is refused; Zuplo issues 10-hour tokens (README, token checks)."""
 VERIFIED_CACHE_SIZE = 10_000
 KEYS_RETRY_AFTER = 5
 ALGORITHM = "RS256"
@@ -82,6 +87,9 @@ class _Verified(NamedTuple):
     valid_from: float
     keys: JWKSCache
     kid: str
+    thumbprint: str
+    """RFC 7638 thumbprint of the key that verified the token: a key replaced under the same
+    ``kid`` must not keep vouching for tokens the old one signed."""
 
 
 def _fail(description: str, cause: str) -> InvalidRequest:
@@ -97,7 +105,11 @@ def _time_claim(claims: dict[str, Any], name: str, *, required: bool) -> float |
     value = claims[name]
     if type(value) is not int and type(value) is not float:
         raise _fail(CLAIM_INVALID, f"{name} is not a JSON number")
-    return value
+    try:
+        # A JSON integer may have hundreds of digits; the comparisons below are in floats.
+        return float(value)
+    except OverflowError:
+        raise _fail(CLAIM_INVALID, f"{name} out of range") from None
 
 
 class TokenVerifier:
@@ -144,9 +156,10 @@ class TokenVerifier:
             if now >= hit.exp + self._leeway:
                 self._forget(digest)
                 raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
-            if hit.kid in hit.keys.kids() and now >= hit.valid_from:
+            if hit.keys.thumbprint(hit.kid) == hit.thumbprint and now >= hit.valid_from:
                 return hit.principal
-            # The key left the issuer's set (or the caller's clock went back): verify afresh.
+            # The key left the issuer's set or was replaced under its kid (or the caller's clock
+            # went back): verify afresh.
             self._forget(digest)
 
         verified = self._verify(token, now)
@@ -188,10 +201,10 @@ class TokenVerifier:
                 )
             raise _fail(KEY_NOT_FOUND, f"kid not in the key set of {keys.issuer}")
         self._check_signature(token, key)
-        return self._check_claims(claims, now, keys, kid)
+        return self._check_claims(claims, now, keys, kid, key.thumbprint())
 
     def _check_header(self, header: dict[str, Any]) -> str:
-        """RFC 7515 section 4.1 and CONTRACT section 3; returns the ``kid``."""
+        """RFC 7515 section 4.1 and the README token checks; returns the ``kid``."""
         if header.get("alg") != ALGORITHM:
             raise _fail(ALGORITHM_NOT_ALLOWED, "alg is not RS256")
         for name in FORBIDDEN_HEADERS:
@@ -227,7 +240,7 @@ class TokenVerifier:
             raise _fail(HEADER_NOT_ALLOWED, f"refused by joserfc ({type(exc).__name__})") from None
 
     def _check_claims(
-        self, claims: dict[str, Any], now: float, keys: JWKSCache, kid: str
+        self, claims: dict[str, Any], now: float, keys: JWKSCache, kid: str, thumbprint: str
     ) -> _Verified:
         """RFC 7519 section 4.1 (aud, exp, nbf, iat) plus the Zuplo identity claims."""
         aud = claims.get("aud")
@@ -252,6 +265,9 @@ class TokenVerifier:
             raise _fail(TOKEN_NOT_YET_VALID, "nbf in the future")
         if iat > now + leeway:
             raise _fail(TOKEN_ISSUED_IN_FUTURE, "iat in the future")
+        # No leeway here: the bound is on what the issuer wrote, not on clocks.
+        if exp - iat > MAX_LIFETIME_SECONDS:
+            raise _fail(TOKEN_LIFETIME_TOO_LONG, "exp - iat over 24 hours")
 
         for name in IDENTITY_CLAIMS:
             value = claims.get(name)
@@ -267,7 +283,7 @@ class TokenVerifier:
             project=claims["project"],
             deployment=claims["deployment"],
             environment_type=claims["environment_type"],
-            expires_at=int(exp),
+            audiences=frozenset(audiences),
         )
         valid_from = max(iat, nbf if nbf is not None else iat) - leeway
-        return _Verified(principal, exp, valid_from, keys, kid)
+        return _Verified(principal, exp, valid_from, keys, kid, thumbprint)

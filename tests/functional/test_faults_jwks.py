@@ -7,11 +7,15 @@ Each test runs its own :class:`DevIssuer`, so breaking it never disturbs the ses
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,18 @@ import requests
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey
-from sts.identity.jwks import CONNECT_TIMEOUT, MAX_JWKS_BYTES, READ_TIMEOUT
-from sts.identity.verifier import KEY_NOT_FOUND, KEYS_UNAVAILABLE
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack, running_stack
+from tests.functional.conftest import GRANT, ID_TOKEN, Stack, running_stack, seed
+from tests.functional.test_serve import free_port
 from tests.functional.test_token import assert_error
+
+# Expected answers and limits, spelled out here rather than imported from the service.
+KEY_NOT_FOUND = "signing key not found"
+KEYS_UNAVAILABLE = "signing keys unavailable"
+SIGNATURE_INVALID = "signature invalid"
+CONNECT_TIMEOUT = 2.0  # the service's JWKS connect timeout, seconds
+READ_TIMEOUT = 3.0  # and its read timeout
+MAX_JWKS_BYTES = 64 * 1024
 
 
 @pytest.fixture
@@ -177,6 +188,13 @@ def test_unknown_kid_flood_makes_at_most_one_refetch(stack_factory: Any, dev: De
     assert stack.post(mint(dev, deployment="after-flood")).status_code == 200
 
 
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
 def test_slow_jwks_is_bounded_and_requests_do_not_pile_up(
     stack_factory: Any, dev: DevIssuer
 ) -> None:
@@ -194,7 +212,7 @@ def test_slow_jwks_is_bounded_and_requests_do_not_pile_up(
     started = time.monotonic()
     with ThreadPoolExecutor(max_workers=len(tokens)) as pool:
         slow = [pool.submit(timed, token) for token in tokens]
-        time.sleep(0.3)
+        wait_until(lambda: dev.fetches > fetched, "the refetch never started")
         # Known kids never wait for a fetch in flight.
         elapsed, response = timed(mint(dev, deployment="known-kid-while-slow"))
         assert response.status_code == 200, response.text
@@ -205,6 +223,117 @@ def test_slow_jwks_is_bounded_and_requests_do_not_pile_up(
         key_not_found(response, token)
         assert elapsed < bound
     assert dev.fetches - fetched == 1
+
+
+@contextmanager
+def served(env: dict[str, str], log_path: Path, *, threads: int) -> Iterator[str]:
+    """``sts serve`` as a process, one worker with ``threads`` request threads, until ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [*command, "--threads", str(threads)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                assert proc.poll() is None, log_path.read_text()
+                try:
+                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_invented_kids_never_hold_up_a_token_whose_key_is_cached(
+    dev: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
+) -> None:
+    """A real server with 4 request threads, the issuer's JWKS answering in 4 s (longer than
+    the service's read timeout): 24 requests with invented kids, then a token whose key is
+    cached. The thread-per-request test server would hide threads blocked on the fetch."""
+    database_url = f"sqlite:///{tmp_path / 'served.db'}"
+    seed(database_url).dispose()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    env = {
+        **clean,
+        "STS_DATABASE_URL": database_url,
+        "STS_AUDIENCE": AUDIENCE,
+        "STS_TRUSTED_ISSUERS": dev.url,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
+        "STS_GCP_STS_URL": gcp.sts_url,
+        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+    }
+
+    def timed(token: str) -> tuple[float, requests.Response]:
+        started = time.monotonic()
+        response = requests.post(
+            url + "/token",
+            data={"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN},
+            timeout=30,
+        )
+        return time.monotonic() - started, response
+
+    with served(env, tmp_path / "serve.log", threads=4) as url:
+        # Credentials for this caller are cached first, so the timed request below measures
+        # verification and the cache, never a cloud call.
+        elapsed, response = timed(mint(dev, deployment="served-cached-key"))
+        assert response.status_code == 200, response.text
+        fresh = mint(dev, deployment="served-cached-key", sub="atcl_never_seen_before")
+
+        fetched = dev.fetches
+        dev.jwks_delay = 4.0
+        invented = [unknown_kid_token(dev) for _ in range(24)]
+        with ThreadPoolExecutor(max_workers=len(invented)) as pool:
+            futures = [pool.submit(timed, token) for token in invented]
+            wait_until(lambda: dev.fetches > fetched, "no refetch for the invented kids")
+            elapsed, response = timed(fresh)
+            assert response.status_code == 200, response.text
+            assert elapsed < 1.0, f"a token whose key is cached waited {elapsed:.2f} s"
+            results = [future.result() for future in futures]
+
+    for token, (_, answer) in zip(invented, results, strict=True):
+        key_not_found(answer, token)
+    waited = sorted(seconds for seconds, _ in results)
+    # One thread waited for the one fetch, and no longer than its timeout; the rest at once.
+    assert waited[-2] < 1.0, waited
+    assert waited[-1] < CONNECT_TIMEOUT + READ_TIMEOUT + 1.0, waited
+    assert dev.fetches == fetched + 1
+
+
+def test_key_replaced_under_the_same_kid_refuses_tokens_verified_before(
+    stack_factory: Any, dev: DevIssuer
+) -> None:
+    stack = stack_factory(trusted_issuers=(dev.url,))
+    verified = mint(dev, deployment="verified-before-replacement")
+    assert stack.post(verified).status_code == 200
+    assert stack.post(verified).status_code == 200  # now a cached verification
+
+    kid = dev.key.kid
+    dev.keys = [SigningKey(kid, SigningKey.generate().private_key)]
+    fetched = dev.fetches
+    trigger = unknown_kid_token(dev)  # an unknown kid makes the service refetch now
+    key_not_found(stack.post(trigger), trigger)
+    assert dev.fetches == fetched + 1
+
+    body = assert_error(stack.post(verified), 400, "invalid_request", verified)
+    assert body["error_description"] == SIGNATURE_INVALID
+    replacement = mint(dev, deployment="signed-by-the-replacement")
+    assert stack.post(replacement).status_code == 200
 
 
 def oversized_jwks(dev: DevIssuer) -> bytes:

@@ -29,8 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import pytest
 import requests
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
@@ -40,12 +44,30 @@ from cryptography.x509.oid import NameOID
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey, b64url
-from sts.identity import verifier as v
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import Stack, running_stack
 
+# Expected answers, spelled out as the contract words them (never imported).
+TOKEN_UNPARSABLE = "token unparsable"
+TOKEN_TOO_LARGE = "token too large"
+ALGORITHM_NOT_ALLOWED = "algorithm not allowed"
+HEADER_NOT_ALLOWED = "header not allowed"
+KEY_NOT_FOUND = "signing key not found"
+SIGNATURE_INVALID = "signature invalid"
+ISSUER_NOT_TRUSTED = "issuer not trusted"
+AUDIENCE_NOT_ACCEPTED = "audience not accepted"
+TOKEN_EXPIRED = "token expired"
+TOKEN_NOT_YET_VALID = "token not yet valid"
+TOKEN_ISSUED_IN_FUTURE = "token issued in the future"
+CLAIM_INVALID = "claim missing or invalid"
+TOKEN_LIFETIME_TOO_LONG = "token lifetime too long"
+IDENTITY_CLAIMS = ("sub", "account", "project", "deployment", "environment_type")
+MAX_TOKEN_BYTES = 16 * 1024
+
+
 TABLE = Path(__file__).parent.parent / "testdata" / "hostile_tokens.md"
 SKEW = 60  # the stack's STS_CLOCK_SKEW_SECONDS (the default)
+DAY = 24 * 3600  # the longest lifetime (exp - iat) accepted
 MARGIN = 15  # seconds between a time-claim edge case and the leeway edge, for slow machines
 OK = None  # a positive control: the token must be exchanged (HTTP 200)
 # token.py's phrase when subject_token is empty (RFC 6749 3.1: an empty parameter is omitted).
@@ -59,14 +81,27 @@ DROP = object()
 @pytest.fixture(scope="module")
 def hostile_stack(
     issuer: DevIssuer,
+    second: DevIssuer,
     aws: AwsEmulator,
     gcp: GcpEmulator,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Stack]:
-    """One service for the whole corpus (the rows never change its state, only read it)."""
+    """One service for the whole corpus (the rows never change its state, only read it).
+
+    It trusts two issuers: the session issuer and :func:`second`.
+    """
     url = f"sqlite:///{tmp_path_factory.mktemp('hostile') / 'sts.db'}"
-    with running_stack(issuer, aws, gcp, url) as stack:
+    with running_stack(issuer, aws, gcp, url, trusted_issuers=(issuer.url, second.url)) as stack:
         yield stack
+
+
+@pytest.fixture(scope="module")
+def second(issuer: DevIssuer) -> Iterator[DevIssuer]:
+    """A second trusted issuer: its own key first, then a twin publishing the session issuer's
+    kid with other key material (two issuers may well pick the same kid)."""
+    with DevIssuer() as other:
+        other.keys.append(SigningKey(issuer.key.kid, SigningKey.generate().private_key))
+        yield other
 
 
 @pytest.fixture(scope="module")
@@ -106,10 +141,15 @@ def _es_signer(curve: ec.EllipticCurve, digest: hashes.HashAlgorithm) -> Callabl
 
 @dataclass(frozen=True)
 class Forge:
-    """What an attacker has: the trusted issuer's public key (and, for controls, its signer)."""
+    """What an attacker has: the trusted issuer's public key (and, for controls, its signer).
+
+    ``second`` is another trusted issuer, whose keys must never vouch for ``issuer``'s tokens
+    nor the reverse.
+    """
 
     issuer: DevIssuer
     attacker: DevIssuer
+    second: DevIssuer
 
     @property
     def kid(self) -> str:
@@ -160,7 +200,7 @@ class Forge:
 
 Build = Callable[[Forge], str]
 Signer = Callable[[bytes], bytes]
-NOT_ALG = v.ALGORITHM_NOT_ALLOWED
+NOT_ALG = ALGORITHM_NOT_ALLOWED
 
 
 def rsa_signer(
@@ -406,8 +446,8 @@ ALG_NONE = [
     for row in rows(
         "alg none",
         NONE,
-        (f"alg {label}, empty signature", unsigned(alg, signature=False), v.ALGORITHM_NOT_ALLOWED),
-        (f"alg {label}, RSA signature", unsigned(alg, signature=True), v.ALGORITHM_NOT_ALLOWED),
+        (f"alg {label}, empty signature", unsigned(alg, signature=False), ALGORITHM_NOT_ALLOWED),
+        (f"alg {label}, RSA signature", unsigned(alg, signature=True), ALGORITHM_NOT_ALLOWED),
     )
 ] + rows(
     "alg none",
@@ -415,7 +455,7 @@ ALG_NONE = [
     (
         "alg none without the final dot",
         lambda f: unsigned("none", signature=False)(f)[:-1],
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
 )
 
@@ -423,32 +463,32 @@ HMAC_CONFUSION = [
     *rows(
         "HMAC keyed with the issuer's public key",
         CONFUSION,
-        ("HS256, SPKI PEM with newline", hmac_with("HS256", spki_pem), v.ALGORITHM_NOT_ALLOWED),
+        ("HS256, SPKI PEM with newline", hmac_with("HS256", spki_pem), ALGORITHM_NOT_ALLOWED),
         (
             "HS256, SPKI PEM without newline",
             hmac_with("HS256", lambda f: spki_pem(f).rstrip(b"\n")),
-            v.ALGORITHM_NOT_ALLOWED,
+            ALGORITHM_NOT_ALLOWED,
         ),
-        ("HS384, SPKI PEM", hmac_with("HS384", spki_pem), v.ALGORITHM_NOT_ALLOWED),
-        ("HS512, SPKI PEM", hmac_with("HS512", spki_pem), v.ALGORITHM_NOT_ALLOWED),
+        ("HS384, SPKI PEM", hmac_with("HS384", spki_pem), ALGORITHM_NOT_ALLOWED),
+        ("HS512, SPKI PEM", hmac_with("HS512", spki_pem), ALGORITHM_NOT_ALLOWED),
         (
             "HS256, SPKI PEM with CRLF line ends",
             hmac_with("HS256", lambda f: spki_pem(f).replace(b"\n", b"\r\n")),
-            v.ALGORITHM_NOT_ALLOWED,
+            ALGORITHM_NOT_ALLOWED,
         ),
     ),
     Row(
         "HS256, PKCS#1 PEM (BEGIN RSA PUBLIC KEY)",
         "HMAC keyed with the issuer's public key",
         hmac_with("HS256", lambda f: f.pem(serialization.PublicFormat.PKCS1)),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; CVE-2017-11424 (PyJWT, PKCS#1 PEM not blocklisted)",
     ),
     Row(
         "HS256, PEM with leading whitespace",
         "HMAC keyed with the issuer's public key",
         hmac_with("HS256", lambda f: b"\n  " + spki_pem(f)),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; CVE-2023-48223, CVE-2026-34950 (fast-jwt PEM matcher)",
     ),
     Row(
@@ -460,7 +500,7 @@ HMAC_CONFUSION = [
                 serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
             ),
         ),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; CVE-2022-29217 (PyJWT), CVE-2024-33663 (python-jose)",
     ),
     Row(
@@ -472,14 +512,14 @@ HMAC_CONFUSION = [
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
             ),
         ),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; python-jose #414 (DER bypass of the CVE-2024-33663 fix)",
     ),
     Row(
         "HS256, JWK JSON as served",
         "HMAC keyed with the issuer's public key",
         hmac_with("HS256", lambda f: json.dumps(f.issuer.key.public_jwk()).encode()),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; CVE-2026-48526 (PyJWT JWK as HMAC secret), CVE-2024-37568 (authlib)",
     ),
     Row(
@@ -491,7 +531,7 @@ HMAC_CONFUSION = [
                 {k: f.issuer.key.public_jwk()[k] for k in ("e", "kty", "n")},
             ),
         ),
-        v.ALGORITHM_NOT_ALLOWED,
+        ALGORITHM_NOT_ALLOWED,
         "RFC 8725 3.1; CVE-2026-48526 (PyJWT), CVE-2024-37568 (authlib)",
     ),
 ]
@@ -531,24 +571,24 @@ OTHER_ALGS = rows(
 KID = rows(
     "kid missing, unknown or injected",
     "RFC 8725 2.9, 3.10 (kid is untrusted input: SQL/LDAP/path injection)",
-    ("kid missing", hdr(kid=DROP), v.KEY_NOT_FOUND),
-    ("kid empty", hdr(kid=""), v.KEY_NOT_FOUND),
-    ("kid unknown", hdr(kid="atky_unknown"), v.KEY_NOT_FOUND),
-    ("kid an integer", hdr(kid=0), v.KEY_NOT_FOUND),
-    ("kid a list with the real kid", lambda f: f.token(f.header(kid=[f.kid])), v.KEY_NOT_FOUND),
-    ("kid null", hdr(kid=None), v.KEY_NOT_FOUND),
-    ("kid true", hdr(kid=True), v.KEY_NOT_FOUND),
-    ("kid path traversal", hdr(kid="../../../../dev/null"), v.KEY_NOT_FOUND),
-    ("kid SQL injection", hdr(kid="' OR 1=1 --"), v.KEY_NOT_FOUND),
-    ("kid command injection", hdr(kid="x|curl http://127.0.0.1:9/;"), v.KEY_NOT_FOUND),
+    ("kid missing", hdr(kid=DROP), KEY_NOT_FOUND),
+    ("kid empty", hdr(kid=""), KEY_NOT_FOUND),
+    ("kid unknown", hdr(kid="atky_unknown"), KEY_NOT_FOUND),
+    ("kid an integer", hdr(kid=0), KEY_NOT_FOUND),
+    ("kid a list with the real kid", lambda f: f.token(f.header(kid=[f.kid])), KEY_NOT_FOUND),
+    ("kid null", hdr(kid=None), KEY_NOT_FOUND),
+    ("kid true", hdr(kid=True), KEY_NOT_FOUND),
+    ("kid path traversal", hdr(kid="../../../../dev/null"), KEY_NOT_FOUND),
+    ("kid SQL injection", hdr(kid="' OR 1=1 --"), KEY_NOT_FOUND),
+    ("kid command injection", hdr(kid="x|curl http://127.0.0.1:9/;"), KEY_NOT_FOUND),
     (
         "kid a URL to the attacker",
         lambda f: f.token(f.header(kid=f.attacker.jwks_url)),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
-    ("kid 4000 characters", hdr(kid="k" * 4000), v.KEY_NOT_FOUND),
-    ("kid with a NUL byte", lambda f: f.token(f.header(kid=f.kid + "\x00")), v.KEY_NOT_FOUND),
-    ("kid a prefix of the real kid", lambda f: f.token(f.header(kid=f.kid[:-1])), v.KEY_NOT_FOUND),
+    ("kid 4000 characters", hdr(kid="k" * 4000), KEY_NOT_FOUND),
+    ("kid with a NUL byte", lambda f: f.token(f.header(kid=f.kid + "\x00")), KEY_NOT_FOUND),
+    ("kid a prefix of the real kid", lambda f: f.token(f.header(kid=f.kid[:-1])), KEY_NOT_FOUND),
 )
 
 KEY_HEADERS = rows(
@@ -557,32 +597,32 @@ KEY_HEADERS = rows(
     (
         "jku to the attacker's JWKS, attacker kid",
         by_attacker(lambda f: f.header(kid=f.attacker.key.kid, jku=f.attacker.jwks_url)),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "jku to the attacker's JWKS, real kid",
         by_attacker(lambda f: f.header(jku=f.attacker.jwks_url)),
-        v.SIGNATURE_INVALID,
+        SIGNATURE_INVALID,
     ),
     (
         "x5u to the attacker, attacker kid",
         by_attacker(lambda f: f.header(kid=f.attacker.key.kid, x5u=f.attacker.jwks_url)),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "x5u to the attacker, no kid",
         by_attacker(lambda f: f.header(kid=DROP, x5u=f.attacker.jwks_url)),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "x5c attacker certificate, real kid",
         by_attacker(lambda f: f.header(x5c=[attacker_cert(f)])),
-        v.SIGNATURE_INVALID,
+        SIGNATURE_INVALID,
     ),
     (
         "x5c attacker certificate, no kid",
         by_attacker(lambda f: f.header(kid=DROP, x5c=[attacker_cert(f)])),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "iss is the attacker's own issuer, attacker key and kid",
@@ -591,7 +631,7 @@ KEY_HEADERS = rows(
             f.claims(iss=f.attacker.url),
             key=f.attacker.key,
         ),
-        v.ISSUER_NOT_TRUSTED,
+        ISSUER_NOT_TRUSTED,
     ),
     (
         "control: jku to the attacker on a genuine token is ignored",
@@ -609,17 +649,17 @@ KEY_HEADERS = rows(
     (
         "jwk embedded attacker key, attacker kid",
         by_attacker(lambda f: f.header(kid=f.attacker.key.kid, jwk=f.attacker.key.public_jwk())),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "jwk embedded attacker key, real kid",
         by_attacker(lambda f: f.header(jwk={**f.attacker.key.public_jwk(), "kid": f.kid})),
-        v.SIGNATURE_INVALID,
+        SIGNATURE_INVALID,
     ),
     (
         "jwk embedded attacker key, no kid",
         by_attacker(lambda f: f.header(kid=DROP, jwk=f.attacker.key.public_jwk())),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
 )
 
@@ -627,40 +667,40 @@ EXTENSIONS = rows(
     "crit, b64, cty, enc, zip, typ",
     "RFC 7515 4.1.11, RFC 7797; RFC 8725 3.11; CVE-2025-59420 (authlib crit), "
     "CVE-2026-32597 (PyJWT crit)",
-    ("crit listing exp", hdr(crit=["exp"], exp=1), v.HEADER_NOT_ALLOWED),
-    ("crit empty list", hdr(crit=[]), v.HEADER_NOT_ALLOWED),
-    ("crit null", hdr(crit=None), v.HEADER_NOT_ALLOWED),
-    ("crit b64 with b64 false", hdr(crit=["b64"], b64=False), v.HEADER_NOT_ALLOWED),
-    ("b64 false", hdr(b64=False), v.HEADER_NOT_ALLOWED),
-    ("b64 true", hdr(b64=True), v.HEADER_NOT_ALLOWED),
-    ("cty JWT", hdr(cty="JWT"), v.HEADER_NOT_ALLOWED),
-    ("enc A256GCM on a three-part token", hdr(enc="A256GCM"), v.HEADER_NOT_ALLOWED),
-    ("zip DEF on a three-part token", hdr(zip="DEF"), v.HEADER_NOT_ALLOWED),
-    ("typ at+jwt", hdr(typ="at+jwt"), v.HEADER_NOT_ALLOWED),
-    ("typ a number", hdr(typ=1), v.HEADER_NOT_ALLOWED),
+    ("crit listing exp", hdr(crit=["exp"], exp=1), HEADER_NOT_ALLOWED),
+    ("crit empty list", hdr(crit=[]), HEADER_NOT_ALLOWED),
+    ("crit null", hdr(crit=None), HEADER_NOT_ALLOWED),
+    ("crit b64 with b64 false", hdr(crit=["b64"], b64=False), HEADER_NOT_ALLOWED),
+    ("b64 false", hdr(b64=False), HEADER_NOT_ALLOWED),
+    ("b64 true", hdr(b64=True), HEADER_NOT_ALLOWED),
+    ("cty JWT", hdr(cty="JWT"), HEADER_NOT_ALLOWED),
+    ("enc A256GCM on a three-part token", hdr(enc="A256GCM"), HEADER_NOT_ALLOWED),
+    ("zip DEF on a three-part token", hdr(zip="DEF"), HEADER_NOT_ALLOWED),
+    ("typ at+jwt", hdr(typ="at+jwt"), HEADER_NOT_ALLOWED),
+    ("typ a number", hdr(typ=1), HEADER_NOT_ALLOWED),
 )
 
 JWE_NESTED = [
     *rows(
         "JWE, nested and JSON-serialized tokens",
         "RFC 8725 2.3, 3.3; RFC 7516 7.1",
-        ("nested JWT with cty JWT", nested, v.TOKEN_UNPARSABLE),
-        ("nested JWT without cty", nested_without_cty, v.TOKEN_UNPARSABLE),
-        ("JWE shape, dir/A256GCM", jwe_shape({"alg": "dir", "enc": "A256GCM"}), v.TOKEN_UNPARSABLE),
-        ("JWS JSON serialization", json_serialization, v.TOKEN_UNPARSABLE),
+        ("nested JWT with cty JWT", nested, TOKEN_UNPARSABLE),
+        ("nested JWT without cty", nested_without_cty, TOKEN_UNPARSABLE),
+        ("JWE shape, dir/A256GCM", jwe_shape({"alg": "dir", "enc": "A256GCM"}), TOKEN_UNPARSABLE),
+        ("JWS JSON serialization", json_serialization, TOKEN_UNPARSABLE),
     ),
     Row(
         "JWE shape, RSA-OAEP with zip DEF (decompression bomb)",
         "JWE, nested and JSON-serialized tokens",
         jwe_shape({"alg": "RSA-OAEP", "enc": "A256GCM", "zip": "DEF"}),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
         "RFC 8725 3.6; CVE-2024-33664 (python-jose JWE bomb)",
     ),
     Row(
         "mixed JSON/compact forgery",
         "JWE, nested and JSON-serialized tokens",
         python_jwt_mixed,
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
         "RFC 7515 7; CVE-2022-39227 (python-jwt claim forgery)",
     ),
 ]
@@ -668,83 +708,87 @@ JWE_NESTED = [
 PART_COUNTS = rows(
     "wrong number of parts",
     "RFC 7515 7.1; RFC 7519 7.2",
-    ("one part", lambda f: f.token().split(".")[1], v.TOKEN_UNPARSABLE),
-    ("two parts", lambda f: f.token().rsplit(".", 1)[0], v.TOKEN_UNPARSABLE),
-    ("four parts", lambda f: f.token() + "." + f.token().split(".")[2], v.TOKEN_UNPARSABLE),
-    ("six parts", lambda f: f.token() + "...", v.TOKEN_UNPARSABLE),
-    ("trailing dot", lambda f: f.token() + ".", v.TOKEN_UNPARSABLE),
-    ("leading dot", lambda f: "." + f.token(), v.TOKEN_UNPARSABLE),
-    ("two tokens joined", lambda f: f.token() + "." + f.token(), v.TOKEN_UNPARSABLE),
-    ("just two dots", lambda f: "..", v.TOKEN_UNPARSABLE),
-    ("just four dots", lambda f: "....", v.TOKEN_UNPARSABLE),
+    ("one part", lambda f: f.token().split(".")[1], TOKEN_UNPARSABLE),
+    ("two parts", lambda f: f.token().rsplit(".", 1)[0], TOKEN_UNPARSABLE),
+    ("four parts", lambda f: f.token() + "." + f.token().split(".")[2], TOKEN_UNPARSABLE),
+    ("six parts", lambda f: f.token() + "...", TOKEN_UNPARSABLE),
+    ("trailing dot", lambda f: f.token() + ".", TOKEN_UNPARSABLE),
+    ("leading dot", lambda f: "." + f.token(), TOKEN_UNPARSABLE),
+    ("two tokens joined", lambda f: f.token() + "." + f.token(), TOKEN_UNPARSABLE),
+    ("just two dots", lambda f: "..", TOKEN_UNPARSABLE),
+    ("just four dots", lambda f: "....", TOKEN_UNPARSABLE),
     ("empty string", lambda f: "", MISSING_SUBJECT_TOKEN),
 )
 
 ENCODING = rows(
     "base64url and whitespace",
     "RFC 7515 2, 7.1; RFC 4648 5; RFC 8725 2.6",
-    ("padded header", padded(0), v.TOKEN_UNPARSABLE),
-    ("padded payload", padded(1), v.TOKEN_UNPARSABLE),
-    ("padded signature", padded(2), v.TOKEN_UNPARSABLE),
-    ("+/ alphabet in the signature", part(2, std_alphabet), v.TOKEN_UNPARSABLE),
-    ("non-canonical trailing bits", part(2, non_canonical), v.TOKEN_UNPARSABLE),
-    ("impossible length", part(2, lambda s: s + "AAA"), v.TOKEN_UNPARSABLE),
-    ("space inside the payload", part(1, lambda s: s[:10] + " " + s[10:]), v.TOKEN_UNPARSABLE),
-    ("newline inside the header", part(0, lambda s: s[:8] + "\n" + s[8:]), v.TOKEN_UNPARSABLE),
-    ("CRLF folded signature", part(2, lambda s: s[:76] + "\r\n" + s[76:]), v.TOKEN_UNPARSABLE),
-    ("tab inside the signature", part(2, lambda s: s[:20] + "\t" + s[20:]), v.TOKEN_UNPARSABLE),
-    ("leading space", lambda f: " " + f.token(), v.TOKEN_UNPARSABLE),
-    ("trailing newline", lambda f: f.token() + "\n", v.TOKEN_UNPARSABLE),
-    ("Bearer prefix", lambda f: "Bearer " + f.token(), v.TOKEN_UNPARSABLE),
-    ("percent-encoded dot", lambda f: f.token().replace(".", "%2E", 1), v.TOKEN_UNPARSABLE),
+    ("padded header", padded(0), TOKEN_UNPARSABLE),
+    ("padded payload", padded(1), TOKEN_UNPARSABLE),
+    ("padded signature", padded(2), TOKEN_UNPARSABLE),
+    ("+/ alphabet in the signature", part(2, std_alphabet), TOKEN_UNPARSABLE),
+    ("non-canonical trailing bits", part(2, non_canonical), TOKEN_UNPARSABLE),
+    ("impossible length", part(2, lambda s: s + "AAA"), TOKEN_UNPARSABLE),
+    ("space inside the payload", part(1, lambda s: s[:10] + " " + s[10:]), TOKEN_UNPARSABLE),
+    ("newline inside the header", part(0, lambda s: s[:8] + "\n" + s[8:]), TOKEN_UNPARSABLE),
+    ("CRLF folded signature", part(2, lambda s: s[:76] + "\r\n" + s[76:]), TOKEN_UNPARSABLE),
+    ("tab inside the signature", part(2, lambda s: s[:20] + "\t" + s[20:]), TOKEN_UNPARSABLE),
+    ("leading space", lambda f: " " + f.token(), TOKEN_UNPARSABLE),
+    ("trailing newline", lambda f: f.token() + "\n", TOKEN_UNPARSABLE),
+    ("Bearer prefix", lambda f: "Bearer " + f.token(), TOKEN_UNPARSABLE),
+    ("percent-encoded dot", lambda f: f.token().replace(".", "%2E", 1), TOKEN_UNPARSABLE),
 )
 
 SIGNATURE = rows(
     "signature",
     "RFC 8725 2.1, 3.1; RFC 7515 5.2",
-    ("another key under the right kid", other_key_same_kid, v.SIGNATURE_INVALID),
-    ("payload changed after signing", tampered_payload, v.SIGNATURE_INVALID),
-    ("header changed after signing", tampered_header, v.SIGNATURE_INVALID),
-    ("signature from another token", spliced_signature, v.SIGNATURE_INVALID),
-    ("one bit flipped", flipped_signature_bit, v.SIGNATURE_INVALID),
-    ("signature truncated", part(2, lambda s: s[:84]), v.SIGNATURE_INVALID),
-    ("signature empty", part(2, lambda s: ""), v.SIGNATURE_INVALID),
-    ("signature all zero bytes", part(2, lambda s: b64url(bytes(256))), v.SIGNATURE_INVALID),
+    ("another key under the right kid", other_key_same_kid, SIGNATURE_INVALID),
+    ("payload changed after signing", tampered_payload, SIGNATURE_INVALID),
+    ("header changed after signing", tampered_header, SIGNATURE_INVALID),
+    ("signature from another token", spliced_signature, SIGNATURE_INVALID),
+    ("one bit flipped", flipped_signature_bit, SIGNATURE_INVALID),
+    ("signature truncated", part(2, lambda s: s[:84]), SIGNATURE_INVALID),
+    ("signature empty", part(2, lambda s: ""), SIGNATURE_INVALID),
+    ("signature all zero bytes", part(2, lambda s: b64url(bytes(256))), SIGNATURE_INVALID),
 )
 
 TIME = rows(
     "time claims",
     "RFC 7519 4.1.4-4.1.6, 2 (NumericDate); RFC 8725 3.8",
-    ("exp an hour ago", at_time(exp=-3600, iat=-7200), v.TOKEN_EXPIRED),
-    ("exp just outside the leeway", at_time(exp=-(SKEW + MARGIN)), v.TOKEN_EXPIRED),
+    ("exp an hour ago", at_time(exp=-3600, iat=-7200), TOKEN_EXPIRED),
+    ("exp just outside the leeway", at_time(exp=-(SKEW + MARGIN)), TOKEN_EXPIRED),
     ("control: exp passed, inside the leeway", at_time(exp=-(SKEW - MARGIN)), OK),
     ("control: exp a float in the future", at_time(exp=3600.5), OK),
     ("control: exp a float inside the leeway", at_time(exp=-(SKEW - MARGIN) + 0.25), OK),
-    ("control: exp 10**20", at_time(exp=lambda now: 10**20), OK),
-    ("control: exp 1e300", at_time(exp=lambda now: 1e300), OK),
-    ("exp zero", at_time(exp=lambda now: 0), v.TOKEN_EXPIRED),
-    ("exp negative", at_time(exp=lambda now: -1), v.TOKEN_EXPIRED),
-    ("exp missing", claim(exp=DROP), v.CLAIM_INVALID),
-    ("exp the string 9999999999", claim(exp="9999999999"), v.CLAIM_INVALID),
-    ("exp true", claim(exp=True), v.CLAIM_INVALID),
-    ("exp false", claim(exp=False), v.CLAIM_INVALID),
-    ("exp null", claim(exp=None), v.CLAIM_INVALID),
-    ("exp a list", at_time(exp=lambda now: [now + 3600]), v.CLAIM_INVALID),
-    ("exp an object", claim(exp={"$date": 9999999999}), v.CLAIM_INVALID),
-    ("exp NaN", raw_claim("exp", b"NaN"), v.TOKEN_UNPARSABLE),
-    ("exp Infinity", raw_claim("exp", b"Infinity"), v.TOKEN_UNPARSABLE),
-    ("exp 1e400 overflows", raw_claim("exp", b"1e400"), v.TOKEN_UNPARSABLE),
+    ("exp 10**20", at_time(exp=lambda now: 10**20), TOKEN_LIFETIME_TOO_LONG),
+    ("exp 1e300", at_time(exp=lambda now: 1e300), TOKEN_LIFETIME_TOO_LONG),
+    ("exp a 401-digit integer", raw_claim("exp", b"1" + b"0" * 400), CLAIM_INVALID),
+    ("control: lifetime exactly 24 h", at_time(iat=0, exp=DAY), OK),
+    ("lifetime 24 h + 1 s", at_time(iat=0, exp=DAY + 1), TOKEN_LIFETIME_TOO_LONG),
+    ("lifetime 10 days", at_time(iat=0, exp=10 * DAY), TOKEN_LIFETIME_TOO_LONG),
+    ("exp zero", at_time(exp=lambda now: 0), TOKEN_EXPIRED),
+    ("exp negative", at_time(exp=lambda now: -1), TOKEN_EXPIRED),
+    ("exp missing", claim(exp=DROP), CLAIM_INVALID),
+    ("exp the string 9999999999", claim(exp="9999999999"), CLAIM_INVALID),
+    ("exp true", claim(exp=True), CLAIM_INVALID),
+    ("exp false", claim(exp=False), CLAIM_INVALID),
+    ("exp null", claim(exp=None), CLAIM_INVALID),
+    ("exp a list", at_time(exp=lambda now: [now + 3600]), CLAIM_INVALID),
+    ("exp an object", claim(exp={"$date": 9999999999}), CLAIM_INVALID),
+    ("exp NaN", raw_claim("exp", b"NaN"), TOKEN_UNPARSABLE),
+    ("exp Infinity", raw_claim("exp", b"Infinity"), TOKEN_UNPARSABLE),
+    ("exp 1e400 overflows", raw_claim("exp", b"1e400"), TOKEN_UNPARSABLE),
     ("control: nbf in the future, inside the leeway", at_time(nbf=SKEW - MARGIN), OK),
-    ("nbf beyond the leeway", at_time(nbf=SKEW + MARGIN), v.TOKEN_NOT_YET_VALID),
-    ("nbf a string", at_time(nbf=str), v.CLAIM_INVALID),
-    ("nbf true", claim(nbf=True), v.CLAIM_INVALID),
-    ("nbf null", claim(nbf=None), v.CLAIM_INVALID),
+    ("nbf beyond the leeway", at_time(nbf=SKEW + MARGIN), TOKEN_NOT_YET_VALID),
+    ("nbf a string", at_time(nbf=str), CLAIM_INVALID),
+    ("nbf true", claim(nbf=True), CLAIM_INVALID),
+    ("nbf null", claim(nbf=None), CLAIM_INVALID),
     ("control: iat in the future, inside the leeway", at_time(iat=SKEW - MARGIN), OK),
-    ("iat beyond the leeway", at_time(iat=SKEW + MARGIN), v.TOKEN_ISSUED_IN_FUTURE),
-    ("iat a year ahead", at_time(iat=365 * 86400, exp=366 * 86400), v.TOKEN_ISSUED_IN_FUTURE),
-    ("iat missing", claim(iat=DROP), v.CLAIM_INVALID),
-    ("iat a string", at_time(iat=str), v.CLAIM_INVALID),
-    ("iat false", claim(iat=False), v.CLAIM_INVALID),
+    ("iat beyond the leeway", at_time(iat=SKEW + MARGIN), TOKEN_ISSUED_IN_FUTURE),
+    ("iat a year ahead", at_time(iat=365 * 86400, exp=366 * 86400), TOKEN_ISSUED_IN_FUTURE),
+    ("iat missing", claim(iat=DROP), CLAIM_INVALID),
+    ("iat a string", at_time(iat=str), CLAIM_INVALID),
+    ("iat false", claim(iat=False), CLAIM_INVALID),
 )
 
 
@@ -756,30 +800,30 @@ AUDIENCES = [
     *rows(
         "aud look-alikes",
         "RFC 7519 4.1.3; RFC 8725 3.9",
-        ("aud with a trailing slash", claim(aud=AUDIENCE + "/"), v.AUDIENCE_NOT_ACCEPTED),
-        ("aud http instead of https", claim(aud=swap_scheme(AUDIENCE)), v.AUDIENCE_NOT_ACCEPTED),
-        ("aud a prefix of ours", claim(aud=AUDIENCE[:-1]), v.AUDIENCE_NOT_ACCEPTED),
-        ("aud ours plus a suffix", claim(aud=AUDIENCE + ".evil.example"), v.AUDIENCE_NOT_ACCEPTED),
-        ("aud upper case", claim(aud=AUDIENCE.upper()), v.AUDIENCE_NOT_ACCEPTED),
-        ("aud list without ours", claim(aud=["https://other.example"]), v.AUDIENCE_NOT_ACCEPTED),
+        ("aud with a trailing slash", claim(aud=AUDIENCE + "/"), AUDIENCE_NOT_ACCEPTED),
+        ("aud http instead of https", claim(aud=swap_scheme(AUDIENCE)), AUDIENCE_NOT_ACCEPTED),
+        ("aud a prefix of ours", claim(aud=AUDIENCE[:-1]), AUDIENCE_NOT_ACCEPTED),
+        ("aud ours plus a suffix", claim(aud=AUDIENCE + ".evil.example"), AUDIENCE_NOT_ACCEPTED),
+        ("aud upper case", claim(aud=AUDIENCE.upper()), AUDIENCE_NOT_ACCEPTED),
+        ("aud list without ours", claim(aud=["https://other.example"]), AUDIENCE_NOT_ACCEPTED),
         (
             "aud list of look-alikes",
             claim(aud=[AUDIENCE + "/", AUDIENCE.upper()]),
-            v.AUDIENCE_NOT_ACCEPTED,
+            AUDIENCE_NOT_ACCEPTED,
         ),
-        ("aud empty list", claim(aud=[]), v.CLAIM_INVALID),
-        ("aud a number", claim(aud=443), v.CLAIM_INVALID),
-        ("aud null", claim(aud=None), v.CLAIM_INVALID),
-        ("aud missing", claim(aud=DROP), v.CLAIM_INVALID),
-        ("aud list with ours and a number", claim(aud=[AUDIENCE, 1]), v.CLAIM_INVALID),
-        ("aud ours nested in a list", claim(aud=[[AUDIENCE]]), v.CLAIM_INVALID),
+        ("aud empty list", claim(aud=[]), CLAIM_INVALID),
+        ("aud a number", claim(aud=443), CLAIM_INVALID),
+        ("aud null", claim(aud=None), CLAIM_INVALID),
+        ("aud missing", claim(aud=DROP), CLAIM_INVALID),
+        ("aud list with ours and a number", claim(aud=[AUDIENCE, 1]), CLAIM_INVALID),
+        ("aud ours nested in a list", claim(aud=[[AUDIENCE]]), CLAIM_INVALID),
         ("control: aud list containing ours", claim(aud=["https://other.example", AUDIENCE]), OK),
     ),
     Row(
         "aud the issuer's own URL",
         "aud look-alikes",
         lambda f: f.token(claims=f.claims(aud=f.issuer.url)),
-        v.AUDIENCE_NOT_ACCEPTED,
+        AUDIENCE_NOT_ACCEPTED,
         "RFC 8725 3.9; CVE-2025-27370, CVE-2025-27371 (audience injection)",
     ),
 ]
@@ -792,19 +836,19 @@ def iss(change: Callable[[str], Any]) -> Build:
 ISSUERS = rows(
     "iss look-alikes",
     "RFC 7519 4.1.1; RFC 8725 3.8; CVE-2024-53861 (PyJWT partial iss match)",
-    ("iss with a trailing slash", iss(lambda u: u + "/"), v.ISSUER_NOT_TRUSTED),
-    ("iss https instead of http", iss(swap_scheme), v.ISSUER_NOT_TRUSTED),
-    ("iss a prefix of ours", iss(lambda u: u[:-1]), v.ISSUER_NOT_TRUSTED),
-    ("iss ours plus a suffix", iss(lambda u: u + "x"), v.ISSUER_NOT_TRUSTED),
-    ("iss the host only", iss(lambda u: u.split("/v1/")[0]), v.ISSUER_NOT_TRUSTED),
-    ("iss upper case", iss(str.upper), v.ISSUER_NOT_TRUSTED),
-    ("iss as a list", iss(lambda u: [u]), v.ISSUER_NOT_TRUSTED),
-    ("iss null", iss(lambda u: None), v.ISSUER_NOT_TRUSTED),
-    ("iss missing", claim(iss=DROP), v.ISSUER_NOT_TRUSTED),
+    ("iss with a trailing slash", iss(lambda u: u + "/"), ISSUER_NOT_TRUSTED),
+    ("iss https instead of http", iss(swap_scheme), ISSUER_NOT_TRUSTED),
+    ("iss a prefix of ours", iss(lambda u: u[:-1]), ISSUER_NOT_TRUSTED),
+    ("iss ours plus a suffix", iss(lambda u: u + "x"), ISSUER_NOT_TRUSTED),
+    ("iss the host only", iss(lambda u: u.split("/v1/")[0]), ISSUER_NOT_TRUSTED),
+    ("iss upper case", iss(str.upper), ISSUER_NOT_TRUSTED),
+    ("iss as a list", iss(lambda u: [u]), ISSUER_NOT_TRUSTED),
+    ("iss null", iss(lambda u: None), ISSUER_NOT_TRUSTED),
+    ("iss missing", claim(iss=DROP), ISSUER_NOT_TRUSTED),
     (
         "iss the real Zuplo issuer (not configured)",
         claim(iss="https://dev.zuplo.com/v1/client-auth/auth_o8PUdhKxSTOiB794GWPwLQCD"),
-        v.ISSUER_NOT_TRUSTED,
+        ISSUER_NOT_TRUSTED,
     ),
 )
 
@@ -813,10 +857,10 @@ IDENTITY = [
         f"{name} {label}",
         "identity claims missing, empty or mistyped",
         claim(**{name: value}),
-        v.CLAIM_INVALID,
+        CLAIM_INVALID,
         "CONTRACT 3; RFC 8693 2.2.2",
     )
-    for name in v.IDENTITY_CLAIMS
+    for name in IDENTITY_CLAIMS
     for label, value in [
         ("missing", DROP),
         ("empty", ""),
@@ -831,12 +875,12 @@ IDENTITY = [
 ENVIRONMENT = rows(
     "environment_type outside the enum",
     "CONTRACT 3",
-    ("environment_type Production", claim(environment_type="Production"), v.CLAIM_INVALID),
-    ("environment_type PRODUCTION", claim(environment_type="PRODUCTION"), v.CLAIM_INVALID),
-    ("environment_type prod", claim(environment_type="prod"), v.CLAIM_INVALID),
-    ("environment_type staging", claim(environment_type="staging"), v.CLAIM_INVALID),
-    ("environment_type with a space", claim(environment_type="production "), v.CLAIM_INVALID),
-    ("environment_type *", claim(environment_type="*"), v.CLAIM_INVALID),
+    ("environment_type Production", claim(environment_type="Production"), CLAIM_INVALID),
+    ("environment_type PRODUCTION", claim(environment_type="PRODUCTION"), CLAIM_INVALID),
+    ("environment_type prod", claim(environment_type="prod"), CLAIM_INVALID),
+    ("environment_type staging", claim(environment_type="staging"), CLAIM_INVALID),
+    ("environment_type with a space", claim(environment_type="production "), CLAIM_INVALID),
+    ("environment_type *", claim(environment_type="*"), CLAIM_INVALID),
     ("control: environment_type preview", claim(environment_type="preview"), OK),
 )
 
@@ -856,63 +900,63 @@ DUPLICATES = rows(
     (
         "header alg RS256 then none",
         raw_header(b'{"alg":"RS256","kid":"KID","alg":"none"}'),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
     (
         "header alg none then RS256",
         raw_header(b'{"alg":"none","kid":"KID","alg":"RS256"}'),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
     (
         "header kid twice",
         raw_header(b'{"alg":"RS256","kid":"other","kid":"KID"}'),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
-    ("payload account twice", dup_claim("account", "victim-account"), v.TOKEN_UNPARSABLE),
-    ("payload account twice, same value", dup_claim("account", "my-account"), v.TOKEN_UNPARSABLE),
-    ("payload iss twice", dup_claim("iss", "https://evil.example"), v.TOKEN_UNPARSABLE),
-    ("payload aud twice", dup_claim("aud", AUDIENCE), v.TOKEN_UNPARSABLE),
+    ("payload account twice", dup_claim("account", "victim-account"), TOKEN_UNPARSABLE),
+    ("payload account twice, same value", dup_claim("account", "my-account"), TOKEN_UNPARSABLE),
+    ("payload iss twice", dup_claim("iss", "https://evil.example"), TOKEN_UNPARSABLE),
+    ("payload aud twice", dup_claim("aud", AUDIENCE), TOKEN_UNPARSABLE),
 )
 
 OVERSIZED = rows(
     "oversized tokens",
     "CONTRACT 3 (16 KiB cap, checked before parsing)",
-    ("just over 16 KiB, validly signed", sized(v.MAX_TOKEN_BYTES + 64), v.TOKEN_TOO_LARGE),
-    ("60 KiB, validly signed", sized(60 * 1024), v.TOKEN_TOO_LARGE),
-    ("60 KiB of dots", lambda f: "." * (60 * 1024), v.TOKEN_TOO_LARGE),
-    ("9000 non-ASCII characters (18 KB)", lambda f: "é" * 9000, v.TOKEN_TOO_LARGE),
+    ("just over 16 KiB, validly signed", sized(MAX_TOKEN_BYTES + 64), TOKEN_TOO_LARGE),
+    ("60 KiB, validly signed", sized(60 * 1024), TOKEN_TOO_LARGE),
+    ("60 KiB of dots", lambda f: "." * (60 * 1024), TOKEN_TOO_LARGE),
+    ("9000 non-ASCII characters (18 KB)", lambda f: "é" * 9000, TOKEN_TOO_LARGE),
     ("control: 15 KiB, validly signed", sized(15 * 1024), OK),
 )
 
 UNICODE = rows(
     "unicode tricks",
     "RFC 8725 2.6, 3.7 (UTF-8 only); RFC 7515 2",
-    ("fullwidth alg RS256", hdr(alg="\uff32\uff33256"), v.ALGORITHM_NOT_ALLOWED),
-    ("Cyrillic DZE for S in alg", hdr(alg="R\u0405256"), v.ALGORITHM_NOT_ALLOWED),
-    ("zero-width space in kid", lambda f: f.token(f.header(kid=f.kid + "\u200b")), v.KEY_NOT_FOUND),
+    ("fullwidth alg RS256", hdr(alg="\uff32\uff33256"), ALGORITHM_NOT_ALLOWED),
+    ("Cyrillic DZE for S in alg", hdr(alg="R\u0405256"), ALGORITHM_NOT_ALLOWED),
+    ("zero-width space in kid", lambda f: f.token(f.header(kid=f.kid + "\u200b")), KEY_NOT_FOUND),
     (
         "homoglyph issuer (Cyrillic a)",
         iss(lambda u: u.replace("auth", "\u0430uth")),
-        v.ISSUER_NOT_TRUSTED,
+        ISSUER_NOT_TRUSTED,
     ),
-    ("non-ASCII inside the token", part(1, lambda s: s[:5] + "é" + s[5:]), v.TOKEN_UNPARSABLE),
+    ("non-ASCII inside the token", part(1, lambda s: s[:5] + "é" + s[5:]), TOKEN_UNPARSABLE),
     (
         "fullwidth dot as separator",
         lambda f: f.token().replace(".", "\uff0e", 1),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
-    ("BOM before the header JSON", unicode_header("utf-8-sig"), v.TOKEN_UNPARSABLE),
-    ("header JSON in UTF-16", unicode_header("utf-16"), v.TOKEN_UNPARSABLE),
-    ("header JSON in UTF-16LE", unicode_header("utf-16-le"), v.TOKEN_UNPARSABLE),
+    ("BOM before the header JSON", unicode_header("utf-8-sig"), TOKEN_UNPARSABLE),
+    ("header JSON in UTF-16", unicode_header("utf-16"), TOKEN_UNPARSABLE),
+    ("header JSON in UTF-16LE", unicode_header("utf-16-le"), TOKEN_UNPARSABLE),
     (
         "payload not UTF-8 (Latin-1)",
         lambda f: f.token(claims=b'{"sub":"\xe9"}'),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
     (
         "lone surrogate escape in kid",
         raw_header(b'{"alg":"RS256","kid":"KID\\ud800"}'),
-        v.KEY_NOT_FOUND,
+        KEY_NOT_FOUND,
     ),
     (
         "control: alg written with a JSON escape",
@@ -927,26 +971,88 @@ JSON_SHAPE = rows(
     (
         "header with trailing garbage",
         raw_header(b'{"alg":"RS256","kid":"KID"}x'),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
-    ("header two objects", raw_header(b'{"alg":"RS256","kid":"KID"}{}'), v.TOKEN_UNPARSABLE),
-    ("header a JSON array", raw_header(b'["RS256","KID"]'), v.TOKEN_UNPARSABLE),
-    ("header a JSON string", raw_header(b'"RS256"'), v.TOKEN_UNPARSABLE),
-    ("header a JSON number", raw_header(b"256"), v.TOKEN_UNPARSABLE),
-    ("header null", raw_header(b"null"), v.TOKEN_UNPARSABLE),
-    ("header empty", raw_header(b""), v.TOKEN_UNPARSABLE),
-    ("header single-quoted", raw_header(b"{'alg':'RS256','kid':'KID'}"), v.TOKEN_UNPARSABLE),
-    ("header with a comment", raw_header(b'{"alg":"RS256",/*x*/"kid":"KID"}'), v.TOKEN_UNPARSABLE),
+    ("header two objects", raw_header(b'{"alg":"RS256","kid":"KID"}{}'), TOKEN_UNPARSABLE),
+    ("header a JSON array", raw_header(b'["RS256","KID"]'), TOKEN_UNPARSABLE),
+    ("header a JSON string", raw_header(b'"RS256"'), TOKEN_UNPARSABLE),
+    ("header a JSON number", raw_header(b"256"), TOKEN_UNPARSABLE),
+    ("header null", raw_header(b"null"), TOKEN_UNPARSABLE),
+    ("header empty", raw_header(b""), TOKEN_UNPARSABLE),
+    ("header single-quoted", raw_header(b"{'alg':'RS256','kid':'KID'}"), TOKEN_UNPARSABLE),
+    ("header with a comment", raw_header(b'{"alg":"RS256",/*x*/"kid":"KID"}'), TOKEN_UNPARSABLE),
     (
         "payload with trailing garbage",
         lambda f: f.token(claims=enc(f.claims()) + b"garbage"),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
     ),
-    ("payload a JSON array", lambda f: f.token(claims=enc([f.claims()])), v.TOKEN_UNPARSABLE),
+    ("payload a JSON array", lambda f: f.token(claims=enc([f.claims()])), TOKEN_UNPARSABLE),
     (
         "payload nested 5000 deep",
         lambda f: f.token(claims=b'{"a":' + b"[" * 5000 + b"]" * 5000 + b"}"),
-        v.TOKEN_UNPARSABLE,
+        TOKEN_UNPARSABLE,
+    ),
+)
+
+
+def as_second(
+    header: Callable[[Forge], dict[str, Any]], key: Callable[[Forge], SigningKey]
+) -> Build:
+    """The second issuer's claims (``iss`` included) under ``header``, signed by ``key``."""
+    return lambda f: f.token(header(f), f.second.claims(AUDIENCE), key=key(f))
+
+
+def as_first(
+    header: Callable[[Forge], dict[str, Any]], key: Callable[[Forge], SigningKey]
+) -> Build:
+    return lambda f: f.token(header(f), key=key(f))
+
+
+def first_key(f: Forge) -> SigningKey:
+    return f.issuer.key
+
+
+def second_own_key(f: Forge) -> SigningKey:
+    return f.second.keys[0]
+
+
+def second_twin_key(f: Forge) -> SigningKey:
+    """The second issuer's key published under the first issuer's kid."""
+    return f.second.keys[1]
+
+
+def shared_kid(f: Forge) -> dict[str, Any]:
+    return f.header()
+
+
+def second_kid(f: Forge) -> dict[str, Any]:
+    return f.header(kid=f.second.keys[0].kid)
+
+
+TWO_ISSUERS = rows(
+    "two trusted issuers",
+    "RFC 8725 3.8 (a key vouches only for its own issuer); RFC 7517 4.5 (kid unique per set)",
+    (
+        "second's iss, first's key under the kid both publish",
+        as_second(shared_kid, first_key),
+        SIGNATURE_INVALID,
+    ),
+    (
+        "first's iss, second's key under the kid both publish",
+        as_first(shared_kid, second_twin_key),
+        SIGNATURE_INVALID,
+    ),
+    (
+        "second's iss, first's key under second's own kid",
+        as_second(second_kid, first_key),
+        SIGNATURE_INVALID,
+    ),
+    ("first's iss, second's own key and kid", as_first(second_kid, second_own_key), KEY_NOT_FOUND),
+    ("control: second's iss, own key and kid", as_second(second_kid, second_own_key), OK),
+    (
+        "control: second's iss, its key under the shared kid",
+        as_second(shared_kid, second_twin_key),
+        OK,
     ),
 )
 
@@ -970,6 +1076,7 @@ CORPUS: list[Row] = [
     *OVERSIZED,
     *UNICODE,
     *JSON_SHAPE,
+    *TWO_ISSUERS,
 ]
 
 
@@ -983,8 +1090,10 @@ def _echoes(body: str, token: str) -> list[str]:
 
 
 @pytest.mark.parametrize("row", [pytest.param(r, id=r.id) for r in CORPUS])
-def test_hostile_token(row: Row, hostile_stack: Stack, attacker: DevIssuer) -> None:
-    token = row.build(Forge(hostile_stack.issuer, attacker))
+def test_hostile_token(
+    row: Row, hostile_stack: Stack, attacker: DevIssuer, second: DevIssuer
+) -> None:
+    token = row.build(Forge(hostile_stack.issuer, attacker, second))
     aws_before, gcp_before = len(hostile_stack.aws.requests), len(hostile_stack.gcp.requests)
 
     response = hostile_stack.post(token)
@@ -1030,3 +1139,111 @@ def test_attacker_server_is_live(attacker: DevIssuer) -> None:
     assert requests.get(attacker.jwks_url, timeout=5).json()["keys"][0]["kid"] == attacker.key.kid
     assert attacker.fetches == before + 1
     attacker.fetches = before
+
+
+# --- credentials are never shared across issuers or audiences ----------------------------------
+
+
+def test_same_claims_under_two_issuers_get_separate_credentials(
+    hostile_stack: Stack, second: DevIssuer
+) -> None:
+    """The same account (and sub, project, deployment) under another trusted issuer is another
+    caller: its exchange makes its own upstream call and never receives the first's credentials."""
+    identity = {"deployment": "same-claims-two-issuers", "sub": "atcl_same_subject"}
+    first = hostile_stack.issuer.mint(audience=AUDIENCE, **identity)
+    other = second.mint(audience=AUDIENCE, **identity)
+    before = len(hostile_stack.aws.requests)
+
+    answers = [hostile_stack.post(token) for token in (first, other, first, other)]
+
+    for answer in answers:
+        assert answer.status_code == 200, answer.text
+    keys = [a.json()["aws_credentials"]["AccessKeyId"] for a in answers]
+    assert keys[0] != keys[1]
+    assert keys[2:] == keys[:2]  # each issuer's caller reuses its own credentials
+    calls = hostile_stack.aws.requests[before:]
+    assert [c.web_identity_token for c in calls] == [first, other]
+
+
+AUD_A = "https://a.sts.example.test"
+AUD_B = "https://b.sts.example.test"
+AUD_ROLE = "arn:aws:iam::123456789012:role/audience-a-only"
+AUD_MAPPINGS = f"""
+mappings:
+  - name: audience-a-only
+    account: aud-account
+    project: aud-project
+    aws:
+      role_arn: {AUD_ROLE}
+"""
+
+
+def test_token_for_another_audience_is_never_answered_from_the_cache(
+    issuer: DevIssuer,
+    aws: AwsEmulator,
+    gcp: GcpEmulator,
+    tmp_path: Path,
+) -> None:
+    """The service accepts audiences a and b; the role's provider accepts only a. Credentials
+    obtained with an a-token must not be handed to the same caller's b-token."""
+    url = f"sqlite:///{tmp_path / 'audiences.db'}"
+    identity = {"account": "aud-account", "project": "aud-project", "deployment": "aud-main"}
+    aws.require_audience(AUD_ROLE, [AUD_A])
+    try:
+        with running_stack(
+            issuer, aws, gcp, url, document=AUD_MAPPINGS, audiences=(AUD_A, AUD_B)
+        ) as stack:
+            granted = stack.post(issuer.mint(audience=AUD_A, **identity))
+            assert granted.status_code == 200, granted.text
+            assert len(stack.aws_requests()) == 1
+
+            b_token = issuer.mint(audience=AUD_B, **identity)
+            refused = stack.post(b_token)
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"] == "invalid_target"
+            assert refused.json()["error_description"].startswith("aws: InvalidIdentityToken")
+            calls = stack.aws_requests()
+            assert [c.web_identity_token for c in calls[1:]] == [b_token]
+
+            # A list of audiences is a set: [a, b] and [b, a] share credentials, and those are
+            # not the a-only ones either.
+            both = stack.post(issuer.mint(audience=[AUD_A, AUD_B], **identity))
+            assert both.status_code == 200, both.text
+            reversed_ = stack.post(issuer.mint(audience=[AUD_B, AUD_A], **identity))
+            assert reversed_.status_code == 200, reversed_.text
+            assert len(stack.aws_requests()) == 3
+            assert both.json()["aws_credentials"] == reversed_.json()["aws_credentials"]
+            assert both.json()["aws_credentials"] != granted.json()["aws_credentials"]
+    finally:
+        aws.require_audience(AUD_ROLE, None)
+
+
+def test_emulator_refuses_a_token_for_another_audience(aws: AwsEmulator, issuer: DevIssuer) -> None:
+    """The audience rule the test above relies on really refuses, and only for its role."""
+    client = boto3.client(
+        "sts",
+        endpoint_url=aws.endpoint_url,
+        region_name="us-east-1",
+        config=Config(signature_version=UNSIGNED),
+    )
+
+    def assume(role: str, audience: str | list[str]) -> str:
+        try:
+            client.assume_role_with_web_identity(
+                RoleArn=role,
+                RoleSessionName="aud-check",
+                WebIdentityToken=issuer.mint(audience=audience),
+            )
+        except ClientError as exc:
+            return str(exc.response["Error"]["Code"])
+        return "ok"
+
+    aws.require_audience(AUD_ROLE, [AUD_A])
+    try:
+        assert assume(AUD_ROLE, AUD_A) == "ok"
+        assert assume(AUD_ROLE, [AUD_B, AUD_A]) == "ok"
+        assert assume(AUD_ROLE, AUD_B) == "InvalidIdentityToken"
+        assert assume("arn:aws:iam::123456789012:role/other", AUD_B) == "ok"
+    finally:
+        aws.require_audience(AUD_ROLE, None)
+    assert assume(AUD_ROLE, AUD_B) == "ok"

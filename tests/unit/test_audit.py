@@ -37,7 +37,7 @@ PRINCIPAL = Principal(
     project="my-project",
     deployment="copper-main",
     environment_type="production",
-    expires_at=2_000_000_000,
+    audiences=frozenset({"https://sts.example.test"}),
 )
 AWS_MAPPING = MappingSpec(
     name="orders-prod", account="my-account", project="my-project", aws=AwsTarget(ROLE)

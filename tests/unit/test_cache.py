@@ -14,7 +14,9 @@ from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
 from sts.providers.base import Credentials
 
-PRINCIPAL = Principal("https://iss", "sub", "acct", "proj", "dep", "production", 2_000_000_000)
+PRINCIPAL = Principal(
+    "https://iss", "sub", "acct", "proj", "dep", "production", frozenset({"aud-a", "aud-b"})
+)
 AWS = MappingSpec("m", "acct", "proj", aws=AwsTarget("arn:aws:iam::123456789012:role/r"))
 
 
@@ -86,8 +88,12 @@ def test_keys_separate_what_the_contract_separates() -> None:
         others.append(cache_key(gcp, replace(PRINCIPAL, **{field: "other"}), ("a", "b")))
     assert base not in others
     assert len(set(others)) == len(others)
-    # The token's own expiry is not part of the key: a new token for the same caller reuses.
-    assert cache_key(gcp, replace(PRINCIPAL, expires_at=1), ("a", "b")) == base
+    # The token's audiences are compared as a set; another audience is another key.
+    assert (
+        cache_key(gcp, replace(PRINCIPAL, audiences=frozenset(["aud-b", "aud-a"])), ("a", "b"))
+        == base
+    )
+    assert cache_key(gcp, replace(PRINCIPAL, audiences=frozenset({"aud-a"})), ("a", "b")) != base
 
 
 def test_single_flight_and_errors_are_not_cached() -> None:

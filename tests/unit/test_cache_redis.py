@@ -19,7 +19,9 @@ from sts.metrics import REDIS_FALLBACKS
 from sts.providers.base import Credentials
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-PRINCIPAL = Principal("https://iss", "sub", "acct", "proj", "dep", "production", 2_000_000_000)
+PRINCIPAL = Principal(
+    "https://iss", "sub", "acct", "proj", "dep", "production", frozenset({"aud-a"})
+)
 AWS = MappingSpec("m", "acct", "proj", aws=AwsTarget("arn:aws:iam::123456789012:role/r"))
 KEY = cache_key(AWS, PRINCIPAL, ())
 SECRET = "wJalrXUtnFEMI-K7MDENG-bPxRfiCYEXAMPLEKEY-" + secrets.token_hex(8)

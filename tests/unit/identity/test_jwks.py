@@ -16,10 +16,14 @@ from sts.config import ConfigError, Settings
 from sts.dev.issuer import DevIssuer, SigningKey
 from sts.errors import InvalidRequest, TemporarilyUnavailable
 from sts.identity import jwks as j
-from sts.identity import verifier as v
 from sts.identity.jwks import JWKSCache, JWKSError, JWKSRegistry, parse_jwks
 from sts.identity.verifier import TokenVerifier
 from tests.unit.identity.conftest import FakeClock, settings_for
+
+# Expected answers, spelled out as the contract words them (never imported).
+KEY_NOT_FOUND = "signing key not found"
+SIGNATURE_INVALID = "signature invalid"
+KEYS_UNAVAILABLE = "signing keys unavailable"
 
 
 def cache_for(dev: DevIssuer, clock: FakeClock, **options: Any) -> JWKSCache:
@@ -72,22 +76,54 @@ def test_unknown_kid_refetches_at_most_once_per_cooldown(dev: DevIssuer, clock: 
     assert dev.fetches == 3
 
 
-def test_concurrent_misses_make_one_fetch(dev: DevIssuer, clock: FakeClock) -> None:
+def test_misses_during_a_fetch_are_answered_at_once_and_known_kids_never_wait(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
     cache = cache_for(dev, clock)
     assert cache.refresh()
+    known = dev.key.kid
     new = dev.rotate()
-    dev.jwks_delay = 0.3
+    dev.jwks_delay = 1.5
+    fetched: list[object] = []
+    fetcher = threading.Thread(target=lambda: fetched.append(cache.get_key(new.kid)))
+    fetcher.start()
+    wait_for(lambda: dev.fetches == 2)  # the one fetch is in flight, held by the issuer
+
     results: list[object] = []
-    threads = [
+    others = [
         threading.Thread(target=lambda: results.append(cache.get_key(new.kid))) for _ in range(8)
     ]
-    for t in threads:
+    started = time.monotonic()
+    for t in others:
         t.start()
-    for t in threads:
+    for t in others:
         t.join()
+    assert cache.get_key(known) is not None
+    # Nobody but the fetcher waited: every other miss was answered from the current set.
+    assert time.monotonic() - started < 0.5
+    assert results == [None] * 8
+    assert fetcher.is_alive()
+
+    fetcher.join()
+    assert fetched != [None]  # the thread that fetched got the new key
     assert dev.fetches == 2
-    assert len(results) == 8
-    assert all(r is not None for r in results)
+    assert cache.get_key(new.kid) is not None
+
+
+def test_a_miss_during_the_background_refresh_does_not_wait_for_it(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    cache = cache_for(dev, clock)
+    assert cache.refresh()
+    dev.jwks_delay = 1.5
+    refresher = threading.Thread(target=cache.refresh)
+    refresher.start()
+    wait_for(lambda: dev.fetches == 2)
+    started = time.monotonic()
+    assert cache.get_key("atky_invented") is None
+    assert time.monotonic() - started < 0.5
+    refresher.join()
+    assert dev.fetches == 2
 
 
 def test_rotation_new_kid_accepted_after_refetch(dev: DevIssuer, clock: FakeClock) -> None:
@@ -110,7 +146,7 @@ def test_rotation_new_kid_waits_for_the_cooldown(dev: DevIssuer, clock: FakeCloc
     rotated = dev.mint()
     with pytest.raises(InvalidRequest) as info:
         verifier.verify(rotated)
-    assert info.value.description == v.KEY_NOT_FOUND
+    assert info.value.description == KEY_NOT_FOUND
 
     clock.advance(j.REFETCH_COOLDOWN)
     verifier.verify(rotated)
@@ -129,8 +165,30 @@ def test_removed_key_stops_verifying_even_cached_tokens(dev: DevIssuer, clock: F
     assert cache.refresh()
     with pytest.raises(InvalidRequest) as info:
         verifier.verify(old_token)
-    assert info.value.description == v.KEY_NOT_FOUND
+    assert info.value.description == KEY_NOT_FOUND
     verifier.verify(dev.mint())
+
+
+def test_key_replaced_under_the_same_kid_stops_verifying_cached_tokens(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    verifier, registry = verifier_for(dev, clock)
+    old_token = dev.mint()
+    verifier.verify(old_token)
+    cache = registry.get(dev.url)
+    assert cache is not None
+    assert cache.refresh()  # the same key material again: the cached verification still holds
+    verifier.verify(old_token)
+    assert verifier.signature_checks == 1
+
+    kid = dev.key.kid
+    dev.keys = [SigningKey(kid, SigningKey.generate().private_key)]
+    assert cache.refresh()
+    assert cache.kids() == {kid}
+    with pytest.raises(InvalidRequest) as info:
+        verifier.verify(old_token)
+    assert info.value.description == SIGNATURE_INVALID
+    verifier.verify(dev.mint())  # tokens of the new key under the same kid verify
 
 
 # --- failures: stale keys keep serving; nothing loaded is 503 ---------------------------------
@@ -170,7 +228,7 @@ def test_outage_with_nothing_cached_is_temporarily_unavailable(
     for _ in range(2):  # the second attempt is inside the cooldown: no fetch, same answer
         with pytest.raises(TemporarilyUnavailable) as info:
             verifier.verify(token)
-        assert info.value.description == v.KEYS_UNAVAILABLE
+        assert info.value.description == KEYS_UNAVAILABLE
         assert info.value.retry_after == 5
         assert info.value.status == 503
     assert dev.fetches == 1
@@ -203,11 +261,11 @@ def test_slow_jwks_times_out(dev: DevIssuer, clock: FakeClock) -> None:
 def test_oversized_jwks_refused(dev: DevIssuer, clock: FakeClock) -> None:
     padding = [{"kty": "oct", "kid": f"pad{n}", "k": "A" * 100} for n in range(700)]
     body = json.dumps({"keys": [dev.key.public_jwk(), *padding]}).encode()
-    assert len(body) > j.MAX_JWKS_BYTES
+    assert len(body) > 64 * 1024
     dev.jwks_body = body
     cache = cache_for(dev, clock)
     assert not cache.refresh()
-    assert cache.last_error == f"response larger than {j.MAX_JWKS_BYTES} bytes"
+    assert cache.last_error == "response larger than 65536 bytes"
     assert not cache.loaded
 
     dev.jwks_body = json.dumps({"keys": [dev.key.public_jwk(), *padding[:100]]}).encode()

@@ -87,7 +87,7 @@ def caller(
         project=project,
         deployment=deployment,
         environment_type=environment_type,
-        expires_at=2_000_000_000,
+        audiences=frozenset({"https://sts.example.test"}),
     )
 
 

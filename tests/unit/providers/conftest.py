@@ -67,7 +67,7 @@ def principal(issuer: DevIssuer) -> Principal:
         project=claims["project"],
         deployment=claims["deployment"],
         environment_type=claims["environment_type"],
-        expires_at=claims["exp"],
+        audiences=frozenset({claims["aud"]}),
     )
 
 

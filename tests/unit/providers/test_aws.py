@@ -120,7 +120,7 @@ def test_session_name_on_the_wire(
         principal.project,
         deployment,
         principal.environment_type,
-        principal.expires_at,
+        principal.audiences,
     )
     provider(aws_emulator.endpoint_url).issue(p, mapping(), subject_token, ())
     assert aws_emulator.requests[-1].role_session_name == sent
