@@ -184,15 +184,22 @@ class AuditRecorder:
         *,
         prune_batch: int = PRUNE_BATCH,
         write_timeout: float = AUDIT_WRITE_TIMEOUT_SECONDS,
+        max_pending: int = AUDIT_MAX_PENDING,
     ) -> None:
         self.database = database
         self.prune_batch = prune_batch
         self.write_timeout = write_timeout
+        self.max_pending = max_pending
         self._queue: deque[_Write] = deque()
         self._wake = threading.Condition(threading.Lock())
         self._writer_pid = 0
 
     # -- writing (the exchange path) -------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the writer thread (the one it is running excluded)."""
+        return len(self._queue)
 
     def record_issued(
         self,
@@ -242,7 +249,7 @@ class AuditRecorder:
         """Hand the INSERT to the writer and wait for it at most ``write_timeout`` seconds."""
         write = _Write(record)
         with self._wake:
-            if len(self._queue) >= AUDIT_MAX_PENDING:
+            if len(self._queue) >= self.max_pending:
                 overloaded = True
             else:
                 overloaded = False
@@ -250,7 +257,7 @@ class AuditRecorder:
                 self._ensure_writer()
                 self._wake.notify()
         if overloaded:
-            self._lost(record, TimeoutError(f"{AUDIT_MAX_PENDING} audit writes already waiting"))
+            self._lost(record, TimeoutError(f"{self.max_pending} audit writes already waiting"))
             return
         write.done.wait(self.write_timeout)
         with write.lock:
