@@ -89,10 +89,14 @@ class LiveMappings:
         """Start the refresh thread (idempotent; call it in the worker process)."""
         with self._start_lock:
             if self._pid != os.getpid():
-                # Forked: the parent's thread does not exist here, nor must its stop event.
+                # Forked: the parent's thread does not exist here, nor must its stop event, and
+                # the parent's pooled connections must not be shared by two processes: forget
+                # them without closing them (SQLAlchemy docs, "Using Connection Pools with
+                # Multiprocessing or os.fork()").
                 self._thread = None
                 self._stop = threading.Event()
                 self._pid = os.getpid()
+                self._database.engine.dispose(close=False)
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
