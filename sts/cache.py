@@ -20,13 +20,16 @@ How long anything waits (one budget, every part bounded):
   Redis for that process's answer this long, then asks upstream itself. Each Redis call is also
   bounded by :class:`RedisTier`'s socket time-out (0.25 s).
 - The upstream call is bounded by its provider (AWS: 3 attempts of at most 2 s connect + 5 s
-  read, with backoff, about 23 s; GCP: two calls of at most 7 s each).
+  read, with botocore's standard backoff of at most 1 s then 2 s, so 24 s; GCP: two calls of at
+  most 7 s each).
 - The audit INSERT is bounded by :data:`sts.audit.AUDIT_WRITE_TIMEOUT_SECONDS` (2 s).
-- :data:`WAITER_TIMEOUT_SECONDS` (30 s, the sum of the three above): a request waiting for
-  another request's upstream call in this process gives up after this and answers 503
-  ``temporarily_unavailable`` with ``Retry-After``; the leader carries on and caches its answer.
-- :data:`LOCK_TTL_SECONDS` (25 s): the Redis lock expires after this even if its holder died,
-  so a crashed replica holds no key for longer.
+- :data:`WAITER_TIMEOUT_SECONDS` (35 s: the three above, 31 s, and the Redis calls, which stop
+  after their first time-out): a request waiting for another request's upstream call in this
+  process gives up after this and answers 503 ``temporarily_unavailable`` with ``Retry-After``;
+  the leader carries on and caches its answer.
+- :data:`LOCK_TTL_SECONDS` (30 s, more than the 26 s of one upstream call and its audit write):
+  the Redis lock expires after this even if its holder died, so a crashed replica holds no key
+  for longer.
 """
 
 from __future__ import annotations
@@ -63,11 +66,11 @@ DEFAULT_REFRESH_FRACTION = 0.8
 REFRESH_RETRY_SECONDS = 10.0
 REFRESH_THREADS = 4
 #: Seconds a request waits for another request's upstream call for the same key (module docstring).
-WAITER_TIMEOUT_SECONDS = 30.0
+WAITER_TIMEOUT_SECONDS = 35.0
 #: Seconds a leader waits for another process holding the key's Redis lock.
 SHARED_LOCK_WAIT_SECONDS = 5.0
 #: Seconds after which a Redis lock expires by itself (its holder may have died).
-LOCK_TTL_SECONDS = 25.0
+LOCK_TTL_SECONDS = 30.0
 #: ``Retry-After`` of a waiter that gave up: the leader's answer is usually cached by then.
 WAITER_RETRY_AFTER_SECONDS = 5
 
