@@ -12,9 +12,13 @@ from dataclasses import replace
 import pytest
 
 from sts.cache import CredentialCache, cache_key, reuse_margin
+from sts.config import Settings
+from sts.dev.aws_emulator import AwsEmulator
+from sts.dev.issuer import DevIssuer
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
+from sts.providers.aws import AwsProvider
 from sts.providers.base import Credentials
 
 PRINCIPAL = Principal("https://iss", "sub", "acct", "proj", "dep", "production", 2_000_000_000)
@@ -206,6 +210,38 @@ def test_single_flight_waiter_gives_up_with_503_after_the_bound_while_the_leader
     assert leader_result[0][0].access_token == "leader"
     assert cache.get_or_issue(key, lambda: creds(0))[0].access_token == "leader"
     assert cache.upstream_calls == 1
+
+
+def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
+    issuer: DevIssuer,
+) -> None:
+    """The leader's hang comes from outside: AWS STS (the emulator) holds its answer 2 s."""
+    with AwsEmulator() as aws:
+        provider = AwsProvider(Settings(aws_endpoint_url=aws.endpoint_url), read_timeout=5)
+        cache = CredentialCache(wait_timeout=0.3)
+        token = issuer.mint(audience="sts-test")
+        key = cache_key(AWS, PRINCIPAL, ())
+
+        def issue() -> Credentials:
+            return provider.issue(PRINCIPAL, AWS, token, ())
+
+        aws.delay = 2.0
+        leader_result: list[tuple[Credentials, bool]] = []
+        leader = threading.Thread(
+            target=lambda: leader_result.append(cache.get_or_issue(key, issue))
+        )
+        leader.start()
+        wait_until(lambda: len(aws.requests) == 1, "the leader never reached AWS")
+        started = time.monotonic()
+        with pytest.raises(TemporarilyUnavailable) as gave_up:
+            cache.get_or_issue(key, issue)
+        assert 0.3 <= time.monotonic() - started < 1.5
+        assert gave_up.value.headers == {"Retry-After": "5"}
+        leader.join(10)
+        # The leader's call went through once; the waiter never made a second one.
+        assert leader_result[0][1] is False
+        assert len(aws.requests) == 1
+        assert cache.get_or_issue(key, issue) == (leader_result[0][0], True)
 
 
 def _in_child(check: Callable[[], bool]) -> int:
