@@ -306,3 +306,9 @@ def test_every_element_of_the_key_changes_the_name_whatever_its_position(prefix:
     assert shared._name("cred", longer) != shared._name(
         "cred", cast(CacheKey, (*KEY, frozenset({"aud-1"})))
     )
+
+
+def test_a_key_element_without_a_canonical_form_is_refused_not_ignored(prefix: str) -> None:
+    shared = tier(prefix)
+    with pytest.raises(TypeError, match="bytes"):
+        shared._name("cred", cast(CacheKey, (*KEY, b"raw")))
