@@ -4,9 +4,11 @@ The index is rebuilt only when the stored revision changes; a daemon thread chec
 every few seconds, so no request pays for a database round trip. When the database is
 unreachable the last index keeps serving (a warning is logged once per outage).
 
-Only that thread ever reads the database: :meth:`LiveMappings.current` is an attribute read, and
-before the first load it answers 503 "mappings unavailable" at once rather than wait for a
-database that may hang (README "Operating it"). The thread is per process: a worker forked
+Only that thread ever reads the database: :meth:`LiveMappings.current` is an attribute read.
+Before the first load it waits at most :data:`FIRST_LOAD_WAIT_SECONDS` for the thread's first
+attempt (a worker that has just started, while another worker of the pod already answers
+``/readyz``), then answers 503 "mappings unavailable": never longer, however long a hung
+database holds that attempt (README "Operating it"). The thread is per process: a worker forked
 after :meth:`LiveMappings.start` starts its own on its next call, as the JWKS registry does.
 """
 
@@ -26,6 +28,8 @@ from sts.mappings.index import MappingIndex
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_SECONDS = 2.0
+#: Seconds a request waits for the refresh thread's first attempt before answering 503.
+FIRST_LOAD_WAIT_SECONDS = 1.0
 
 
 class LiveMappings:
@@ -45,6 +49,7 @@ class LiveMappings:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._first_attempt = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._failing = False
@@ -54,6 +59,9 @@ class LiveMappings:
     def current(self) -> MappingIndex:
         """The loaded index; never touches the database (module docstring)."""
         index = self._index
+        if index is None and self.running:
+            self._first_attempt.wait(FIRST_LOAD_WAIT_SECONDS)
+            index = self._index
         if index is None:
             raise TemporarilyUnavailable(
                 "mappings unavailable",
@@ -95,13 +103,17 @@ class LiveMappings:
                 # Multiprocessing or os.fork()").
                 self._thread = None
                 self._stop = threading.Event()
+                self._first_attempt = threading.Event()
                 self._pid = os.getpid()
                 self._database.engine.dispose(close=False)
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
             self._thread = threading.Thread(
-                target=self._run, args=(self._stop,), name="sts-mappings", daemon=True
+                target=self._run,
+                args=(self._stop, self._first_attempt),
+                name="sts-mappings",
+                daemon=True,
             )
             self._thread.start()
 
@@ -119,10 +131,13 @@ class LiveMappings:
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
 
-    def _run(self, stop: threading.Event) -> None:
+    def _run(self, stop: threading.Event, first_attempt: threading.Event) -> None:
         # Build the index as soon as the worker starts, not on its first request.
-        if self._index is None:
-            self.refresh()
+        try:
+            if self._index is None:
+                self.refresh()
+        finally:
+            first_attempt.set()
         while not stop.wait(self._interval):
             self.refresh()
             if self.on_tick is not None:

@@ -54,6 +54,13 @@ def test_before_the_first_load_current_refuses_at_once_without_reading(
     assert checkouts == []
 
 
+def test_a_request_just_after_start_waits_for_the_first_load_instead_of_503(
+    live: LiveMappings,
+) -> None:
+    live.start()
+    assert len(live.current()) == 5
+
+
 def test_once_loaded_current_never_reads_the_database_on_the_calling_thread(
     live: LiveMappings,
 ) -> None:
