@@ -19,13 +19,31 @@ Outcomes:
 A write that fails never fails the exchange and is never lost silently: the event goes to the
 ``sts.audit`` logger as one WARNING line with every field, and
 ``sts_audit_write_failures_total`` counts it.
+
+A database that accepts and then stalls must not hold the answer either. Every INSERT runs on
+one writer thread per process (so events are written in the order they happened); the caller
+waits at most :data:`AUDIT_WRITE_TIMEOUT_SECONDS` for it, then logs the event as above and
+answers. The write is then *abandoned*, and the choice made about a late completion is that it
+never makes a second record silently:
+
+- a write still queued, or whose INSERT returns after the abandonment, is rolled back: the
+  WARNING line is the event's only record;
+- only a COMMIT already sent when the caller gave up can still land; that row is then a
+  duplicate of the WARNING line, and the writer says so with a second WARNING line and
+  ``sts_audit_late_writes_total``.
+
+At most :data:`AUDIT_MAX_PENDING` writes wait for the writer; past that an event is logged at once
+instead of queued, so a stalled database costs bounded memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -38,7 +56,7 @@ from sts.db.models import IssuanceEvent, utcnow
 from sts.errors import OAuthError
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
-from sts.metrics import AUDIT_WRITE_FAILURES
+from sts.metrics import AUDIT_LATE_WRITES, AUDIT_WRITE_FAILURES
 from sts.providers.base import Credentials
 
 log = logging.getLogger("sts.audit")
@@ -47,6 +65,10 @@ ISSUED = "issued"
 DEFAULT_LIMIT = 100
 #: Rows deleted per transaction by :meth:`AuditRecorder.prune`, so no lock is held for long.
 PRUNE_BATCH = 5000
+#: Seconds an exchange waits for its audit INSERT before logging the event instead.
+AUDIT_WRITE_TIMEOUT_SECONDS = 2.0
+#: Writes that may wait for the writer thread; more are logged at once.
+AUDIT_MAX_PENDING = 1000
 
 # Provider error descriptions come from fixed tables: "<aws|gcp>: <code> - <phrase>".
 _PROVIDER_CODE = re.compile(r"^(?:aws|gcp): ([A-Za-z0-9._-]{1,64}) - ")
@@ -139,14 +161,45 @@ def _reason(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {first}" if first else type(cause).__name__
 
 
+class _Write:
+    """One INSERT handed to the writer thread; ``lock`` orders abandonment against commit."""
+
+    __slots__ = ("abandoned", "committing", "done", "error", "lock", "record")
+
+    def __init__(self, record: IssuanceRecord) -> None:
+        self.record = record
+        self.lock = threading.Lock()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.abandoned = False
+        self.committing = False
+
+
 class AuditRecorder:
     """Writes and reads ``issuance_events`` through the shared :class:`Database`."""
 
-    def __init__(self, database: Database, *, prune_batch: int = PRUNE_BATCH) -> None:
+    def __init__(
+        self,
+        database: Database,
+        *,
+        prune_batch: int = PRUNE_BATCH,
+        write_timeout: float = AUDIT_WRITE_TIMEOUT_SECONDS,
+        max_pending: int = AUDIT_MAX_PENDING,
+    ) -> None:
         self.database = database
         self.prune_batch = prune_batch
+        self.write_timeout = write_timeout
+        self.max_pending = max_pending
+        self._queue: deque[_Write] = deque()
+        self._wake = threading.Condition(threading.Lock())
+        self._writer_pid = 0
 
     # -- writing (the exchange path) -------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Writes waiting for the writer thread (the one it is running excluded)."""
+        return len(self._queue)
 
     def record_issued(
         self,
@@ -193,12 +246,77 @@ class AuditRecorder:
         self._write(record)
 
     def _write(self, record: IssuanceRecord) -> None:
+        """Hand the INSERT to the writer and wait for it at most ``write_timeout`` seconds."""
+        write = _Write(record)
+        with self._wake:
+            if len(self._queue) >= self.max_pending:
+                overloaded = True
+            else:
+                overloaded = False
+                self._queue.append(write)
+                self._ensure_writer()
+                self._wake.notify()
+        if overloaded:
+            self._lost(record, TimeoutError(f"{self.max_pending} audit writes already waiting"))
+            return
+        write.done.wait(self.write_timeout)
+        with write.lock:
+            if not write.done.is_set():
+                write.abandoned = True
+        if write.abandoned:
+            self._lost(
+                record, TimeoutError(f"database did not answer within {self.write_timeout:g} s")
+            )
+        elif write.error is not None:
+            self._lost(record, write.error)
+
+    def _ensure_writer(self) -> None:
+        # Per process (called with ``_wake`` held): a forked worker has no thread of its parent's.
+        pid = os.getpid()
+        if self._writer_pid != pid:
+            self._writer_pid = pid
+            threading.Thread(target=self._run_writer, name="sts-audit", daemon=True).start()
+
+    def _run_writer(self) -> None:
+        pid = os.getpid()
+        while True:
+            with self._wake:
+                while not self._queue:
+                    self._wake.wait()
+                if self._writer_pid != pid:  # pragma: no cover - a fork replaced this writer
+                    return
+                write = self._queue.popleft()
+            self._insert(write)
+
+    def _insert(self, write: _Write) -> None:
         # One INSERT in its own short transaction: nothing else is locked while the caller waits.
         try:
-            with self.database.engine.begin() as conn:
-                conn.execute(sa.insert(IssuanceEvent).values(**record.row()))
+            with write.lock:
+                if write.abandoned:
+                    return  # already logged by the caller; writing it now would duplicate it
+            with self.database.engine.connect() as conn:
+                transaction = conn.begin()
+                conn.execute(sa.insert(IssuanceEvent).values(**write.record.row()))
+                with write.lock:
+                    if write.abandoned:
+                        transaction.rollback()
+                        return
+                    write.committing = True
+                transaction.commit()
+            with write.lock:
+                late = write.abandoned
+            if late:
+                AUDIT_LATE_WRITES.inc()
+                log.warning(
+                    "issuance event written after it was logged as not written; "
+                    "the earlier line is a duplicate of this row",
+                    extra={"event": write.record.to_dict()},
+                )
         except Exception as exc:
-            self._lost(record, exc)
+            write.error = exc
+        finally:
+            with write.lock:
+                write.done.set()
 
     @staticmethod
     def _lost(record: IssuanceRecord | None, exc: BaseException) -> None:

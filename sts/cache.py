@@ -1,34 +1,55 @@
 """Credential cache: one upstream call per identity and target per credential lifetime.
 
-CONTRACT section 2 "Caching": credentials are reused for the same key while more than
+README "Run it" and "Operating it": credentials are reused for the same key while more than
 ``max(5 min, min(15 min, half their lifetime))`` remains; concurrent requests for one key make
-one upstream call (single-flight). Two tiers (DESIGN.md, cache table):
+one upstream call (single-flight). Two tiers:
 
 - an in-process LRU in every worker, always;
 - with ``STS_REDIS_URL``, Redis shared by every process and replica: values are AES-256-GCM
-  encrypted, and a ``SET NX PX`` lock makes the single-flight hold across processes. Redis down
-  or slow means the in-process tier serves alone, with a warning and a metric; never an error.
+  encrypted, names are HMAC-SHA-256 digests of the whole key, and a ``redis.lock.Lock`` makes the
+  single-flight hold across processes. Redis down or slow means the in-process tier serves
+  alone, with a warning and a metric; never an error.
 
 A credential past ``refresh_fraction`` of its usable life is renewed in the background while the
 old one is still served (refresh-ahead), so a steady caller never waits for the cloud. Errors are
 never cached: the next request for the key asks upstream again.
+
+How long anything waits (one budget, every part bounded):
+
+- :data:`SHARED_LOCK_WAIT_SECONDS` (5 s): a leader whose key is locked by another process polls
+  Redis for that process's answer this long, then asks upstream itself. Each Redis call is also
+  bounded by :class:`RedisTier`'s socket time-out (0.25 s).
+- The upstream call is bounded by its provider (AWS: 3 attempts of at most 2 s connect + 5 s
+  read, with botocore's standard backoff of at most 1 s then 2 s, so 24 s; GCP: two calls of at
+  most 7 s each).
+- The audit INSERT is bounded by :data:`sts.audit.AUDIT_WRITE_TIMEOUT_SECONDS` (2 s).
+- :data:`WAITER_TIMEOUT_SECONDS` (35 s: the three above, 31 s, and the Redis calls, which stop
+  after their first time-out): a request waiting for another request's upstream call in this
+  process gives up after this and answers 503 ``temporarily_unavailable`` with ``Retry-After``;
+  the leader carries on and caches its answer.
+- :data:`LOCK_TTL_SECONDS` (30 s, more than the 26 s of one upstream call and its audit write):
+  the Redis lock expires after this even if its holder died, so a crashed replica holds no key
+  for longer.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
 import secrets
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from typing import Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
+from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
 from sts.metrics import CREDENTIAL_REFRESHES, REDIS_FALLBACKS
@@ -44,6 +65,17 @@ DEFAULT_REFRESH_FRACTION = 0.8
 # After a failed background renewal, wait this long before trying again for that key.
 REFRESH_RETRY_SECONDS = 10.0
 REFRESH_THREADS = 4
+#: Seconds a request waits for another request's upstream call for the same key (module docstring).
+WAITER_TIMEOUT_SECONDS = 35.0
+#: Seconds a leader waits for another process holding the key's Redis lock.
+SHARED_LOCK_WAIT_SECONDS = 5.0
+#: Seconds after which a Redis lock expires by itself (its holder may have died).
+LOCK_TTL_SECONDS = 30.0
+#: ``Retry-After`` of a waiter that gave up: the leader's answer is usually cached by then.
+WAITER_RETRY_AFTER_SECONDS = 5
+
+if TYPE_CHECKING:
+    from redis.lock import Lock
 
 CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str], frozenset[str]]
 
@@ -94,6 +126,20 @@ class _Flight:
         self.error: BaseException | None = None
 
 
+class SharedLock(Protocol):
+    """A held cross-process lock (see :meth:`SharedTier.acquire`)."""
+
+    def release(self) -> None:
+        """Release it if this holder still owns it; failures are swallowed (and counted)."""
+
+
+class _Unavailable:
+    """The lock answer when the shared tier is down: nothing is held, nothing to release."""
+
+    def release(self) -> None:
+        return None
+
+
 class SharedTier(Protocol):
     """A cache shared by processes, with a lock per key (implemented by :class:`RedisTier`)."""
 
@@ -103,14 +149,11 @@ class SharedTier(Protocol):
     def put(self, key: CacheKey, credentials: Credentials, issued_at: float, ttl: float) -> None:
         """Store for ``ttl`` seconds; failures are swallowed (and counted)."""
 
-    def acquire(self, key: CacheKey, ttl: float) -> str | None:
-        """A lock token, None if another process holds the lock, or ``UNAVAILABLE``."""
-
-    def release(self, key: CacheKey, token: str) -> None:
-        """Release the lock if this token still holds it."""
+    def acquire(self, key: CacheKey, ttl: float) -> SharedLock | None:
+        """The held lock, None if another process holds it, or :data:`UNAVAILABLE`."""
 
 
-UNAVAILABLE: Final = "\x00unavailable"
+UNAVAILABLE: Final[SharedLock] = _Unavailable()
 
 
 class CredentialCache:
@@ -124,7 +167,9 @@ class CredentialCache:
         *,
         shared: SharedTier | None = None,
         refresh_fraction: float = DEFAULT_REFRESH_FRACTION,
-        lock_ttl: float = 25.0,
+        lock_ttl: float = LOCK_TTL_SECONDS,
+        lock_wait: float = SHARED_LOCK_WAIT_SECONDS,
+        wait_timeout: float = WAITER_TIMEOUT_SECONDS,
         poll_interval: float = 0.02,
     ) -> None:
         if not 0 < refresh_fraction <= 1:
@@ -138,13 +183,31 @@ class CredentialCache:
         self._shared = shared
         self._refresh_fraction = refresh_fraction
         self._lock_ttl = lock_ttl
+        self._lock_wait = lock_wait
+        self._wait_timeout = wait_timeout
         self._poll = poll_interval
         self._executor: ThreadPoolExecutor | None = None
         self._executor_pid = 0
         self.upstream_calls = 0
+        self._waiting = 0
+        _CACHES.add(self)
+
+    def _after_fork(self) -> None:
+        # A lock held by a parent thread at fork time would stay held forever in the child, and
+        # the parent's flights have no thread here to land them: waiters would only time out.
+        self._lock = threading.Lock()
+        self._flights.clear()
+        self._waiting = 0
+        self._executor = None
+        self._executor_pid = 0
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    @property
+    def waiting(self) -> int:
+        """Requests now waiting for another request's upstream call in this process."""
+        return self._waiting
 
     # -- the local tier ------------------------------------------------------------------------
 
@@ -198,8 +261,23 @@ class CredentialCache:
             leader = flight is None
             if flight is None:
                 flight = self._flights[key] = _Flight()
+            else:
+                self._waiting += 1
         if not leader:
-            flight.done.wait()
+            try:
+                landed = flight.done.wait(self._wait_timeout)
+            finally:
+                with self._lock:
+                    self._waiting -= 1
+            if not landed:
+                log.warning(
+                    "gave up waiting for another request's upstream call",
+                    extra={"waited_seconds": self._wait_timeout},
+                )
+                raise TemporarilyUnavailable(
+                    retry_after=WAITER_RETRY_AFTER_SECONDS,
+                    cause=f"single-flight wait exceeded {self._wait_timeout:g} s",
+                )
             if flight.error is not None:
                 raise flight.error
             assert flight.result is not None
@@ -248,10 +326,10 @@ class CredentialCache:
         if adopted is not None:
             return adopted, True
 
-        token = shared.acquire(key, self._lock_ttl)
-        deadline = time.monotonic() + self._lock_ttl
+        held = shared.acquire(key, self._lock_ttl)
+        deadline = time.monotonic() + self._lock_wait
         poll = self._poll
-        while token is None:
+        while held is None:
             # Another process is asking upstream: wait for its answer in the shared tier.
             if time.monotonic() >= deadline:
                 log.warning("shared lock wait timed out; asking upstream from this process")
@@ -261,8 +339,8 @@ class CredentialCache:
             adopted = self._adopt(shared, key, stale)
             if adopted is not None:
                 return adopted, True
-            token = shared.acquire(key, self._lock_ttl)
-        if token == UNAVAILABLE:
+            held = shared.acquire(key, self._lock_ttl)
+        if held is UNAVAILABLE:
             return self._call(key, issue), False
         try:
             # The previous holder may have stored its answer just before we took the lock.
@@ -271,7 +349,7 @@ class CredentialCache:
                 return adopted, True
             return self._call(key, issue, shared=shared), False
         finally:
-            shared.release(key, token)
+            held.release()
 
     def _call(
         self, key: CacheKey, issue: Callable[[], Credentials], shared: SharedTier | None = None
@@ -346,15 +424,50 @@ class CredentialCache:
 
 # -- Redis --------------------------------------------------------------------------------------
 
-_RELEASE = """
-if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) end
-return 0
-"""
+#: HKDF ``info`` (RFC 5869 section 2.3) of the sub-key that names Redis entries: the AEAD key
+#: itself only encrypts, so no key serves two purposes.
+_NAMES_INFO: Final = b"zuplo-sts cache names v1"
+
+
+def _canonical(value: object) -> object:
+    """``value`` as JSON-ready data that is equal exactly when the values are equal.
+
+    Walks the whole key, whatever its length, so an element added to :func:`cache_key` is part
+    of the name without changing this function; sets are sorted, as their order means nothing.
+    """
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_canonical(item) for item in value]
+    if isinstance(value, (frozenset, set)):
+        items = [_canonical(item) for item in value]
+        return {"set": sorted(items, key=lambda item: json.dumps(item, sort_keys=True))}
+    raise TypeError(f"cache key element of type {type(value).__name__} has no canonical form")
+
+
+def key_material(key: CacheKey) -> bytes:
+    """The canonical serialisation of a whole cache key (what :class:`RedisTier` names)."""
+    return json.dumps(_canonical(key), separators=(",", ":"), sort_keys=True).encode()
+
+
+class _RedisLock:
+    """A held ``redis.lock.Lock``; releasing checks the token (redis-py's Lua script)."""
+
+    __slots__ = ("_lock", "_tier")
+
+    def __init__(self, tier: RedisTier, lock: Lock) -> None:
+        self._tier = tier
+        self._lock = lock
+
+    def release(self) -> None:
+        self._tier._release(self._lock)
 
 
 class RedisTier:
-    """The shared tier on Redis. Keys are hashes (they reveal no identity); values are
-    AES-256-GCM ciphertexts bound to their key, useless without ``STS_CACHE_ENCRYPTION_KEY``.
+    """The shared tier on Redis. Names are HMAC-SHA-256 digests of the whole key under a sub-key
+    of ``STS_CACHE_ENCRYPTION_KEY`` (HKDF, RFC 5869), so nobody without that key can test a
+    guessed identity against them; values are AES-256-GCM ciphertexts bound to their name,
+    useless without the key.
 
     Every Redis failure or time-out marks Redis down for ``down_seconds``; meanwhile the calls
     answer "absent" or :data:`UNAVAILABLE` at once, so a dead or slow Redis costs the caller at
@@ -371,17 +484,24 @@ class RedisTier:
         down_seconds: float = 5.0,
     ) -> None:
         import redis
+        from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+        from cryptography.hazmat.primitives.kdf.hkdf import HKDF
         from redis.backoff import NoBackoff
+        from redis.exceptions import LockNotOwnedError
         from redis.retry import Retry
 
         if len(encryption_key) != 32:
             raise ValueError("the cache encryption key must be 32 bytes")
         self._aead = AESGCM(encryption_key)
+        self._name_key = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=_NAMES_INFO
+        ).derive(encryption_key)
         self._prefix = prefix
         self._down_seconds = down_seconds
         self._down_until = 0.0
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+        self._not_owned: type[BaseException] = LockNotOwnedError
         self._client = redis.Redis.from_url(
             url,
             socket_timeout=timeout,
@@ -389,11 +509,12 @@ class RedisTier:
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
-        self._release = self._client.register_script(_RELEASE)
 
     def _name(self, kind: str, key: CacheKey) -> str:
-        material = json.dumps([*key[:8], sorted(key[8])], separators=(",", ":"))
-        return self._prefix + kind + ":" + hashlib.sha256(material.encode()).hexdigest()
+        digest = hmac.new(
+            self._name_key, kind.encode() + b"\x00" + key_material(key), hashlib.sha256
+        ).hexdigest()
+        return self._prefix + kind + ":" + digest
 
     @property
     def available(self) -> bool:
@@ -446,30 +567,41 @@ class RedisTier:
         except self._errors as exc:
             self._failed("put", exc)
 
-    def acquire(self, key: CacheKey, ttl: float) -> str | None:
+    def acquire(self, key: CacheKey, ttl: float) -> SharedLock | None:
         if self._skip("lock"):
             return UNAVAILABLE
-        token = secrets.token_hex(16)
+        # Not thread-local: the handle, not the thread, owns the token.
+        lock = self._client.lock(
+            self._name("lock", key), timeout=ttl, blocking=False, thread_local=False
+        )
         try:
-            taken = self._client.set(self._name("lock", key), token, nx=True, px=int(ttl * 1000))
+            taken = lock.acquire()
         except self._errors as exc:
             self._failed("lock", exc)
             return UNAVAILABLE
-        return token if taken else None
+        return _RedisLock(self, lock) if taken else None
 
-    def release(self, key: CacheKey, token: str) -> None:
-        if token == UNAVAILABLE or self._skip("unlock"):
+    def _release(self, lock: Lock) -> None:
+        if self._skip("unlock"):
             return
         try:
-            self._release(keys=[self._name("lock", key)], args=[token])
+            lock.release()
+        except self._not_owned:
+            # The lock expired and maybe another process holds it now: theirs stays.
+            log.info("shared cache lock expired before its release")
         except self._errors as exc:
             self._failed("unlock", exc)
 
-    def ping(self) -> bool:
-        try:
-            return bool(self._client.ping())
-        except self._errors:
-            return False
-
     def close(self) -> None:
         self._client.close()
+
+
+_CACHES: weakref.WeakSet[CredentialCache] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for cache in list(_CACHES):
+        cache._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

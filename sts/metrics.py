@@ -66,3 +66,8 @@ AUDIT_WRITE_FAILURES = Counter(
     "sts_audit_write_failures_total",
     "Issuance events the database did not take; each one was logged by sts.audit instead.",
 )
+AUDIT_LATE_WRITES = Counter(
+    "sts_audit_late_writes_total",
+    "Issuance events whose row was committed after they were logged as not written "
+    "(a duplicate of that log line).",
+)

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from sts.audit import AuditRecorder
@@ -18,6 +22,48 @@ from sts.providers.aws import AwsProvider
 from sts.providers.base import CredentialProvider
 from sts.providers.gcp import GcpProvider
 
+#: Seconds ``/readyz`` waits for the database to answer ``SELECT 1`` (a stalled database must
+#: not hold the probe: Kubernetes' own probe time-out defaults to 1 s, so it is never the bound).
+READY_PING_TIMEOUT_SECONDS = 2.0
+
+
+class BoundedProbe:
+    """Runs ``probe`` on a daemon thread and waits for it at most ``timeout`` seconds.
+
+    At most one run is in flight per process: while a run hangs, later calls wait for that same
+    run (with their own bound) instead of starting more threads that would hang too.
+    """
+
+    def __init__(self, probe: Callable[[], None], timeout: float) -> None:
+        self._probe = probe
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._running: Future[None] | None = None
+        self._pid = 0
+
+    def __call__(self) -> None:
+        """Return if the probe succeeded in time; raise its error, or :class:`TimeoutError`."""
+        with self._lock:
+            running = self._running
+            if running is None or running.done() or self._pid != os.getpid():
+                running = self._running = Future()
+                self._pid = os.getpid()
+                threading.Thread(
+                    target=self._run, args=(running,), name="sts-probe", daemon=True
+                ).start()
+        try:
+            running.result(self._timeout)
+        except FutureTimeout:
+            raise TimeoutError(f"no answer within {self._timeout:g} s") from None
+
+    def _run(self, running: Future[None]) -> None:
+        try:
+            self._probe()
+        except BaseException as exc:
+            running.set_exception(exc)
+        else:
+            running.set_result(None)
+
 
 @dataclass
 class Services:
@@ -30,6 +76,7 @@ class Services:
     exchanger: Exchanger
     _started: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ping: BoundedProbe | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, registry: JWKSRegistry | None = None) -> Services:
@@ -74,9 +121,12 @@ class Services:
         self.mappings.start()
 
     def ready(self) -> tuple[bool, str | None]:
-        """Readiness (CONTRACT section 7): the database answers and every issuer has keys."""
+        """Readiness (README "Operating it"): the database answers within
+        :data:`READY_PING_TIMEOUT_SECONDS` and every issuer has keys."""
+        if self._ping is None:
+            self._ping = BoundedProbe(self.database.ping, READY_PING_TIMEOUT_SECONDS)
         try:
-            self.database.ping()
+            self._ping()
         except Exception as exc:
             return False, f"database unavailable: {type(exc).__name__}"
         if not self.mappings.loaded:

@@ -3,12 +3,21 @@
 The index is rebuilt only when the stored revision changes; a daemon thread checks the revision
 every few seconds, so no request pays for a database round trip. When the database is
 unreachable the last index keeps serving (a warning is logged once per outage).
+
+Only that thread ever reads the database: :meth:`LiveMappings.current` is an attribute read.
+Before the first load it waits at most :data:`FIRST_LOAD_WAIT_SECONDS` for the thread's first
+attempt (a worker that has just started, while another worker of the pod already answers
+``/readyz``), then answers 503 "mappings unavailable": never longer, however long a hung
+database holds that attempt (README "Operating it"). The thread is per process: a worker forked
+after :meth:`LiveMappings.start` starts its own on its next call, as the JWKS registry does.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import weakref
 from collections.abc import Callable
 
 from sts.db import Database
@@ -19,6 +28,8 @@ from sts.mappings.index import MappingIndex
 log = logging.getLogger(__name__)
 
 REFRESH_INTERVAL_SECONDS = 2.0
+#: Seconds a request waits for the refresh thread's first attempt before answering 503.
+FIRST_LOAD_WAIT_SECONDS = 1.0
 
 
 class LiveMappings:
@@ -36,19 +47,27 @@ class LiveMappings:
         self.on_tick = on_tick
         self._index: MappingIndex | None = None
         self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._stop = threading.Event()
+        self._first_attempt = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
         self._failing = False
         self.last_error: str | None = None
+        _INSTANCES.add(self)
 
     def current(self) -> MappingIndex:
+        """The loaded index; never touches the database (module docstring)."""
         index = self._index
+        if index is None and self.running:
+            self._first_attempt.wait(FIRST_LOAD_WAIT_SECONDS)
+            index = self._index
         if index is None:
-            index = self.refresh()
-            if index is None:
-                raise TemporarilyUnavailable(
-                    "mappings unavailable", retry_after=5, cause=self.last_error
-                )
+            raise TemporarilyUnavailable(
+                "mappings unavailable",
+                retry_after=5,
+                cause=self.last_error or "mapping index not loaded yet",
+            )
         return index
 
     @property
@@ -76,22 +95,64 @@ class LiveMappings:
 
     def start(self) -> None:
         """Start the refresh thread (idempotent; call it in the worker process)."""
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="sts-mappings", daemon=True)
-        self._thread.start()
+        with self._start_lock:
+            if self._pid != os.getpid():
+                # Forked: the parent's thread does not exist here, nor must its stop event, and
+                # the parent's pooled connections must not be shared by two processes: forget
+                # them without closing them (SQLAlchemy docs, "Using Connection Pools with
+                # Multiprocessing or os.fork()").
+                self._thread = None
+                self._stop = threading.Event()
+                self._first_attempt = threading.Event()
+                self._pid = os.getpid()
+                self._database.engine.dispose(close=False)
+            if self._thread is not None and self._thread.is_alive():
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run,
+                args=(self._stop, self._first_attempt),
+                name="sts-mappings",
+                daemon=True,
+            )
+            self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        """Is this process's refresh thread alive?"""
+        thread = self._thread
+        return self._pid == os.getpid() and thread is not None and thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _run(self) -> None:
+    def _after_fork(self) -> None:
+        # A lock held by a parent thread at fork time would stay held forever in the child.
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()
+
+    def _run(self, stop: threading.Event, first_attempt: threading.Event) -> None:
         # Build the index as soon as the worker starts, not on its first request.
-        if self._index is None:
-            self.refresh()
-        while not self._stop.wait(self._interval):
+        try:
+            if self._index is None:
+                self.refresh()
+        finally:
+            first_attempt.set()
+        while not stop.wait(self._interval):
             self.refresh()
             if self.on_tick is not None:
                 try:
                     self.on_tick()
                 except Exception as exc:
                     log.warning("periodic task failed: %s", type(exc).__name__)
+
+
+_INSTANCES: weakref.WeakSet[LiveMappings] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for live in list(_INSTANCES):
+        live._after_fork()
+
+
+os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -9,6 +9,7 @@ database: verified tokens, the mapping index and credentials are all in memory.
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -17,15 +18,20 @@ from typing import Any
 
 import pytest
 import requests
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import make_url
 
 from sts import create_app
+from sts.db import Database
+from sts.db.models import IssuanceEvent
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from sts.services import Services
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack, seed, serve_app, settings_for
+from tests.functional.conftest import GRANT, ID_TOKEN, Stack, seed, serve_app, settings_for
+from tests.functional.test_audit import Collect
 from tests.functional.test_token import assert_error
 
 pytestmark = pytest.mark.postgres
@@ -37,7 +43,9 @@ class TcpProxy:
     """Forwards 127.0.0.1:``port`` to PostgreSQL, one thread pair per connection.
 
     :meth:`stop` closes the listener and cuts every forwarded connection, so the far side sees
-    the database vanish; :meth:`start` listens on the same port again.
+    the database vanish; :meth:`start` listens on the same port again. :meth:`stall` is the
+    nastier outage: connections are still accepted and nothing is refused, but no byte goes
+    through in either direction until :meth:`resume` (a database host that hangs).
     """
 
     def __init__(self, target: tuple[str, int] = POSTGRES) -> None:
@@ -49,7 +57,16 @@ class TcpProxy:
         self._open: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
+        self._flowing = threading.Event()
+        self._flowing.set()
         self.connections = 0
+
+    def stall(self) -> None:
+        """Hold every byte, on open and new connections, until :meth:`resume`."""
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
 
     def start(self) -> TcpProxy:
         listener = socket.socket()
@@ -90,6 +107,7 @@ class TcpProxy:
     def _pump(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -106,6 +124,7 @@ class TcpProxy:
 
     def stop(self) -> None:
         self._stopped.set()
+        self._flowing.set()
         if self._listener is not None:
             self._listener.close()
             self._listener = None
@@ -133,6 +152,42 @@ def through(proxy: TcpProxy, url: str) -> str:
 
 def get(stack_url: str, path: str) -> requests.Response:
     return requests.get(stack_url + path, timeout=10)
+
+
+@pytest.fixture
+def audit_log() -> Iterator[Collect]:
+    handler = Collect()
+    logger = logging.getLogger("sts.audit")
+    logger.addHandler(handler)
+    yield handler
+    logger.removeHandler(handler)
+
+
+def metric(url: str, name: str) -> float:
+    text = requests.get(url + "/metrics", timeout=10).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return sample.value
+    raise AssertionError(f"{name} not exported")
+
+
+def timed(call: Any) -> tuple[requests.Response, float]:
+    started = time.monotonic()
+    response = call()
+    return response, time.monotonic() - started
+
+
+def rows_for(database_url: str, deployment: str) -> int:
+    database = Database(database_url)
+    try:
+        with database.engine.connect() as conn:
+            count = conn.execute(
+                sa.select(sa.func.count()).where(IssuanceEvent.deployment == deployment)
+            ).scalar_one()
+        return int(count)
+    finally:
+        database.dispose()
 
 
 def wait_for(condition: Any, what: str, timeout: float = 10) -> None:
@@ -215,6 +270,94 @@ def test_database_down_at_start_up(
         )
         assert response.status_code == 200, response.text
     finally:
+        server.shutdown()
+        server.server_close()
+        services.close()
+
+
+# The service's bounds (sts.audit, sts.services, sts.cache module docstrings), spelled out here.
+AUDIT_WRITE_BOUND = 2.0
+READY_PING_BOUND = 2.0
+# What a request may take beyond a bound: the AWS emulator, thread hand-offs, a loaded machine.
+SLACK = 2.0
+
+
+def test_stalled_database_holds_neither_cached_nor_cold_exchanges_nor_readyz(
+    stack_factory: Any, postgres_url: str, proxy: TcpProxy, audit_log: Collect
+) -> None:
+    proxy.start()
+    stack: Stack = stack_factory(database_url=through(proxy, postgres_url))
+    cached = stack.token(deployment="cached-before-stall")
+    first = stack.post(cached)
+    assert first.status_code == 200, first.text
+    assert get(stack.url, "/readyz").status_code == 200
+    failures = metric(stack.url, "sts_audit_write_failures_total")
+    late = metric(stack.url, "sts_audit_late_writes_total")
+
+    proxy.stall()
+    again, took = timed(lambda: stack.post(cached))
+    assert again.status_code == 200, again.text
+    assert again.json()["aws_credentials"] == first.json()["aws_credentials"]
+    assert took < 1.0
+    # No mapping for this caller: the in-memory index answers, no database, no cloud.
+    unknown, took = timed(lambda: stack.post(stack.token(account="nobody-here")))
+    assert unknown.status_code == 400, unknown.text
+    assert took < 1.0
+    # A cold exchange: AWS answers, the audit INSERT hangs; the answer does not wait for it.
+    cold, took = timed(lambda: stack.post(stack.token(deployment="cold-during-stall")))
+    assert cold.status_code == 200, cold.text
+    assert AUDIT_WRITE_BOUND <= took < AUDIT_WRITE_BOUND + SLACK
+    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 1
+    lost = [r for r in audit_log.records if getattr(r, "event", None)]
+    assert [r.event["deployment"] for r in lost] == ["cold-during-stall"]  # type: ignore[attr-defined]
+    assert "did not answer within 2 s" in lost[0].getMessage()
+    for _ in range(2):  # the second probe waits for the same hung ping, bounded again
+        ready, took = timed(lambda: get(stack.url, "/readyz"))
+        assert ready.status_code == 503
+        assert "database" in ready.json()["reason"]
+        assert took < READY_PING_BOUND + SLACK
+    assert get(stack.url, "/healthz").status_code == 200
+
+    proxy.resume()
+    wait_for(lambda: get(stack.url, "/readyz").status_code == 200, "not ready after the stall")
+    after = stack.post(stack.token(deployment="after-stall"))
+    assert after.status_code == 200, after.text
+    assert rows_for(postgres_url, "after-stall") == 1
+    # One writer, in order: the stalled INSERT finished before this one and was rolled back,
+    # so the WARNING line stays that event's only record.
+    assert rows_for(postgres_url, "cold-during-stall") == 0
+    assert metric(stack.url, "sts_audit_late_writes_total") == late
+    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 1
+
+
+def test_stalled_database_before_the_first_load_answers_503_at_once(
+    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, postgres_url: str, proxy: TcpProxy
+) -> None:
+    seed(postgres_url).dispose()
+    proxy.start()
+    proxy.stall()
+    services = Services.build(settings_for(through(proxy, postgres_url), issuer, aws, gcp))
+    server, url = serve_app(create_app(services=services))
+    token = issuer.mint(audience=AUDIENCE, deployment="before-first-load")
+    form = {"grant_type": GRANT, "subject_token_type": ID_TOKEN, "subject_token": token}
+    try:
+        wait_for(lambda: services.registry.ready()[0], "issuer keys never loaded")
+        wait_for(lambda: proxy.connections >= 1, "the refresher never reached the database")
+        response, took = timed(lambda: requests.post(url + "/token", data=form, timeout=30))
+        # At most the wait for the first load (sts.mappings.live: 1 s), whatever the database.
+        assert took < 1.0 + SLACK
+        body = assert_error(response, 503, "temporarily_unavailable", token)
+        assert body["error_description"] == "mappings unavailable"
+        ready, took = timed(lambda: get(url, "/readyz"))
+        assert ready.status_code == 503
+        assert took < READY_PING_BOUND + SLACK
+
+        proxy.resume()
+        wait_for(lambda: get(url, "/readyz").status_code == 200, "not ready once resumed", 30)
+        response = requests.post(url + "/token", data=form, timeout=30)
+        assert response.status_code == 200, response.text
+    finally:
+        proxy.stop()
         server.shutdown()
         server.server_close()
         services.close()

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
 
 from sts.cache import CredentialCache, cache_key, reuse_margin
+from sts.config import Settings
+from sts.dev.aws_emulator import AwsEmulator
+from sts.dev.issuer import DevIssuer
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
+from sts.providers.aws import AwsProvider
 from sts.providers.base import Credentials
 
 PRINCIPAL = Principal(
@@ -30,6 +37,13 @@ class Clock:
 
 def creds(expires_at: float, token: str = "t") -> Credentials:
     return Credentials(provider="aws", access_token=token, expires_at=expires_at)
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
 
 
 @pytest.mark.parametrize(
@@ -119,10 +133,10 @@ def test_single_flight_and_errors_are_not_cached() -> None:
 
     threads = [threading.Thread(target=worker) for _ in range(8)]
     threads[0].start()
-    started.wait(5)
+    assert started.wait(5)
     for thread in threads[1:]:
         thread.start()
-    time.sleep(0.1)
+    wait_until(lambda: cache.waiting == 7, "the other seven never waited for the leader")
     release.set()
     for thread in threads:
         thread.join(5)
@@ -133,15 +147,178 @@ def test_single_flight_and_errors_are_not_cached() -> None:
     assert ok.access_token == "t"
 
 
-def test_lru_bound() -> None:
+def test_lru_evicts_the_least_recently_used_entry_and_keeps_a_touched_one() -> None:
     clock = Clock()
     cache = CredentialCache(max_entries=3, clock=clock)
     keys = [cache_key(AWS, PRINCIPAL, (str(i),)) for i in range(5)]
-    for key in keys:
+    for key in keys[:3]:
         cache.put(key, creds(clock.now + 3600), issued_at=clock.now)
+    # The oldest entry is read: keys[1] is now the least recently used.
+    assert cache.get(keys[0]) is not None
+    cache.put(keys[3], creds(clock.now + 3600), issued_at=clock.now)
     assert len(cache) == 3
-    assert cache.get(keys[0]) is None
-    assert cache.get(keys[4]) is not None
+    assert cache.get(keys[1]) is None
+    assert cache.get(keys[0]) is not None
+    assert cache.get(keys[2]) is not None
+    assert cache.get(keys[3]) is not None
+    # A hit through the exchange path touches too: keys[2] is now the oldest.
+    assert cache.get_or_issue(keys[0], lambda: creds(0))[1]
+    assert cache.get_or_issue(keys[3], lambda: creds(0))[1]
+    cache.put(keys[4], creds(clock.now + 3600), issued_at=clock.now)
+    assert cache.get(keys[2]) is None
+    assert all(cache.get(keys[n]) is not None for n in (0, 3, 4))
+
+
+def test_single_flight_waiter_gives_up_with_503_after_the_bound_while_the_leader_hangs() -> None:
+    cache = CredentialCache(wait_timeout=0.3)
+    in_upstream = threading.Event()
+    release = threading.Event()
+    key = cache_key(AWS, PRINCIPAL, ())
+
+    def hanging_upstream() -> Credentials:
+        in_upstream.set()
+        release.wait(30)
+        return creds(time.time() + 3600, token="leader")
+
+    leader_result: list[tuple[Credentials, bool]] = []
+    leader = threading.Thread(
+        target=lambda: leader_result.append(cache.get_or_issue(key, hanging_upstream))
+    )
+    leader.start()
+    waiter_errors: list[BaseException] = []
+    waited: list[float] = []
+
+    def waiter() -> None:
+        started = time.monotonic()
+        try:
+            cache.get_or_issue(key, lambda: creds(time.time() + 3600, token="second call"))
+        except BaseException as exc:
+            waiter_errors.append(exc)
+        waited.append(time.monotonic() - started)
+
+    try:
+        assert in_upstream.wait(5)
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive(), "the waiter is still waiting for the hung leader"
+        assert len(waiter_errors) == 1
+        error = waiter_errors[0]
+        assert isinstance(error, TemporarilyUnavailable)
+        assert error.status == 503
+        assert error.headers == {"Retry-After": "5"}
+        assert 0.3 <= waited[0] < 2.0
+        assert cache.waiting == 0
+    finally:
+        release.set()
+        leader.join(5)
+    # The leader was never interrupted: its answer is cached for the next request.
+    assert leader_result[0][0].access_token == "leader"
+    assert cache.get_or_issue(key, lambda: creds(0))[0].access_token == "leader"
+    assert cache.upstream_calls == 1
+
+
+def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
+    issuer: DevIssuer,
+) -> None:
+    """The leader's hang comes from outside: AWS STS (the emulator) holds its answer 2 s."""
+    with AwsEmulator() as aws:
+        provider = AwsProvider(Settings(aws_endpoint_url=aws.endpoint_url), read_timeout=5)
+        cache = CredentialCache(wait_timeout=0.3)
+        token = issuer.mint(audience="sts-test")
+        key = cache_key(AWS, PRINCIPAL, ())
+
+        def issue() -> Credentials:
+            return provider.issue(PRINCIPAL, AWS, token, ())
+
+        aws.delay = 2.0
+        leader_result: list[tuple[Credentials, bool]] = []
+        leader = threading.Thread(
+            target=lambda: leader_result.append(cache.get_or_issue(key, issue))
+        )
+        leader.start()
+        wait_until(lambda: len(aws.requests) == 1, "the leader never reached AWS")
+        started = time.monotonic()
+        with pytest.raises(TemporarilyUnavailable) as gave_up:
+            cache.get_or_issue(key, issue)
+        assert 0.3 <= time.monotonic() - started < 1.5
+        assert gave_up.value.headers == {"Retry-After": "5"}
+        leader.join(10)
+        # The leader's call went through once; the waiter never made a second one.
+        assert leader_result[0][1] is False
+        assert len(aws.requests) == 1
+        assert cache.get_or_issue(key, issue) == (leader_result[0][0], True)
+
+
+def _in_child(check: Callable[[], bool]) -> int:
+    """Fork; the child runs ``check`` and exits 0 if it held, 1 if not, 2 on an exception.
+
+    The parent polls for the child's exit with a deadline: a child stuck on a lock fails the
+    test instead of hanging it.
+    """
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child, which never returns to pytest
+        code = 2
+        try:
+            code = 0 if check() else 1
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")
+
+
+def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() -> None:
+    cache = CredentialCache(wait_timeout=10.0, refresh_fraction=0.5)
+    key = cache_key(AWS, PRINCIPAL, ())
+    other = cache_key(AWS, PRINCIPAL, ("other",))
+    in_upstream = threading.Event()
+    release = threading.Event()
+
+    def parent_upstream() -> Credentials:
+        in_upstream.set()
+        release.wait(30)
+        return creds(time.time() + 3600, token="parent")
+
+    leader = threading.Thread(target=cache.get_or_issue, args=(key, parent_upstream))
+    leader.start()
+    clock_base = time.time()
+    cache.put(other, creds(clock_base + 3600, token="old"), issued_at=clock_base - 3000)
+
+    def child() -> bool:
+        started = time.monotonic()
+        # The parent's flight for ``key`` has no thread in this process to land it.
+        issued, hit = cache.get_or_issue(key, lambda: creds(time.time() + 3600, token="child"))
+        quick = time.monotonic() - started < 2.0
+        # Past its refresh point: renewed by this process's own background pool.
+        served, _ = cache.get_or_issue(other, lambda: creds(time.time() + 3600, token="new"))
+        cache.wait_idle(5)
+        renewed = cache.get(other)
+        return (
+            quick
+            and not hit
+            and issued.access_token == "child"
+            and served.access_token == "old"
+            and renewed is not None
+            and renewed.access_token == "new"
+        )
+
+    try:
+        assert in_upstream.wait(5)
+        # Fork while a parent thread holds the cache's lock, as a busy worker may.
+        with cache._lock:
+            code = _in_child(child)
+    finally:
+        release.set()
+        leader.join(5)
+        cache.close()
+    assert code == 0
 
 
 def test_refresh_ahead_renews_in_the_background_while_serving_the_old() -> None:

@@ -3,16 +3,26 @@ and falling back to the in-process tier when Redis is down or slow."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import secrets
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import cast
 
 import pytest
 import redis
 
-from sts.cache import UNAVAILABLE, CredentialCache, RedisTier, cache_key
+from sts.cache import (
+    UNAVAILABLE,
+    CacheKey,
+    CredentialCache,
+    RedisTier,
+    SharedLock,
+    cache_key,
+)
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, MappingSpec
 from sts.metrics import REDIS_FALLBACKS
@@ -77,30 +87,73 @@ def test_values_are_encrypted_and_bound_to_their_key(prefix: str) -> None:
     raw.close()
 
 
-def test_lock_is_exclusive_and_released_only_by_its_holder(prefix: str) -> None:
-    a, b = tier(prefix), tier(prefix)
-    token = a.acquire(KEY, 5)
-    assert token not in (None, UNAVAILABLE)
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_lock_is_exclusive_and_an_expired_holder_cannot_release_the_next_one(
+    prefix: str,
+) -> None:
+    a, b, c = tier(prefix), tier(prefix), tier(prefix)
+    held = a.acquire(KEY, 5)
+    assert held is not None
+    assert held is not UNAVAILABLE
     assert b.acquire(KEY, 5) is None
-    b.release(KEY, "not-the-token")
-    assert b.acquire(KEY, 5) is None
-    assert token is not None
-    a.release(KEY, token)
-    assert b.acquire(KEY, 5) not in (None, UNAVAILABLE)
+    held.release()
+    short = b.acquire(KEY, 0.2)
+    assert short is not None
+    assert short is not UNAVAILABLE
+    # b's lock expires by itself (its holder may have died); c takes the key.
+    taken: list[SharedLock] = []
+
+    def c_takes_it() -> bool:
+        lock = c.acquire(KEY, 5)
+        if lock is not None:
+            taken.append(lock)
+        return lock is not None
+
+    wait_until(c_takes_it, "the short lock never expired")
+    assert taken[0] is not UNAVAILABLE
+    # b's late release must not free c's lock, and is no Redis failure.
+    short.release()
+    assert b.available
+    assert a.acquire(KEY, 5) is None
+    taken[0].release()
+    assert a.acquire(KEY, 5) not in (None, UNAVAILABLE)
+
+
+class CountingTier(RedisTier):
+    """The real tier, counting lock attempts so a test can see every cache has tried."""
+
+    attempts = 0
+    _count_lock = threading.Lock()
+
+    def acquire(self, key: CacheKey, ttl: float) -> SharedLock | None:
+        with CountingTier._count_lock:
+            CountingTier.attempts += 1
+        return super().acquire(key, ttl)
 
 
 def test_single_flight_across_instances(prefix: str) -> None:
     """Eight caches (as in eight processes), one key, concurrent misses: one upstream call."""
     calls: list[int] = []
     lock = threading.Lock()
+    release = threading.Event()
+    CountingTier.attempts = 0
 
     def issue() -> Credentials:
         with lock:
             calls.append(1)
-        time.sleep(0.3)
+        # Hold the lock until all the others have found it taken at least once.
+        release.wait(10)
         return creds()
 
-    caches = [CredentialCache(shared=tier(prefix)) for _ in range(8)]
+    caches = [
+        CredentialCache(shared=CountingTier(REDIS_URL, bytes(32), prefix=prefix)) for _ in range(8)
+    ]
     results: list[tuple[Credentials, bool]] = []
     barrier = threading.Barrier(len(caches))
 
@@ -111,6 +164,10 @@ def test_single_flight_across_instances(prefix: str) -> None:
     threads = [threading.Thread(target=run, args=(c,)) for c in caches]
     for thread in threads:
         thread.start()
+    try:
+        wait_until(lambda: CountingTier.attempts >= 8, "not every cache tried the lock")
+    finally:
+        release.set()
     for thread in threads:
         thread.join(10)
     assert len(calls) == 1
@@ -175,3 +232,85 @@ def test_tampered_value_is_a_miss(prefix: str) -> None:
     raw.set(name, blob[:-1] + bytes([blob[-1] ^ 1]))
     assert shared.get(KEY) is None
     raw.close()
+
+
+def _identity_fields() -> tuple[Principal, MappingSpec]:
+    token = secrets.token_hex(4)
+    principal = Principal(
+        "https://issuer.example/" + token,
+        "sub-" + token,
+        "account-" + token,
+        "project-" + token,
+        "deployment-" + token,
+        "production",
+        2_000_000_000,
+    )
+    mapping = MappingSpec(
+        "mapping-" + token,
+        principal.account,
+        principal.project,
+        aws=AwsTarget(f"arn:aws:iam::123456789012:role/role-{token}"),
+    )
+    return principal, mapping
+
+
+def test_names_are_keyed_hmacs_revealing_no_identity(prefix: str) -> None:
+    principal, mapping = _identity_fields()
+    key = cache_key(mapping, principal, ("scope-a",))
+    tier(prefix, key=b"\x01" * 32).put(key, creds(), time.time(), 60)
+    held = tier(prefix, key=b"\x01" * 32).acquire(key, 5)
+    assert held is not None
+    assert held is not UNAVAILABLE
+    raw = redis.Redis.from_url(REDIS_URL)
+    try:
+        stored = {name: raw.get(name) for name in raw.scan_iter(prefix + "*")}
+        assert len(stored) == 2
+        fields = [*key[:8], "scope-a", mapping.aws.role_arn if mapping.aws else ""]
+        # Not a plain SHA-256 of the identity, in the previous layout or any simple one.
+        plain = {
+            hashlib.sha256(
+                json.dumps([*key[:8], sorted(key[8])], separators=(",", ":")).encode()
+            ).hexdigest(),
+            hashlib.sha256("".join(map(str, fields)).encode()).hexdigest(),
+            hashlib.sha256("|".join(map(str, fields)).encode()).hexdigest(),
+        }
+        for name, value in stored.items():
+            assert name.split(b":")[-1].decode() not in plain
+            for field in fields:
+                assert field.encode() not in name
+                assert value is not None
+                assert field.encode() not in value
+    finally:
+        held.release()
+        raw.close()
+
+
+def test_two_encryption_keys_give_different_names(prefix: str) -> None:
+    one, two = tier(prefix, key=b"\x01" * 32), tier(prefix, key=b"\x02" * 32)
+    assert one._name("cred", KEY) != two._name("cred", KEY)
+    assert one._name("lock", KEY) != two._name("lock", KEY)
+    assert one._name("cred", KEY) == tier(prefix, key=b"\x01" * 32)._name("cred", KEY)
+
+
+def test_every_element_of_the_key_changes_the_name_whatever_its_position(prefix: str) -> None:
+    shared = tier(prefix)
+    base = shared._name("cred", KEY)
+    for position in range(len(KEY)):
+        changed = list(KEY)
+        changed[position] = frozenset({"x"}) if position == 8 else str(KEY[position]) + "x"
+        assert shared._name("cred", cast(CacheKey, tuple(changed))) != base, position
+    # An element added later (say, a frozenset of audiences) is covered without new code.
+    longer = cast(CacheKey, (*KEY, frozenset({"aud-1", "aud-2"})))
+    assert shared._name("cred", longer) != base
+    assert shared._name("cred", longer) == shared._name(
+        "cred", cast(CacheKey, (*KEY, frozenset({"aud-2", "aud-1"})))
+    )
+    assert shared._name("cred", longer) != shared._name(
+        "cred", cast(CacheKey, (*KEY, frozenset({"aud-1"})))
+    )
+
+
+def test_a_key_element_without_a_canonical_form_is_refused_not_ignored(prefix: str) -> None:
+    shared = tier(prefix)
+    with pytest.raises(TypeError, match="bytes"):
+        shared._name("cred", cast(CacheKey, (*KEY, b"raw")))
