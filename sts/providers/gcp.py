@@ -26,7 +26,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -386,7 +386,7 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
         if outcome is None or outcome.kind is not TemporarilyUnavailable:
             name = sanitize_code(code, _CODE_CHARS) if code else f"HTTP{status}"
             outcome = unavailable("gcp", name, "Google is unavailable, retry later")
-        outcome = Outcome(outcome.kind, outcome.description, retry_after)
+        outcome = replace(outcome, retry_after=retry_after)
     elif outcome is None:
         if code is None:
             outcome = _MALFORMED
