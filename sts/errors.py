@@ -13,6 +13,8 @@ the logs read these fields; nothing parses them back out of the description.
 
 from __future__ import annotations
 
+from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE
+
 
 class OAuthError(Exception):
     """Base class: ``error`` is the RFC code, ``status`` the HTTP status (RFC 6749 section 5.2)."""
@@ -60,7 +62,7 @@ class InvalidRequest(OAuthError):
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
     status = 400
-    default_description = "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange"
+    default_description = f"grant_type must be {TOKEN_EXCHANGE_GRANT_TYPE}"
 
 
 class UnauthorizedClient(OAuthError):

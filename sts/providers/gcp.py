@@ -41,6 +41,11 @@ from sts.config import Settings
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
+from sts.protocol import (
+    GCP_REQUESTED_TOKEN_TYPE,
+    GCP_SUBJECT_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT_TYPE,
+)
 from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
     MIN_LIFETIME_SECONDS,
@@ -55,10 +60,6 @@ from sts.providers.errors import (
 )
 
 log = logging.getLogger(__name__)
-
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
 
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 5.0
@@ -272,11 +273,11 @@ class GcpProvider:
         try:
             answer = self._sts.exchange_token(  # type: ignore[no-untyped-call]
                 request=transport,
-                grant_type=GRANT_TYPE,
+                grant_type=TOKEN_EXCHANGE_GRANT_TYPE,
                 subject_token=subject_token,
-                subject_token_type=SUBJECT_TOKEN_TYPE,
+                subject_token_type=GCP_SUBJECT_TOKEN_TYPE,
                 audience=audience,
-                requested_token_type=ACCESS_TOKEN_TYPE,
+                requested_token_type=GCP_REQUESTED_TOKEN_TYPE,
                 scopes=list(scopes),
             )
         except google.auth.exceptions.TransportError as exc:
