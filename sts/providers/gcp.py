@@ -7,7 +7,8 @@
    API (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken)
    with the federated token; its access token is the result.
 
-Both calls go through one pooled ``requests`` session with connect/read timeouts, via
+Both calls go through one pooled ``requests`` session from :func:`sts.outbound.upstream_session`
+(no credential from the environment, proxies as for every upstream) with connect/read timeouts, via
 :class:`_Transport`, a google-auth transport of our own. It exists because google-auth's requests
 transport takes no default timeout (its 120 s applies to calls that pass none, as
 ``sts.Client`` does), does not expose the HTTP status on errors, and at DEBUG level logs request
@@ -35,12 +36,12 @@ import google.auth.exceptions
 import google.auth.transport
 import google.oauth2.sts
 import requests
-import requests.adapters
 
 from sts.config import Settings
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
+from sts.outbound import upstream_session
 from sts.protocol import (
     GCP_REQUESTED_TOKEN_TYPE,
     GCP_SUBJECT_TOKEN_TYPE,
@@ -197,12 +198,7 @@ class GcpProvider:
         self._sts = google.oauth2.sts.Client(settings.gcp_sts_url)  # type: ignore[no-untyped-call]
         self._iam_url = settings.gcp_iam_credentials_url.rstrip("/")
         self._timeout = (connect_timeout, read_timeout)
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0
-        )
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session = upstream_session(pool_size=pool_size)
 
     def close(self) -> None:
         """Release pooled connections."""

@@ -17,10 +17,10 @@ def test_identifiers_have_the_values_of_rfc_8693_and_the_readme() -> None:
     assert protocol.JWT_TOKEN_TYPE == "urn:ietf:params:oauth:token-type:jwt"
     assert protocol.ACCESS_TOKEN_TYPE == "urn:ietf:params:oauth:token-type:access_token"
     assert protocol.AWS_CREDENTIALS_TOKEN_TYPE == "urn:zuplo-sts:token-type:aws-credentials"
-    assert protocol.SUBJECT_TOKEN_TYPES == {
+    assert {
         "urn:ietf:params:oauth:token-type:id_token",
         "urn:ietf:params:oauth:token-type:jwt",
-    }
+    } == protocol.SUBJECT_TOKEN_TYPES
     assert protocol.GCP_SUBJECT_TOKEN_TYPE == "urn:ietf:params:oauth:token-type:jwt"
     assert protocol.GCP_REQUESTED_TOKEN_TYPE == "urn:ietf:params:oauth:token-type:access_token"
 
@@ -31,7 +31,8 @@ def test_no_module_but_sts_protocol_spells_a_grant_or_token_type() -> None:
         if path == PACKAGE / "protocol.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str):
-                if "urn:ietf:params:oauth:" in node.value or "urn:zuplo-sts:" in node.value:
-                    spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+            if not (isinstance(node, ast.Constant) and isinstance(node.value, str)):
+                continue
+            if "urn:ietf:params:oauth:" in node.value or "urn:zuplo-sts:" in node.value:
+                spelled.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
     assert spelled == []
