@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 5.0
 POOL_SIZE = 32
+#: The longest a Google access token lives (12 hours, the ``generateAccessToken`` maximum): a
+#: longer ``expires_in`` is a broken answer, and one beyond a float's range would not even add up.
+MAX_EXPIRES_IN_SECONDS = 43200
 
 
 def _row(code: str, phrase: str) -> Outcome:
@@ -288,7 +291,7 @@ class GcpProvider:
             or not token
             or not isinstance(expires_in, int)
             or isinstance(expires_in, bool)
-            or expires_in <= 0
+            or not 0 < expires_in <= MAX_EXPIRES_IN_SECONDS
         ):
             raise _UpstreamError(_MALFORMED, "sts: 200 without access_token/expires_in")
         return token, time.time() + expires_in
