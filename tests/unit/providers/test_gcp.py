@@ -15,9 +15,12 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from sts.errors import InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
-from sts.mappings.spec import DEFAULT_GCP_SCOPE, IAM_SCOPE, GcpTarget, MappingSpec
+from sts.mappings.spec import GcpTarget, MappingSpec
 from sts.providers.gcp import GcpProvider
 from tests.unit.providers.conftest import SERVICE_ACCOUNT, WIF_PROVIDER
+
+DEFAULT_GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 
 READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
