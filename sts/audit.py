@@ -13,8 +13,9 @@ Outcomes:
 - ``<OAuth error code>:<provider code>``: the call failed, e.g. ``invalid_target:AccessDenied``,
   ``invalid_request:ExpiredTokenException``, ``temporarily_unavailable:Throttling``. Temporary
   failures are recorded too, so operators see upstream trouble next to what it affected.
-  A failure with no provider code (a bug, an unexpected exception) is
-  ``server_error:<exception type>``.
+  The provider code is the error's ``provider_code`` field (:mod:`sts.errors`), never read
+  back from its description. An OAuth error without one is its bare error code; any other
+  exception (a bug) is ``server_error:<exception type>``.
 
 A write that fails never fails the exchange and is never lost silently: the event goes to the
 ``sts.audit`` logger as one WARNING line with every field, and
@@ -41,7 +42,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -69,11 +69,6 @@ PRUNE_BATCH = 5000
 AUDIT_WRITE_TIMEOUT_SECONDS = 2.0
 #: Writes that may wait for the writer thread; more are logged at once.
 AUDIT_MAX_PENDING = 1000
-
-# Provider error descriptions come from fixed tables: "<aws|gcp>: <code> - <phrase>".
-_PROVIDER_CODE = re.compile(r"^(?:aws|gcp): ([A-Za-z0-9._-]{1,64}) - ")
-# The AWS provider's log cause names the request id AWS gave its refusal.
-_REQUEST_ID = re.compile(r"\brequest_id=([A-Za-z0-9-]{1,128})\b")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +117,12 @@ def outcome_of(error: BaseException) -> str:
     """The outcome value for a failed upstream call (module docstring)."""
     if not isinstance(error, OAuthError):
         return f"server_error:{type(error).__name__}"
-    match = _PROVIDER_CODE.match(error.description)
-    return f"{error.error}:{match.group(1)}" if match else error.error
+    return f"{error.error}:{error.provider_code}" if error.provider_code else error.error
 
 
 def _request_id(error: BaseException) -> str | None:
-    cause = error.cause if isinstance(error, OAuthError) else None
-    match = _REQUEST_ID.search(cause or "")
-    if match is None or match.group(1) == "None":
-        return None
-    return match.group(1)
+    """The upstream's id for the failed call, as the provider recorded it on the error."""
+    return error.upstream_request_id if isinstance(error, OAuthError) else None
 
 
 def _scopes(scopes: Sequence[str]) -> str | None:

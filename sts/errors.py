@@ -3,26 +3,49 @@
 Every failure the caller can see is an :class:`OAuthError` carrying its RFC error code, HTTP status
 and a fixed, safe description. Handlers raise; :func:`sts.api.error_answer` renders. The ``cause``
 is for logs only and never reaches the caller.
+
+An error from an upstream call also carries its facts as typed fields: ``provider`` (``aws``,
+``gcp``), ``provider_code`` (the upstream's error code as the provider table names it),
+``upstream_request_id`` (the request id the upstream gave its answer, when it gave one) and
+``retry_after`` (seconds, sent as ``Retry-After``, RFC 9110 section 10.2.3). The audit trail and
+the logs read these fields; nothing parses them back out of the description.
 """
 
 from __future__ import annotations
 
+from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE
+
 
 class OAuthError(Exception):
-    """Base class: ``error`` is the RFC code, ``status`` the HTTP status."""
+    """Base class: ``error`` is the RFC code, ``status`` the HTTP status (RFC 6749 section 5.2)."""
 
     error = "server_error"
     status = 500
     default_description = "internal error"
 
-    def __init__(self, description: str | None = None, *, cause: str | None = None) -> None:
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        cause: str | None = None,
+        provider: str | None = None,
+        provider_code: str | None = None,
+        upstream_request_id: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         self.description = description or self.default_description
         self.cause = cause
+        self.provider = provider
+        self.provider_code = provider_code
+        self.upstream_request_id = upstream_request_id
+        self.retry_after = None if retry_after is None else max(1, int(retry_after))
         super().__init__(self.description)
 
     @property
     def headers(self) -> dict[str, str]:
-        return {}
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(self.retry_after)}
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -39,7 +62,7 @@ class InvalidRequest(OAuthError):
 class UnsupportedGrantType(OAuthError):
     error = "unsupported_grant_type"
     status = 400
-    default_description = "grant_type must be urn:ietf:params:oauth:grant-type:token-exchange"
+    default_description = f"grant_type must be {TOKEN_EXCHANGE_GRANT_TYPE}"
 
 
 class UnauthorizedClient(OAuthError):
@@ -71,15 +94,27 @@ class TemporarilyUnavailable(OAuthError):
     status = 503
     default_description = "temporarily unavailable, retry later"
 
-    def __init__(
-        self, description: str | None = None, *, retry_after: int = 5, cause: str | None = None
-    ) -> None:
-        super().__init__(description, cause=cause)
-        self.retry_after = max(1, int(retry_after))
+    #: Seconds a caller is told to wait when the raiser names no better value.
+    default_retry_after = 5
 
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        retry_after: int | None = None,
+        cause: str | None = None,
+        provider: str | None = None,
+        provider_code: str | None = None,
+        upstream_request_id: str | None = None,
+    ) -> None:
+        super().__init__(
+            description,
+            cause=cause,
+            provider=provider,
+            provider_code=provider_code,
+            upstream_request_id=upstream_request_id,
+            retry_after=self.default_retry_after if retry_after is None else retry_after,
+        )
 
 
 class ServerError(OAuthError):

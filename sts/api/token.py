@@ -27,8 +27,11 @@ from sts.api import (
 )
 from sts.errors import InvalidRequest, OAuthError, ServerError, UnsupportedGrantType
 from sts.exchange import Exchanged, TokenRequest
-from sts.mappings.index import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE
 from sts.metrics import EXCHANGE_SECONDS, EXCHANGES
+from sts.protocol import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+
+# Re-exported (the "as" form) for modules that still import it from here.
+from sts.protocol import SUBJECT_TOKEN_TYPES as SUBJECT_TOKEN_TYPES  # noqa: PLC0414
 from sts.providers.base import Credentials
 from sts.services import Services
 
@@ -41,10 +44,7 @@ bp = Blueprint("token", __name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 64
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-SUBJECT_TOKEN_TYPES = frozenset(
-    {"urn:ietf:params:oauth:token-type:id_token", "urn:ietf:params:oauth:token-type:jwt"}
-)
+GRANT_TYPE = TOKEN_EXCHANGE_GRANT_TYPE
 # The parameters we act on; any other parameter is ignored, even when repeated.
 FIELDS = frozenset(
     {

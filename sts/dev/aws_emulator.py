@@ -69,14 +69,16 @@ class StsCall:
         return self.params.get("Policy")
 
 
-def error_document(code: str, message: str, *, sender: bool = True) -> bytes:
-    """An AWS Query-protocol error response body, as STS sends it."""
+def error_document(
+    code: str, message: str, *, sender: bool = True, request_id: str | None = None
+) -> bytes:
+    """An AWS Query-protocol error response body, as STS sends it (a random ``RequestId``)."""
     kind = "Sender" if sender else "Receiver"
     return (
         '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">'
         f"<Error><Type>{kind}</Type><Code>{escape(code)}</Code>"
         f"<Message>{escape(message)}</Message></Error>"
-        f"<RequestId>{secrets.token_hex(16)}</RequestId></ErrorResponse>"
+        f"<RequestId>{escape(request_id or secrets.token_hex(16))}</RequestId></ErrorResponse>"
     ).encode()
 
 
@@ -133,12 +135,18 @@ class AwsEmulator(BackgroundServer):
         body: bytes | None = None,
         headers: dict[str, str] | None = None,
         sender: bool = True,
+        request_id: str | None = None,
     ) -> None:
         """Answer the next ``times`` requests with ``status`` and an AWS error document.
 
-        ``body`` replaces the document (for malformed answers, even with status 200).
+        ``body`` replaces the document (for malformed answers, even with status 200);
+        ``request_id`` is the document's ``RequestId`` (random when not given).
         """
-        payload = body if body is not None else error_document(code, message, sender=sender)
+        payload = (
+            body
+            if body is not None
+            else error_document(code, message, sender=sender, request_id=request_id)
+        )
         self._faults.add(Fault(status, payload, dict(headers or {}), times))
 
     def require_audience(self, role_arn: str, audiences: Iterable[str] | None) -> None:

@@ -22,6 +22,8 @@ from typing import Any
 import click
 import requests
 
+from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+
 DEMO_AUDIENCE = "https://sts.demo.localhost"
 WIP = (
     "//iam.googleapis.com/projects/123456789/locations/global/"
@@ -29,8 +31,6 @@ WIP = (
 )
 SERVICE_ACCOUNT = "reader@demo-project.iam.gserviceaccount.com"
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
-GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
-ID_TOKEN = "urn:ietf:params:oauth:token-type:id_token"  # noqa: S105
 
 MAPPINGS = f"""\
 mappings:
@@ -116,9 +116,9 @@ def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
     response = requests.post(
         url + "/token",
         data={
-            "grant_type": GRANT,
+            "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
             "subject_token": token,
-            "subject_token_type": ID_TOKEN,
+            "subject_token_type": ID_TOKEN_TYPE,
             "audience": audience,
         },
         timeout=30,

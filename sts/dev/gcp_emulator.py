@@ -40,13 +40,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sts.dev.serving import BackgroundServer, Fault, FaultQueue
+from sts.protocol import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE
+from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE as GRANT_TYPE
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
-SUBJECT_TOKEN_TYPES = (
-    "urn:ietf:params:oauth:token-type:jwt",
-    "urn:ietf:params:oauth:token-type:id_token",
-)
+#: What Google's STS accepts as ``subject_token_type`` for an OIDC provider.
+SUBJECT_TOKEN_TYPES = (JWT_TOKEN_TYPE, ID_TOKEN_TYPE)
 #: Scopes a federated token needs to call the IAM Credentials API.
 IAM_CALLER_SCOPES = (
     "https://www.googleapis.com/auth/cloud-platform",

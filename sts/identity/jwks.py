@@ -33,6 +33,7 @@ from joserfc.jwk import RSAKey
 
 from sts.config import Settings, check_url
 from sts.metrics import JWKS_FETCHES
+from sts.outbound import upstream_session
 
 __all__ = [
     "DEFAULT_TTL",
@@ -380,8 +381,9 @@ class JWKSCache:
         return parse_jwks(bytes(body)), ttl
 
     def _http(self) -> requests.Session:
+        # No credential from the environment (netrc), proxies as for every upstream.
         if self._session is None:
-            self._session = requests.Session()
+            self._session = upstream_session()
         return self._session
 
     def close(self) -> None:

@@ -30,9 +30,9 @@ from sts.errors import InvalidScope, InvalidTarget, OAuthError, UnauthorizedClie
 from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
 
-# RFC 8693 section 3: the issued_token_type of each provider's response (CONTRACT section 2).
-AWS_CREDENTIALS_TOKEN_TYPE = "urn:zuplo-sts:token-type:aws-credentials"  # noqa: S105
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105
+# Re-exported (the "as" form) for modules that still import them from here.
+from sts.protocol import ACCESS_TOKEN_TYPE as ACCESS_TOKEN_TYPE  # noqa: PLC0414
+from sts.protocol import AWS_CREDENTIALS_TOKEN_TYPE as AWS_CREDENTIALS_TOKEN_TYPE  # noqa: PLC0414
 
 # Mapping names are [a-z0-9][a-z0-9-]{0,62}, so an audience with this prefix is never a name.
 WIP_PREFIX = "//iam.googleapis.com/"

@@ -44,6 +44,7 @@ from sts.providers.errors import (
     Outcome,
     redact,
     refused,
+    request_id,
     sanitize_code,
     unavailable,
 )
@@ -87,7 +88,7 @@ _MALFORMED_POLICY = _row("MalformedPolicyDocument", "the session policy is malfo
 _POLICY_TOO_LARGE = _row("PackedPolicyTooLarge", "the session policy is too large")
 _VALIDATION = _row("ValidationError", "the request parameters were not accepted")
 _REGION_DISABLED = _row("RegionDisabledException", "STS is not activated in this region")
-_EXPIRED = Outcome(InvalidRequest, "aws: ExpiredTokenException - the identity token has expired")
+_EXPIRED = Outcome(InvalidRequest, "aws", "ExpiredTokenException", "the identity token has expired")
 _THROTTLED = unavailable(
     "aws", "Throttling", "request throttled, retry later", THROTTLED_RETRY_AFTER_SECONDS
 )
@@ -228,13 +229,14 @@ class AwsProvider:
                 outcome = _SERVER_ERROR
             else:
                 outcome = refused("aws", sanitize_code(code), "AWS STS refused the exchange")
+        upstream_id = request_id(meta.get("RequestId"))
         cause = (
             f"AssumeRoleWithWebIdentity failed: mapping={mapping} code={sanitize_code(code)}"
-            f" status={status} request_id={meta.get('RequestId')}"
+            f" status={status} request_id={upstream_id}"
             f" message={redact(str(error.get('Message', '')), subject_token)!r}"
         )
         log.warning("%s", cause)
-        return outcome.error(cause)
+        return outcome.error(cause, request_id=upstream_id)
 
     @staticmethod
     def _transport_error(
@@ -266,9 +268,9 @@ class AwsProvider:
             secret = creds["SecretAccessKey"]
             session_token = creds["SessionToken"]
             expiration = creds["Expiration"]
-            request_id = response.get("ResponseMetadata", {}).get("RequestId")
+            upstream_id = request_id(response.get("ResponseMetadata", {}).get("RequestId"))
         except (KeyError, TypeError, AttributeError):
-            key_id = secret = session_token = expiration = request_id = None
+            key_id = secret = session_token = expiration = upstream_id = None
         if not (
             isinstance(key_id, str)
             and key_id
@@ -285,14 +287,14 @@ class AwsProvider:
                 f" within {MIN_LIFETIME_SECONDS} s): mapping={mapping}"
             )
             log.warning("%s", cause)
-            raise _MALFORMED.error(cause)
+            raise _MALFORMED.error(cause, request_id=upstream_id)
         return Credentials(
             provider="aws",
             access_token=session_token,
             expires_at=expiration.timestamp(),
             aws_access_key_id=key_id,
             aws_secret_access_key=secret,
-            request_id=request_id if isinstance(request_id, str) and request_id else None,
+            request_id=upstream_id,
         )
 
 

@@ -27,6 +27,8 @@ MIN_REDACTED_PART = 16
 #: included; an answer that expires sooner is unusable (as ``sts.cache.MIN_REMAINING_SECONDS``).
 MIN_LIFETIME_SECONDS = 300
 
+#: What an upstream request id may look like to be kept (AWS sends a UUID).
+_REQUEST_ID = re.compile(r"[A-Za-z0-9-]{1,128}")
 _JWS_LIKE = re.compile(r"eyJ[A-Za-z0-9_=-]{8,}(\.[A-Za-z0-9_=-]*)*")
 
 Kind = type[InvalidTarget] | type[InvalidRequest] | type[TemporarilyUnavailable]
@@ -34,31 +36,53 @@ Kind = type[InvalidTarget] | type[InvalidRequest] | type[TemporarilyUnavailable]
 
 @dataclass(frozen=True)
 class Outcome:
-    """One row of an error table: the error class and its fixed, caller-safe description."""
+    """One row of an error table: the error class, the upstream code and a fixed phrase.
+
+    The caller sees ``"<provider>: <code> - <phrase>"`` (CONTRACT section 2's provider rows);
+    the raised error also carries ``provider`` and ``code`` as fields, for the audit trail.
+    """
 
     kind: Kind
-    description: str
+    provider: str
+    code: str
+    phrase: str
     retry_after: int = RETRY_AFTER_SECONDS
 
-    def error(self, cause: str) -> OAuthError:
-        """The exception to raise; ``cause`` is for logs only."""
+    @property
+    def description(self) -> str:
+        return f"{self.provider}: {self.code} - {self.phrase}"
+
+    def error(
+        self, cause: str, *, request_id: str | None = None, retry_after: int | None = None
+    ) -> OAuthError:
+        """The exception to raise; ``cause`` is for logs only.
+
+        ``request_id`` is the upstream's id for its answer; ``retry_after`` overrides the row's
+        (an upstream ``Retry-After``). Only ``temporarily_unavailable`` carries a retry delay.
+        """
+        delay = None
         if self.kind is TemporarilyUnavailable:
-            return TemporarilyUnavailable(
-                self.description, retry_after=self.retry_after, cause=cause
-            )
-        return self.kind(self.description, cause=cause)
+            delay = self.retry_after if retry_after is None else retry_after
+        return self.kind(
+            self.description,
+            cause=cause,
+            provider=self.provider,
+            provider_code=self.code,
+            upstream_request_id=request_id or None,
+            retry_after=delay,
+        )
 
 
 def refused(prefix: str, code: str, phrase: str) -> Outcome:
     """A provider refusal: ``invalid_target``, description ``"<prefix>: <code> - <phrase>"``."""
-    return Outcome(InvalidTarget, f"{prefix}: {code} - {phrase}")
+    return Outcome(InvalidTarget, prefix, code, phrase)
 
 
 def unavailable(
     prefix: str, code: str, phrase: str, retry_after: int = RETRY_AFTER_SECONDS
 ) -> Outcome:
     """A transient upstream failure: ``temporarily_unavailable`` with ``Retry-After``."""
-    return Outcome(TemporarilyUnavailable, f"{prefix}: {code} - {phrase}", retry_after)
+    return Outcome(TemporarilyUnavailable, prefix, code, phrase, retry_after)
 
 
 def sanitize_code(code: object, allowed: str = r"A-Za-z0-9.", limit: int = 64) -> str:
@@ -69,6 +93,11 @@ def sanitize_code(code: object, allowed: str = r"A-Za-z0-9.", limit: int = 64) -
     """
     cleaned = re.sub(f"[^{allowed}]", "", str(code))[:limit]
     return cleaned or "Unknown"
+
+
+def request_id(value: object) -> str | None:
+    """An upstream request id, kept only if it is a short inert token (else ``None``)."""
+    return value if isinstance(value, str) and _REQUEST_ID.fullmatch(value) else None
 
 
 def parse_retry_after(value: str | None, default: int) -> int:

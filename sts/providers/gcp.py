@@ -7,7 +7,8 @@
    API (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken)
    with the federated token; its access token is the result.
 
-Both calls go through one pooled ``requests`` session with connect/read timeouts, via
+Both calls go through one pooled ``requests`` session from :func:`sts.outbound.upstream_session`
+(no credential from the environment, proxies as for every upstream) with connect/read timeouts, via
 :class:`_Transport`, a google-auth transport of our own. It exists because google-auth's requests
 transport takes no default timeout (its 120 s applies to calls that pass none, as
 ``sts.Client`` does), does not expose the HTTP status on errors, and at DEBUG level logs request
@@ -26,7 +27,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -35,12 +36,17 @@ import google.auth.exceptions
 import google.auth.transport
 import google.oauth2.sts
 import requests
-import requests.adapters
 
 from sts.config import Settings
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
+from sts.outbound import upstream_session
+from sts.protocol import (
+    GCP_REQUESTED_TOKEN_TYPE,
+    GCP_SUBJECT_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT_TYPE,
+)
 from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.errors import (
     MIN_LIFETIME_SECONDS,
@@ -56,13 +62,12 @@ from sts.providers.errors import (
 
 log = logging.getLogger(__name__)
 
-GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
-SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 - a URN
-ACCESS_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"  # noqa: S105 - a URN
-
 CONNECT_TIMEOUT_SECONDS = 2.0
 READ_TIMEOUT_SECONDS = 5.0
 POOL_SIZE = 32
+#: The longest a Google access token lives (12 hours, the ``generateAccessToken`` maximum): a
+#: longer ``expires_in`` is a broken answer, and one beyond a float's range would not even add up.
+MAX_EXPIRES_IN_SECONDS = 43200
 
 
 def _row(code: str, phrase: str) -> Outcome:
@@ -196,12 +201,7 @@ class GcpProvider:
         self._sts = google.oauth2.sts.Client(settings.gcp_sts_url)  # type: ignore[no-untyped-call]
         self._iam_url = settings.gcp_iam_credentials_url.rstrip("/")
         self._timeout = (connect_timeout, read_timeout)
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(
-            pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0
-        )
-        self._session.mount("https://", adapter)
-        self._session.mount("http://", adapter)
+        self._session = upstream_session(pool_size=pool_size)
 
     def close(self) -> None:
         """Release pooled connections."""
@@ -272,11 +272,11 @@ class GcpProvider:
         try:
             answer = self._sts.exchange_token(  # type: ignore[no-untyped-call]
                 request=transport,
-                grant_type=GRANT_TYPE,
+                grant_type=TOKEN_EXCHANGE_GRANT_TYPE,
                 subject_token=subject_token,
-                subject_token_type=SUBJECT_TOKEN_TYPE,
+                subject_token_type=GCP_SUBJECT_TOKEN_TYPE,
                 audience=audience,
-                requested_token_type=ACCESS_TOKEN_TYPE,
+                requested_token_type=GCP_REQUESTED_TOKEN_TYPE,
                 scopes=list(scopes),
             )
         except google.auth.exceptions.TransportError as exc:
@@ -291,7 +291,7 @@ class GcpProvider:
             or not token
             or not isinstance(expires_in, int)
             or isinstance(expires_in, bool)
-            or expires_in <= 0
+            or not 0 < expires_in <= MAX_EXPIRES_IN_SECONDS
         ):
             raise _UpstreamError(_MALFORMED, "sts: 200 without access_token/expires_in")
         return token, time.time() + expires_in
@@ -386,7 +386,7 @@ def _http_failure(step: str, response: _Response | None, secrets: list[str]) -> 
         if outcome is None or outcome.kind is not TemporarilyUnavailable:
             name = sanitize_code(code, _CODE_CHARS) if code else f"HTTP{status}"
             outcome = unavailable("gcp", name, "Google is unavailable, retry later")
-        outcome = Outcome(outcome.kind, outcome.description, retry_after)
+        outcome = replace(outcome, retry_after=retry_after)
     elif outcome is None:
         if code is None:
             outcome = _MALFORMED

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -21,9 +22,10 @@ from sts.cli import cli
 from sts.db import Database
 from sts.db.models import IssuanceEvent
 from sts.logs import JsonFormatter
-from sts.providers.aws import MAX_ATTEMPTS
 from tests.functional.conftest import ROLE, SA, Stack
 
+#: Attempts per AWS call (docs/operations.md: 3 attempts, botocore standard mode).
+MAX_ATTEMPTS = 3
 SCOPES = {
     "https://www.googleapis.com/auth/cloud-platform",
     "https://www.googleapis.com/auth/bigquery",
@@ -37,9 +39,22 @@ def events(database: Database) -> list[dict[str, Any]]:
 
 
 def assert_no_secret(row: Any, *secrets: str) -> None:
+    """No column holds a secret, as it is or in an encoding a column could store it in.
+
+    The digest column is hex, so a secret written there hex- or base64-encoded instead of
+    hashed must be caught too; a plain ``secret in repr(row)`` would miss it.
+    """
     text = repr(row)
     for secret in secrets:
-        assert secret not in text
+        raw = secret.encode()
+        forms = {
+            secret,
+            raw.hex(),
+            base64.b64encode(raw).decode().rstrip("="),
+            base64.urlsafe_b64encode(raw).decode().rstrip("="),
+        }
+        for form in forms:
+            assert form not in text
 
 
 class Collect(logging.Handler):
@@ -116,17 +131,27 @@ def test_aws_issuance_writes_one_row_and_cache_hits_write_none(
     assert listed["id"] == row["id"]
 
 
-def test_refusal_writes_a_refusal_row(stack_factory: Any, database_url: str) -> None:
+def test_refusal_row_has_the_provider_code_and_the_request_id_aws_sent(
+    stack_factory: Any, database_url: str
+) -> None:
     stack: Stack = stack_factory(database_url=database_url)
-    stack.aws.fail_next(403, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebId")
+    stack.aws.fail_next(
+        403,
+        "AccessDenied",
+        "Not authorized to perform sts:AssumeRoleWithWebIdentity",
+        request_id="7d3c1a9e-0b5e-4c2f-8e41-2a6b9f0c1d3e",
+    )
     response = stack.post()
     assert response.status_code == 400
-    assert response.json()["error"] == "invalid_target"
+    assert response.json() == {
+        "error": "invalid_target",
+        "error_description": "aws: AccessDenied - the role does not trust this identity",
+    }
 
     [row] = events(stack.services.database)
     assert row["outcome"] == "invalid_target:AccessDenied"
     assert (row["mapping"], row["target"]) == ("orders-prod", ROLE)
-    assert row["provider_request_id"]  # the RequestId of AWS's error document
+    assert row["provider_request_id"] == "7d3c1a9e-0b5e-4c2f-8e41-2a6b9f0c1d3e"
     assert row["expires_at"] is None
     assert row["credential_sha256"] is None
 
@@ -134,11 +159,18 @@ def test_refusal_writes_a_refusal_row(stack_factory: Any, database_url: str) -> 
 def test_temporary_upstream_failure_is_recorded_as_temporarily_unavailable(
     stack: Stack,
 ) -> None:
-    stack.aws.fail_next(503, "ServiceUnavailable", sender=False, times=MAX_ATTEMPTS)
+    stack.aws.fail_next(
+        503,
+        "ServiceUnavailable",
+        sender=False,
+        times=MAX_ATTEMPTS,
+        request_id="0e9d8c7b-6a5f-4e3d-2c1b-0a9f8e7d6c5b",
+    )
     response = stack.post()
     assert response.status_code == 503
     [row] = events(stack.services.database)
     assert row["outcome"] == "temporarily_unavailable:ServiceUnavailable"
+    assert row["provider_request_id"] == "0e9d8c7b-6a5f-4e3d-2c1b-0a9f8e7d6c5b"
     assert row["credential_sha256"] is None
 
 

@@ -111,29 +111,44 @@ def failures() -> float:
 # -- values -------------------------------------------------------------------------------------
 
 
+def refusal(kind: type[OAuthError], code: str, phrase: str, **facts: Any) -> OAuthError:
+    """An error as a provider raises it: the fixed description and the same facts as fields."""
+    return kind(f"aws: {code} - {phrase}", provider="aws", provider_code=code, **facts)
+
+
 @pytest.mark.parametrize(
     ("error", "outcome"),
     [
-        (InvalidTarget("aws: AccessDenied - AWS refused the role"), "invalid_target:AccessDenied"),
+        (refusal(InvalidTarget, "AccessDenied", "AWS refused"), "invalid_target:AccessDenied"),
         (
-            InvalidRequest("aws: ExpiredTokenException - the identity token has expired"),
+            refusal(InvalidRequest, "ExpiredTokenException", "the identity token has expired"),
             "invalid_request:ExpiredTokenException",
         ),
         (
-            TemporarilyUnavailable("aws: Throttling - AWS STS is throttling, retry later"),
+            refusal(TemporarilyUnavailable, "Throttling", "retry later", retry_after=5),
             "temporarily_unavailable:Throttling",
         ),
-        (InvalidTarget("gcp: PERMISSION_DENIED - x"), "invalid_target:PERMISSION_DENIED"),
-        (InvalidTarget("gcp: invalid_grant - x"), "invalid_target:invalid_grant"),
+        (
+            InvalidTarget(
+                "gcp: PERMISSION_DENIED - x", provider="gcp", provider_code="PERMISSION_DENIED"
+            ),
+            "invalid_target:PERMISSION_DENIED",
+        ),
         (TemporarilyUnavailable(), "temporarily_unavailable"),
         (ServerError(), "server_error"),
         (RuntimeError("boom"), "server_error:RuntimeError"),
-        # A description that is not from a provider table gives no provider code.
-        (OAuthError("aws: a b - c"), "server_error"),
     ],
 )
 def test_outcome_values(error: BaseException, outcome: str) -> None:
     assert outcome_of(error) == outcome
+
+
+def test_outcome_reads_the_provider_code_field_not_the_description() -> None:
+    # A description shaped like a provider row, with no provider code field: no code.
+    assert outcome_of(InvalidTarget("aws: AccessDenied - looks like a row")) == "invalid_target"
+    # The field wins, whatever the description says.
+    error = InvalidTarget("gcp: something else - phrase", provider="gcp", provider_code="NOT_FOUND")
+    assert outcome_of(error) == "invalid_target:NOT_FOUND"
 
 
 def test_credential_hash_is_sha256_of_the_presented_secret() -> None:
@@ -230,14 +245,20 @@ def test_gcp_row_names_the_service_account_and_scopes(
     assert row["provider_request_id"] is None
 
 
-def test_refusal_row(recorder: AuditRecorder, database: Database) -> None:
-    error = InvalidTarget(
-        "aws: AccessDenied - AWS refused to let this identity assume the role",
-        cause="AssumeRoleWithWebIdentity failed: mapping=orders-prod code=AccessDenied "
-        "status=403 request_id=0a1b2c3d-4e5f message='Not authorized'",
+def test_refusal_row_takes_the_request_id_from_the_error_field(
+    recorder: AuditRecorder, database: Database
+) -> None:
+    error = refusal(
+        InvalidTarget,
+        "AccessDenied",
+        "AWS refused to let this identity assume the role",
+        upstream_request_id="0a1b2c3d-4e5f",
+        cause="AssumeRoleWithWebIdentity failed: mapping=orders-prod code=AccessDenied",
     )
+    # A log cause that names a request id is not where the row's id comes from.
+    unrelated = TemporarilyUnavailable(cause="request_id=ffffffff-0000 status=503")
     recorder.record_refused(PRINCIPAL, GCP_MAPPING, error, scopes=("s1", "s2"))
-    recorder.record_refused(PRINCIPAL, AWS_MAPPING, TemporarilyUnavailable(cause="request_id=None"))
+    recorder.record_refused(PRINCIPAL, AWS_MAPPING, unrelated)
     first, second = rows(database)
     assert first["outcome"] == "invalid_target:AccessDenied"
     assert first["provider_request_id"] == "0a1b2c3d-4e5f"

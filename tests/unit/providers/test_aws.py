@@ -168,79 +168,101 @@ def test_standard_retry_mode_retries_a_transient_5xx(
     assert len(aws_emulator.requests) == 2
 
 
+REQUEST_ID = "5f1d6a0e-0c1b-4a57-9d1e-6f0a2b3c4d5e"
+
 REFUSALS = [
-    ("AccessDenied", 403, "aws: AccessDenied - "),
-    ("AccessDeniedException", 403, "aws: AccessDenied - "),
-    ("InvalidIdentityToken", 400, "aws: InvalidIdentityToken - "),
-    ("InvalidIdentityTokenException", 400, "aws: InvalidIdentityToken - "),
-    ("IDPRejectedClaim", 403, "aws: IDPRejectedClaim - "),
-    ("MalformedPolicyDocument", 400, "aws: MalformedPolicyDocument - "),
-    ("MalformedPolicyDocumentException", 400, "aws: MalformedPolicyDocument - "),
-    ("PackedPolicyTooLarge", 400, "aws: PackedPolicyTooLarge - "),
-    ("PackedPolicyTooLargeException", 400, "aws: PackedPolicyTooLarge - "),
-    ("ValidationError", 400, "aws: ValidationError - "),
-    ("RegionDisabledException", 403, "aws: RegionDisabledException - "),
-    ("SomethingNew", 400, "aws: SomethingNew - "),
-    ("Odd<Code> \u00e9!", 400, "aws: OddCode - "),
+    ("AccessDenied", 403, "AccessDenied"),
+    ("AccessDeniedException", 403, "AccessDenied"),
+    ("InvalidIdentityToken", 400, "InvalidIdentityToken"),
+    ("InvalidIdentityTokenException", 400, "InvalidIdentityToken"),
+    ("IDPRejectedClaim", 403, "IDPRejectedClaim"),
+    ("MalformedPolicyDocument", 400, "MalformedPolicyDocument"),
+    ("MalformedPolicyDocumentException", 400, "MalformedPolicyDocument"),
+    ("PackedPolicyTooLarge", 400, "PackedPolicyTooLarge"),
+    ("PackedPolicyTooLargeException", 400, "PackedPolicyTooLarge"),
+    ("ValidationError", 400, "ValidationError"),
+    ("RegionDisabledException", 403, "RegionDisabledException"),
+    ("SomethingNew", 400, "SomethingNew"),
+    ("Odd<Code> \u00e9!", 400, "OddCode"),
 ]
 
 
-@pytest.mark.parametrize(("code", "status", "prefix"), REFUSALS)
-def test_refusals_are_invalid_target(
+@pytest.mark.parametrize(("code", "status", "named"), REFUSALS)
+def test_refusals_are_invalid_target_carrying_provider_code_and_request_id(
     aws_emulator: AwsEmulator,
     principal: Principal,
     subject_token: str,
     code: str,
     status: int,
-    prefix: str,
+    named: str,
 ) -> None:
-    aws_emulator.fail_next(status, code, message=f"echo {subject_token}")
+    aws_emulator.fail_next(status, code, message=f"echo {subject_token}", request_id=REQUEST_ID)
     with pytest.raises(InvalidTarget) as caught:
         provider(aws_emulator.endpoint_url).issue(principal, mapping(), subject_token, ())
+    prefix = f"aws: {named} - "
     assert caught.value.description.startswith(prefix)
     assert len(caught.value.description) > len(prefix)  # a fixed phrase follows
     assert caught.value.error == "invalid_target"
     assert caught.value.status == 400
+    assert (caught.value.provider, caught.value.provider_code) == ("aws", named)
+    assert caught.value.upstream_request_id == REQUEST_ID
+    assert caught.value.retry_after is None
+    assert caught.value.headers == {}
     assert_nothing_leaks(caught.value, subject_token)
+
+
+def test_an_unusable_request_id_is_not_kept(
+    aws_emulator: AwsEmulator, principal: Principal, subject_token: str
+) -> None:
+    aws_emulator.fail_next(403, "AccessDenied", request_id="not an id; " + "x" * 200)
+    with pytest.raises(InvalidTarget) as caught:
+        provider(aws_emulator.endpoint_url).issue(principal, mapping(), subject_token, ())
+    assert caught.value.provider_code == "AccessDenied"
+    assert caught.value.upstream_request_id is None
 
 
 @pytest.mark.parametrize("code", ["ExpiredTokenException", "ExpiredToken"])
 def test_expired_token_is_invalid_request(
     aws_emulator: AwsEmulator, principal: Principal, subject_token: str, code: str
 ) -> None:
-    aws_emulator.fail_next(400, code, message="Token expired")
+    aws_emulator.fail_next(400, code, message="Token expired", request_id=REQUEST_ID)
     with pytest.raises(InvalidRequest) as caught:
         provider(aws_emulator.endpoint_url).issue(principal, mapping(), subject_token, ())
     assert caught.value.description.startswith("aws: ExpiredTokenException - ")
     assert caught.value.error == "invalid_request"
+    assert (caught.value.provider, caught.value.provider_code) == ("aws", "ExpiredTokenException")
+    assert caught.value.upstream_request_id == REQUEST_ID
 
 
 TRANSIENT = [
-    ("Throttling", 400, "aws: Throttling - ", 5),
-    ("ThrottlingException", 400, "aws: Throttling - ", 5),
-    ("RequestLimitExceeded", 400, "aws: Throttling - ", 5),
-    ("IDPCommunicationError", 400, "aws: IDPCommunicationError - ", 2),
-    ("InternalFailure", 500, "aws: ServiceUnavailable - ", 2),
-    ("ServiceUnavailable", 503, "aws: ServiceUnavailable - ", 2),
-    ("AnythingAtAll", 502, "aws: ServiceUnavailable - ", 2),
+    ("Throttling", 400, "Throttling", 5),
+    ("ThrottlingException", 400, "Throttling", 5),
+    ("RequestLimitExceeded", 400, "Throttling", 5),
+    ("IDPCommunicationError", 400, "IDPCommunicationError", 2),
+    ("InternalFailure", 500, "ServiceUnavailable", 2),
+    ("ServiceUnavailable", 503, "ServiceUnavailable", 2),
+    ("AnythingAtAll", 502, "ServiceUnavailable", 2),
 ]
 
 
-@pytest.mark.parametrize(("code", "status", "prefix", "retry_after"), TRANSIENT)
-def test_transient_failures_are_temporarily_unavailable(
+@pytest.mark.parametrize(("code", "status", "named", "retry_after"), TRANSIENT)
+def test_transient_failures_are_temporarily_unavailable_with_typed_retry_after(
     aws_emulator: AwsEmulator,
     principal: Principal,
     subject_token: str,
     code: str,
     status: int,
-    prefix: str,
+    named: str,
     retry_after: int,
 ) -> None:
-    aws_emulator.fail_next(status, code, sender=status < 500)
+    aws_emulator.fail_next(status, code, sender=status < 500, request_id=REQUEST_ID)
     with pytest.raises(TemporarilyUnavailable) as caught:
         provider(aws_emulator.endpoint_url).issue(principal, mapping(), subject_token, ())
-    assert caught.value.description.startswith(prefix)
+    assert caught.value.description.startswith(f"aws: {named} - ")
     assert caught.value.status == 503
+    assert (caught.value.provider, caught.value.provider_code) == ("aws", named)
+    assert caught.value.upstream_request_id == REQUEST_ID
+    assert caught.value.retry_after == retry_after
     assert caught.value.headers == {"Retry-After": str(retry_after)}
     assert_nothing_leaks(caught.value, subject_token)
 
@@ -282,6 +304,8 @@ def test_read_timeout_is_bounded(
         )
     assert time.monotonic() - started < 1.5
     assert caught.value.description.startswith("aws: ReadTimeout - ")
+    assert (caught.value.provider, caught.value.provider_code) == ("aws", "ReadTimeout")
+    assert caught.value.upstream_request_id is None
 
 
 def test_connection_refused_is_temporarily_unavailable(

@@ -15,9 +15,12 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from sts.errors import InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
-from sts.mappings.spec import DEFAULT_GCP_SCOPE, IAM_SCOPE, GcpTarget, MappingSpec
+from sts.mappings.spec import GcpTarget, MappingSpec
 from sts.providers.gcp import GcpProvider
 from tests.unit.providers.conftest import SERVICE_ACCOUNT, WIF_PROVIDER
+
+DEFAULT_GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 
 READ_SCOPE = "https://www.googleapis.com/auth/devstorage.read_only"
 
@@ -188,6 +191,8 @@ def test_sts_refusals_are_invalid_target(
     assert caught.value.description.startswith(prefix)
     assert len(caught.value.description) > len(prefix)
     assert "echo" not in caught.value.description
+    assert (caught.value.provider, caught.value.provider_code) == ("gcp", code)
+    assert caught.value.retry_after is None
     assert_nothing_leaks(caught.value, subject_token)
 
 
@@ -221,6 +226,7 @@ def test_iam_refusals_are_invalid_target(
     with pytest.raises(InvalidTarget) as caught:
         provider(gcp_emulator).issue(principal, mapping(SERVICE_ACCOUNT), subject_token, ())
     assert caught.value.description.startswith(f"gcp: {code} - ")
+    assert (caught.value.provider, caught.value.provider_code) == ("gcp", code)
 
 
 TRANSIENT = [
@@ -288,6 +294,9 @@ def test_transient_failures_are_temporarily_unavailable(
     with pytest.raises(TemporarilyUnavailable) as caught:
         provider(gcp_emulator).issue(principal, mapping(SERVICE_ACCOUNT), subject_token, ())
     assert caught.value.description.startswith(prefix)
+    assert caught.value.provider == "gcp"
+    assert caught.value.provider_code == prefix.removeprefix("gcp: ").split(" ")[0]
+    assert caught.value.retry_after == retry_after
     assert caught.value.headers == {"Retry-After": str(retry_after)}
     assert_nothing_leaks(caught.value, subject_token)
 

@@ -226,14 +226,29 @@ def test_generate_needs_a_binding(gcp_emulator: GcpEmulator, federated: str) -> 
     assert response.json()["error"]["status"] == "PERMISSION_DENIED"
 
 
-def test_generate_needs_an_iam_capable_federated_token(
-    gcp_emulator: GcpEmulator, subject_token: str
+@pytest.mark.parametrize(
+    ("scope", "status"),
+    [
+        ("https://www.googleapis.com/auth/devstorage.read_only", 403),
+        ("https://www.googleapis.com/auth/iam", 200),
+        ("https://www.googleapis.com/auth/cloud-platform", 200),
+        (
+            "https://www.googleapis.com/auth/devstorage.read_only https://www.googleapis.com/auth/iam",
+            200,
+        ),
+    ],
+)
+def test_generate_needs_a_federated_token_with_the_iam_or_cloud_platform_scope(
+    gcp_emulator: GcpEmulator, subject_token: str, scope: str, status: int
 ) -> None:
-    narrow = exchange(
-        gcp_emulator, subject_token, scope="https://www.googleapis.com/auth/devstorage.read_only"
-    ).json()["access_token"]
-    response = generate(gcp_emulator, narrow, {"scope": [CLOUD]})
-    assert response.status_code == 403
+    """As Google does: IAM Credentials takes a token with the iam or cloud-platform scope."""
+    federated = exchange(gcp_emulator, subject_token, scope=scope).json()["access_token"]
+    response = generate(gcp_emulator, federated, {"scope": [CLOUD]})
+    assert response.status_code == status, response.text
+    if status == 403:
+        assert response.json()["error"]["status"] == "PERMISSION_DENIED"
+    else:
+        assert response.json()["accessToken"] == gcp_emulator.issued[-1]
 
 
 def test_expired_federated_token_is_rejected(issuer: DevIssuer, subject_token: str) -> None:
