@@ -29,6 +29,7 @@ from sts.broker.keys import (
     StoredKeyError,
 )
 from sts.broker.kms import KmsKeyError, KmsKeyStore
+from sts.broker.stores import build_key_store
 from sts.config import ConfigError, Settings
 from sts.db.commands import fail, guard, open_database
 from sts.errors import TemporarilyUnavailable
@@ -57,10 +58,10 @@ def _settings() -> Settings:
 def _database_store(settings: Settings) -> Iterator[DatabaseKeyStore]:
     """The database's keys, every published one unsealed (so a wrong key-encryption key is
     found before anything is written with it)."""
-    assert settings.key_encryption_key is not None  # Settings requires it without KMS
     with open_database() as database:
         guard(database.require_current)
-        store = DatabaseKeyStore(database, settings.key_encryption_key)
+        store = build_key_store(settings, database)
+        assert isinstance(store, DatabaseKeyStore)  # callers handle KMS first
         try:
             guard(store.refresh)
         except KeyEncryptionKeyError as exc:

@@ -295,6 +295,28 @@ def test_wrong_key_encryption_key_is_exit_2_naming_the_variable_and_writes_nothi
     assert not (tmp_path / "x").exists()
 
 
+def test_a_stored_row_altered_without_the_key_encryption_key_is_exit_1(
+    database: Database, run: Any
+) -> None:
+    assert run("rotate").exit_code == 0
+    (key,) = listed(run)
+    intruder = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    numbers = intruder.public_numbers()
+    n = base64.urlsafe_b64encode(numbers.n.to_bytes(256, "big")).decode().rstrip("=")
+    with database.engine.begin() as conn:
+        row = conn.execute(sa.text("SELECT public_jwk FROM signing_keys")).scalar_one()
+        jwk = json.loads(row) if isinstance(row, str) else dict(row)
+        conn.execute(
+            sa.text("UPDATE signing_keys SET public_jwk = :jwk"),
+            {"jwk": json.dumps({**jwk, "n": n})},
+        )
+    error = one_line_error(run("list"), 1)
+    assert error == (
+        f"error: signing key {key['kid']}: the stored public key does not match the sealed "
+        "private key"
+    )
+
+
 @pytest.mark.parametrize(
     ("env", "variable"),
     [

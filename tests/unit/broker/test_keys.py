@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from sts.broker.keys import (
     DatabaseKeyStore,
@@ -465,3 +469,95 @@ def test_refresh_failure_keeps_the_loaded_keys_signing_and_is_logged_once(
         store.stop()
     failures = [r for r in caplog.records if r.getMessage().startswith("signing key refresh")]
     assert len(failures) == 1
+
+
+# -- writes that lose a race --------------------------------------------------------------------
+# Another replica winning the race is played by SQLite triggers: an INSERT refused as a
+# constraint violation (what the unique generation does), an UPDATE that matches no row (what a
+# concurrent retire or promotion leaves behind).
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path) -> Iterator[Database]:
+    db = Database(f"sqlite:///{tmp_path / 'race.db'}")
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+def refuse_inserts(database: Database) -> None:
+    with database.session() as session:
+        session.execute(
+            sa.text(
+                "CREATE TRIGGER other_replica BEFORE INSERT ON signing_keys "
+                "BEGIN SELECT RAISE(ABORT, 'lost the race'); END"
+            )
+        )
+
+
+def ignore_updates(database: Database) -> None:
+    with database.session() as session:
+        session.execute(
+            sa.text(
+                "CREATE TRIGGER other_replica BEFORE UPDATE ON signing_keys "
+                "BEGIN SELECT RAISE(IGNORE); END"
+            )
+        )
+
+
+def test_bootstrap_that_keeps_losing_the_insert_race_says_so(
+    sqlite_database: Database, kek: bytes, clock: Clock
+) -> None:
+    refuse_inserts(sqlite_database)
+    store = DatabaseKeyStore(sqlite_database, kek, clock=clock)
+    with pytest.raises(KeyOperationError, match="could not create the first signing key"):
+        store.bootstrap()
+    with pytest.raises(KeyOperationError, match="changed meanwhile: run the command again"):
+        store.rotate()
+
+
+def test_automatic_rotation_that_loses_the_insert_race_adds_nothing(
+    sqlite_database: Database, kek: bytes, clock: Clock
+) -> None:
+    store = DatabaseKeyStore(sqlite_database, kek, rotation_days=1, clock=clock)
+    store.bootstrap()
+    refuse_inserts(sqlite_database)
+    clock.advance(DAY)
+    store.rotate_if_due()
+    assert len(published(store)) == 1
+
+
+def test_promotion_or_retirement_overtaken_by_another_writer_is_refused(
+    sqlite_database: Database, kek: bytes, clock: Clock
+) -> None:
+    store = DatabaseKeyStore(sqlite_database, kek, clock=clock)
+    store.bootstrap()
+    store.rotate(now=True)
+    pending = store.rotate()
+    previous = next(info for info in store.list_keys() if info.state.value == "previous")
+    ignore_updates(sqlite_database)
+    with pytest.raises(KeyOperationError, match="changed meanwhile"):
+        store.rotate(now=True)
+    with pytest.raises(KeyOperationError, match="was retired meanwhile"):
+        store.retire(previous.kid)
+    assert states(store)[pending.kid] == "next"
+
+
+def test_a_stored_key_that_is_not_rsa_stops_loading(
+    database: Database, kek: bytes, clock: Clock
+) -> None:
+    """A row sealed correctly (format of sts.broker.models) but holding an EC key."""
+    store = DatabaseKeyStore(database, kek, clock=clock)
+    store.bootstrap()
+    (row,) = rows(database)
+    der = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.DER,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    nonce = secrets.token_bytes(12)
+    sealed = nonce + AESGCM(kek).encrypt(nonce, der, row.kid.encode())
+    with database.session() as session:
+        session.execute(sa.update(SigningKeyRow).values(sealed_private_key=sealed))
+    with pytest.raises(StoredKeyError, match="not an RSA key"):
+        DatabaseKeyStore(database, kek, clock=clock).refresh()

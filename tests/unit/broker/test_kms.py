@@ -6,15 +6,17 @@ key the store publishes. Faults (throttling, 5xx, refusals) are injected ahead o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import boto3
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.serialization import load_der_public_key
 
 from sts.broker.kms import KmsKeyError, KmsKeyStore
@@ -59,8 +61,6 @@ def kms_public_key_der(emulator: AwsEmulator, arn: str) -> bytes:
 
 def rfc7638(der: bytes) -> str:
     """The thumbprint computed here independently: {"e","kty","n"} sorted, no whitespace."""
-    import base64
-
     numbers = load_der_public_key(der).public_numbers()  # type: ignore[union-attr]
 
     def member(value: int) -> str:
@@ -231,3 +231,40 @@ def test_the_endpoint_defaults_to_the_key_arns_region(kms: AwsEmulator) -> None:
         other: "https://kms.us-west-2.amazonaws.com",
     }
     assert KmsKeyStore([arn], endpoint_url=kms.endpoint_url).endpoints() == {arn: kms.endpoint_url}
+
+
+def public_key_answer(der: bytes, **overrides: Any) -> bytes:
+    """A GetPublicKey answer as KMS sends it (JSON protocol, blobs base64)."""
+    answer = {
+        "KeyId": "injected",
+        "KeySpec": "RSA_2048",
+        "KeyUsage": "SIGN_VERIFY",
+        "SigningAlgorithms": ["RSASSA_PKCS1_V1_5_SHA_256"],
+        "PublicKey": base64.b64encode(der).decode(),
+        **overrides,
+    }
+    return json.dumps(answer).encode()
+
+
+def test_a_key_without_pkcs1_v1_5_sha_256_is_a_configuration_error(kms: AwsEmulator) -> None:
+    arn = create_key(kms)
+    der = kms_public_key_der(kms, arn)
+    kms.fail_next(
+        200,
+        body=public_key_answer(der, SigningAlgorithms=["RSASSA_PSS_SHA_256"]),
+        headers=JSON_ERROR,
+    )
+    with pytest.raises(KmsKeyError, match="does not offer RSASSA_PKCS1_V1_5_SHA_256"):
+        KmsKeyStore([arn], endpoint_url=kms.endpoint_url).load()
+
+
+def test_a_public_key_that_is_not_rsa_is_a_configuration_error(kms: AwsEmulator) -> None:
+    arn = create_key(kms)
+    der = (
+        ec.generate_private_key(ec.SECP256R1())
+        .public_key()
+        .public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    kms.fail_next(200, body=public_key_answer(der), headers=JSON_ERROR)
+    with pytest.raises(KmsKeyError, match="did not return an RSA key"):
+        KmsKeyStore([arn], endpoint_url=kms.endpoint_url).load()
