@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -115,14 +116,22 @@ def decode_encryption_key(raw: str, variable: str = "STS_CACHE_ENCRYPTION_KEY") 
     return key
 
 
+def _printable(name: str, value: str) -> str:
+    """Refuse control and format characters (Unicode Cc, Cf: newlines, bidi overrides)."""
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
+        raise ConfigError(name, "must not contain control or format characters")
+    return value
+
+
 def check_broker_issuer(raw: str, *, allow_http_loopback: bool) -> str:
     """``STS_BROKER_ISSUER``: the exact ``iss`` of broker tokens (OpenID Connect Discovery 1.0
     section 3: the discovery document lives at issuer + ``/.well-known/openid-configuration``,
     so the issuer has no query or fragment; a trailing slash would make a second spelling of it).
     """
     name = "STS_BROKER_ISSUER"
-    if any(char.isspace() or not char.isprintable() for char in raw):
-        raise ConfigError(name, "must not contain spaces or control characters")
+    _printable(name, raw)
+    if any(char.isspace() for char in raw):
+        raise ConfigError(name, "must not contain spaces")
     issuer = check_url(name, raw, allow_http_loopback=allow_http_loopback)
     if "?" in issuer or "#" in issuer:
         raise ConfigError(name, "must not have a query or fragment")
@@ -142,6 +151,8 @@ def kms_key_region(arn: str) -> str:
 def _kms_key_ids(env: Mapping[str, str]) -> tuple[str, ...]:
     name = "STS_SIGNING_KMS_KEY_IDS"
     key_ids = _list(env, name)
+    for key_id in key_ids:
+        _printable(name, key_id)
     for key_id in key_ids:
         if not _KMS_KEY_ARN.fullmatch(key_id):
             raise ConfigError(
@@ -291,6 +302,7 @@ class Settings:
             )
         kms_endpoint = env.get("STS_KMS_ENDPOINT_URL", "").strip() or None
         if kms_endpoint is not None:
+            _printable("STS_KMS_ENDPOINT_URL", kms_endpoint)
             check_url("STS_KMS_ENDPOINT_URL", kms_endpoint, allow_http_loopback=allow_http)
         rotation_raw = env.get("STS_SIGNING_KEY_ROTATION_DAYS", "30").strip()
         low, high = SIGNING_KEY_ROTATION_RANGE
@@ -327,7 +339,7 @@ class Settings:
             raise ConfigError("STS_AUDIENCE", "is required: the audiences accepted in ID tokens")
 
     def require_broker(self) -> str:
-        """The broker issuer, for commands that exist only in broker mode (README "Broker mode")."""
+        """The broker issuer, for commands that exist only in broker mode (``sts keys``)."""
         if self.broker_issuer is None:
             raise ConfigError("STS_BROKER_ISSUER", "is required: broker mode is off")
         return self.broker_issuer

@@ -1,4 +1,4 @@
-"""Broker mode: zuplo-sts as an OIDC issuer that the clouds trust (README "Broker mode").
+"""Broker mode (``STS_BROKER_ISSUER``, README "Configuration"): zuplo-sts as an OIDC issuer.
 
 :mod:`sts.broker.keys` holds the signing keys (database rows sealed with AES-256-GCM, or AWS KMS
 in :mod:`sts.broker.kms`), :mod:`sts.broker.mint` signs one broker token, and

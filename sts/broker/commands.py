@@ -1,4 +1,4 @@
-"""``sts keys``: the broker's signing keys (README "Commands", "Broker mode").
+"""``sts keys``: the broker's signing keys (states and timings: :mod:`sts.broker.keys`).
 
 Exit codes: 0 success; 1 the operation failed (database or KMS unreachable, not migrated,
 retiring the signing key or an unknown kid, a rotation that would leave two next keys); 2 bad

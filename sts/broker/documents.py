@@ -2,7 +2,7 @@
 
 OpenID Connect Discovery 1.0 section 3 (provider metadata; the clouds read ``issuer`` and
 ``jwks_uri``) and RFC 7517 section 5 (a JWK Set). Both are served at the fixed paths below,
-whatever the issuer's path (README "Broker mode"), and ``sts keys export`` writes the same bytes.
+whatever the issuer's path, and ``sts keys export`` writes the same bytes for static hosting.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ keys are published (:meth:`KeyStore.public_jwks`). :class:`DatabaseKeyStore` kee
 ``signing_keys`` table (:mod:`sts.broker.models`); :class:`sts.broker.kms.KmsKeyStore` keeps them
 in AWS KMS.
 
-Key states (README "Broker mode") are derived from each row's timestamps and nothing else, so
+Key states are derived from each row's timestamps and nothing else, so
 every replica reading the same rows computes the same answer at the same moment:
 
 - a key is *published* (in the JWKS) from the moment its row exists until ``retired_at`` is set;
@@ -56,8 +56,8 @@ from sts.errors import TemporarilyUnavailable
 
 log = logging.getLogger(__name__)
 
-# CONTRACT-level timings (README "Broker mode"): a verifier may cache the JWKS for its max-age
-# (300 s) and a broker token lives at most 300 s; 600 s covers both.
+# A verifier may cache the JWKS for its max-age (300 s, sts.broker.documents) and a broker
+# token lives at most 300 s (sts.broker.mint); 600 s covers both.
 PUBLISH_AHEAD_SECONDS = 600
 KEEP_AFTER_SECONDS = 600
 RSA_KEY_BITS = 2048

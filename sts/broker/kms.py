@@ -7,7 +7,7 @@ credentials come from boto3's standard chain (environment, web identity, instanc
 the only AWS call the service signs.
 
 KMS holds no rotation history, so the published keys that do not sign are reported as
-``previous``; rotating means changing the list (README "Broker mode").
+``previous``; rotating means changing the list of key ARNs.
 """
 
 from __future__ import annotations

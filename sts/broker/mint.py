@@ -1,6 +1,6 @@
 """Minting one broker token: the short-lived JWT that a cloud receives in broker mode.
 
-The token (README "Broker mode") is a compact JWS (RFC 7515 section 7.1) signed RS256
+The token is a compact JWS (RFC 7515 section 7.1) signed RS256
 (RFC 7518 section 3.3) by the key store's signing key. The signing input is built here and handed
 to the store, so a key that signs remotely (AWS KMS ``Sign``) and a local key are used alike.
 

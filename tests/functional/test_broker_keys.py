@@ -1,8 +1,7 @@
 """``sts keys`` through the real command line on SQLite and PostgreSQL, and on moto's KMS.
 
-Covers CONTRACT-level behaviour as the README states it ("Broker mode", "Commands"): states and
-timings, exit codes, the exported documents, and that the database never holds private key
-material in any encoding.
+States and timings (sts.broker.keys), exit codes (sts.broker.commands), the exported documents,
+and that the database never holds private key material in any encoding.
 """
 
 from __future__ import annotations

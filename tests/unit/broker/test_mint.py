@@ -36,8 +36,8 @@ TAG_KEYS = [
     "zuplo-environment-type",
     "zuplo-mapping",
 ]
-# The test's own statement of what AWS carries as a session tag value (CONTRACT-level rule in
-# README "Broker mode"), independent of the implementation's.
+# The test's own statement of what AWS carries as a session tag value (IAM User Guide,
+# "Tagging AWS STS sessions", ASCII only), independent of the implementation's.
 TAG_SAFE = re.compile(r"[A-Za-z0-9 _.:/=+\-@]{0,256}")
 
 
