@@ -1,7 +1,7 @@
 """``sts keys``: the broker's signing keys (states and timings: :mod:`sts.broker.keys`).
 
 Exit codes: 0 success; 1 the operation failed (database or KMS unreachable, not migrated,
-retiring the signing key or an unknown kid, a rotation that would leave two next keys); 2 bad
+retiring the signing key or an unknown kid, keys changed by another writer meanwhile); 2 bad
 usage or bad configuration, one line naming what is wrong, with nothing written: broker mode off,
 a key-encryption key that cannot open the stored keys, and ``rotate``/``retire`` while the keys
 are managed in AWS KMS.

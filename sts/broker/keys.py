@@ -114,6 +114,11 @@ class KeyStore(Protocol):
         """Every published key with its state, the signing key first."""
         ...
 
+    @property
+    def ready(self) -> bool:
+        """True when a key can sign now (``/readyz`` in broker mode)."""
+        ...
+
 
 class KeyEncryptionKeyError(ConfigError):
     """``STS_KEY_ENCRYPTION_KEY`` cannot open a stored signing key: start-up must stop (exit 2)."""
@@ -348,7 +353,8 @@ class DatabaseKeyStore:
         """``sts keys rotate``: add a key that signs in 600 s (``now``: promote or add, sign now).
 
         Without a signing key (an empty table), the new key signs at once: no verifier can hold
-        a cached key set that lacks it, because there is none to hold.
+        a cached key set that lacks it, because there is none to hold. A second rotation while a
+        key is next adds another one: each signs from its own ``signs_from``, in turn.
         """
         for _ in range(WRITE_ATTEMPTS):
             self.refresh()
@@ -359,13 +365,6 @@ class DatabaseKeyStore:
                 if self._promote(pending.kid, moment):
                     return self._after_write(pending.kid)
                 continue
-            if timeline.next:
-                pending = timeline.next[0]
-                raise KeyOperationError(
-                    f"key {pending.kid} is already next (signs from "
-                    f"{pending.signs_from.isoformat(timespec='seconds')}); "
-                    "sts keys rotate --now makes it sign at once"
-                )
             signs_from = (
                 moment
                 if now or timeline.signing is None

@@ -31,6 +31,10 @@ class _FixedKeys:
     def list_keys(self) -> list[Any]:
         return []
 
+    @property
+    def ready(self) -> bool:
+        return False
+
 
 def test_discovery_document_names_the_issuer_and_its_jwks() -> None:
     document = json.loads(discovery_document("https://sts.example.com/tenant-a"))

@@ -177,16 +177,23 @@ def test_rotate_publishes_the_new_key_at_once_and_signs_with_it_600_s_later(
     assert previous.signed_until == at(START + 700)
 
 
-def test_rotate_refuses_to_add_a_second_next_key(
+def test_rotating_twice_adds_two_next_keys_that_sign_in_turn(
     database: Database, kek: bytes, clock: Clock
 ) -> None:
     store = DatabaseKeyStore(database, kek, clock=clock)
     store.bootstrap()
-    pending = store.rotate()
-    with pytest.raises(KeyOperationError, match="already next") as caught:
-        store.rotate()
-    assert pending.kid in str(caught.value)
-    assert len(rows(database)) == 2
+    old = store.signer().kid
+    first = store.rotate()
+    clock.advance(10)
+    second = store.rotate()
+    assert states(store) == {old: "signing", first.kid: "next", second.kid: "next"}
+    assert published(store) == [second.kid, first.kid, old]
+    clock.advance(590)
+    assert store.signer().kid == first.kid
+    clock.advance(10)
+    assert store.signer().kid == second.kid
+    assert states(store) == {second.kid: "signing", first.kid: "previous", old: "previous"}
+    assert len(rows(database)) == 3
 
 
 def test_rotate_now_promotes_the_next_key_and_keeps_the_old_one_published(

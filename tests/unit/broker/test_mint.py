@@ -201,6 +201,10 @@ class _EmptyKeyStore:
     def list_keys(self) -> list[Any]:
         return []
 
+    @property
+    def ready(self) -> bool:
+        return False
+
 
 ZUPLO_VALUES = st.text(min_size=1, max_size=300)
 MAPPING_NAMES = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
