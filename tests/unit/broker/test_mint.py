@@ -206,7 +206,13 @@ class _EmptyKeyStore:
         return False
 
 
-ZUPLO_VALUES = st.text(min_size=1, max_size=300)
+# Any non-empty JSON string: lone surrogates too, since a JSON \u escape can spell one.
+ANY_CHARACTER = st.characters(exclude_categories=())
+# Mostly tag-safe characters with a few that are not, so both outcomes are common.
+NEARLY_TAG_SAFE = "AZaz09 _.:/=+-@<é"
+ZUPLO_VALUES = st.text(ANY_CHARACTER, min_size=1, max_size=300) | st.text(
+    NEARLY_TAG_SAFE, min_size=1, max_size=300
+)
 MAPPING_NAMES = st.from_regex(r"[a-z0-9][a-z0-9-]{0,62}", fullmatch=True)
 
 
