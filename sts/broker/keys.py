@@ -344,7 +344,8 @@ class DatabaseKeyStore:
             self.refresh()
             if any(key.retired_at is None for key in self._loaded()):
                 return
-            if self._insert_new_key(signs_from=self.now()) is not None:
+            moment = self.now()
+            if self._insert_new_key(created_at=moment, signs_from=moment) is not None:
                 self.refresh()
                 return
         raise KeyOperationError("could not create the first signing key: keys changed meanwhile")
@@ -370,7 +371,7 @@ class DatabaseKeyStore:
                 if now or timeline.signing is None
                 else moment + timedelta(seconds=PUBLISH_AHEAD_SECONDS)
             )
-            kid = self._insert_new_key(signs_from=signs_from)
+            kid = self._insert_new_key(created_at=moment, signs_from=signs_from)
             if kid is not None:
                 return self._after_write(kid)
         raise KeyOperationError("the signing keys changed meanwhile: run the command again")
@@ -429,7 +430,7 @@ class DatabaseKeyStore:
         due = signing.signs_from + self._rotation
         ahead = timedelta(seconds=PUBLISH_AHEAD_SECONDS)
         if moment >= due - ahead:
-            kid = self._insert_new_key(signs_from=max(due, moment + ahead))
+            kid = self._insert_new_key(created_at=moment, signs_from=max(due, moment + ahead))
             if kid is not None:
                 log.info("signing key rotation scheduled", extra={"kid": kid})
         self.refresh()
@@ -438,8 +439,12 @@ class DatabaseKeyStore:
         self.refresh()
         return next(info for info in self.list_keys() if info.kid == kid)
 
-    def _insert_new_key(self, *, signs_from: datetime) -> str | None:
-        """Insert a fresh key as the next generation; None if another writer took it first."""
+    def _insert_new_key(self, *, created_at: datetime, signs_from: datetime) -> str | None:
+        """Insert a fresh key as the next generation; None if another writer took it first.
+
+        ``created_at`` is the moment the decision was made, so "published 600 s before it
+        signs" holds exactly however long the RSA key generation takes.
+        """
         generation = max((key.generation for key in self._loaded()), default=0) + 1
         private_key = rsa.generate_private_key(
             public_exponent=RSA_PUBLIC_EXPONENT, key_size=RSA_KEY_BITS
@@ -450,7 +455,7 @@ class DatabaseKeyStore:
             generation=generation,
             public_jwk=jwk,
             sealed_private_key=self._seal(jwk["kid"], private_key),
-            created_at=self.now(),
+            created_at=created_at,
             signs_from=signs_from,
             retired_at=None,
         )

@@ -568,3 +568,23 @@ def test_a_stored_key_that_is_not_rsa_stops_loading(
         session.execute(sa.update(SigningKeyRow).values(sealed_private_key=sealed))
     with pytest.raises(StoredKeyError, match="not an RSA key"):
         DatabaseKeyStore(database, kek, clock=clock).refresh()
+
+
+class TickingClock(Clock):
+    """A clock that moves a second each time it is read, like a slow machine under load."""
+
+    def __call__(self) -> float:
+        self.now += 1
+        return self.now
+
+
+def test_a_new_key_is_published_exactly_600_s_before_it_signs_however_slow_the_machine(
+    database: Database, kek: bytes
+) -> None:
+    store = DatabaseKeyStore(database, kek, clock=TickingClock())
+    store.bootstrap()
+    (first,) = rows(database)
+    assert first.created_at == first.signs_from
+    store.rotate()
+    second = rows(database)[1]
+    assert (second.signs_from - second.created_at).total_seconds() == 600
