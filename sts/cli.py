@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from sts.audit_commands import audit
+from sts.broker.commands import keys
 from sts.config import ConfigError, Settings
 from sts.db.commands import db
 from sts.mappings.commands import mappings
@@ -31,6 +32,7 @@ def cli() -> None:
 cli.add_command(db)
 cli.add_command(mappings)
 cli.add_command(audit)
+cli.add_command(keys)
 
 
 @cli.command()

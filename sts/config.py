@@ -11,6 +11,7 @@ import binascii
 import ipaddress
 import os
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -29,6 +30,14 @@ _FALSE = {"0", "false", "no", "off", ""}
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 MAX_CLOCK_SKEW_SECONDS = 300
 AUDIT_RETENTION_RANGE = (1, 3650)
+SIGNING_KEY_ROTATION_RANGE = (0, 365)
+# A KMS key ARN (AWS KMS Developer Guide, "Key identifiers"): a key id is a UUID, or "mrk-" and
+# 32 hex digits for a multi-Region key. Aliases are refused: an alias can be repointed, and the
+# published key set must name keys, not names.
+_KMS_KEY_ARN = re.compile(
+    r"^arn:aws(?:-[a-z]+)*:kms:(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+):\d{12}:key/"
+    r"(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
 
 
 class ConfigError(ValueError):
@@ -93,18 +102,65 @@ def _list(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return tuple(item for item in items if item)
 
 
-def decode_encryption_key(raw: str) -> bytes:
-    """Decode ``STS_CACHE_ENCRYPTION_KEY``: 32 bytes, base64url, padding optional."""
+def decode_encryption_key(raw: str, variable: str = "STS_CACHE_ENCRYPTION_KEY") -> bytes:
+    """Decode an AES-256 key given as 32 bytes, base64url, padding optional."""
     value = raw.strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", value):
-        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", "must be base64url")
+        raise ConfigError(variable, "must be base64url")
     try:
         key = base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
     except (binascii.Error, ValueError):
-        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", "must be base64url") from None
+        raise ConfigError(variable, "must be base64url") from None
     if len(key) != 32:
-        raise ConfigError("STS_CACHE_ENCRYPTION_KEY", f"must decode to 32 bytes, got {len(key)}")
+        raise ConfigError(variable, f"must decode to 32 bytes, got {len(key)}")
     return key
+
+
+def _printable(name: str, value: str) -> str:
+    """Refuse control and format characters (Unicode Cc, Cf: newlines, bidi overrides)."""
+    if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
+        raise ConfigError(name, "must not contain control or format characters")
+    return value
+
+
+def check_broker_issuer(raw: str, *, allow_http_loopback: bool) -> str:
+    """``STS_BROKER_ISSUER``: the exact ``iss`` of broker tokens (OpenID Connect Discovery 1.0
+    section 3: the discovery document lives at issuer + ``/.well-known/openid-configuration``,
+    so the issuer has no query or fragment; a trailing slash would make a second spelling of it).
+    """
+    name = "STS_BROKER_ISSUER"
+    _printable(name, raw)
+    if any(char.isspace() for char in raw):
+        raise ConfigError(name, "must not contain spaces")
+    issuer = check_url(name, raw, allow_http_loopback=allow_http_loopback)
+    if "?" in issuer or "#" in issuer:
+        raise ConfigError(name, "must not have a query or fragment")
+    if issuer.endswith("/"):
+        raise ConfigError(name, "must not end with a slash")
+    return issuer
+
+
+def kms_key_region(arn: str) -> str:
+    """The region named in a KMS key ARN that :class:`Settings` accepted."""
+    match = _KMS_KEY_ARN.fullmatch(arn)
+    if match is None:
+        raise ValueError("not a KMS key ARN")
+    return match["region"]
+
+
+def _kms_key_ids(env: Mapping[str, str]) -> tuple[str, ...]:
+    name = "STS_SIGNING_KMS_KEY_IDS"
+    key_ids = _list(env, name)
+    for key_id in key_ids:
+        _printable(name, key_id)
+    for key_id in key_ids:
+        if not _KMS_KEY_ARN.fullmatch(key_id):
+            raise ConfigError(
+                name, "each entry must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<id>)"
+            )
+    if len(set(key_ids)) != len(key_ids):
+        raise ConfigError(name, "names a key twice")
+    return key_ids
 
 
 def parse_database_url(raw: str) -> URL:
@@ -152,6 +208,11 @@ class Settings:
     cache_encryption_key: bytes | None = field(default=None, repr=False)
     log_format: Literal["json", "text"] = "json"
     audit_retention_days: int = 90
+    broker_issuer: str | None = None
+    key_encryption_key: bytes | None = field(default=None, repr=False)
+    signing_kms_key_ids: tuple[str, ...] = ()
+    kms_endpoint_url: str | None = None
+    signing_key_rotation_days: int = 30
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -214,6 +275,43 @@ class Settings:
                 "STS_AUDIT_RETENTION_DAYS", f"must be a whole number of days, {low}..{high}"
             )
 
+        broker_issuer_raw = env.get("STS_BROKER_ISSUER", "").strip()
+        broker_issuer = (
+            check_broker_issuer(broker_issuer_raw, allow_http_loopback=allow_http)
+            if broker_issuer_raw
+            else None
+        )
+        raw_kek = env.get("STS_KEY_ENCRYPTION_KEY")
+        kek = (
+            decode_encryption_key(raw_kek, "STS_KEY_ENCRYPTION_KEY")
+            if raw_kek is not None and raw_kek.strip()
+            else None
+        )
+        kms_key_ids = _kms_key_ids(env)
+        if kms_key_ids and broker_issuer is None:
+            raise ConfigError("STS_SIGNING_KMS_KEY_IDS", "is used only with STS_BROKER_ISSUER")
+        if kms_key_ids and kek is not None:
+            # Two key stores at once would leave which one signs to guesswork.
+            raise ConfigError(
+                "STS_KEY_ENCRYPTION_KEY", "must not be set together with STS_SIGNING_KMS_KEY_IDS"
+            )
+        if broker_issuer is not None and not kms_key_ids and kek is None:
+            raise ConfigError(
+                "STS_KEY_ENCRYPTION_KEY",
+                "is required with STS_BROKER_ISSUER (unless STS_SIGNING_KMS_KEY_IDS is set)",
+            )
+        kms_endpoint = env.get("STS_KMS_ENDPOINT_URL", "").strip() or None
+        if kms_endpoint is not None:
+            _printable("STS_KMS_ENDPOINT_URL", kms_endpoint)
+            check_url("STS_KMS_ENDPOINT_URL", kms_endpoint, allow_http_loopback=allow_http)
+        rotation_raw = env.get("STS_SIGNING_KEY_ROTATION_DAYS", "30").strip()
+        low, high = SIGNING_KEY_ROTATION_RANGE
+        if not re.fullmatch(r"\d{1,3}", rotation_raw) or not low <= int(rotation_raw) <= high:
+            raise ConfigError(
+                "STS_SIGNING_KEY_ROTATION_DAYS",
+                f"must be a whole number of days, {low}..{high} (0: only by sts keys rotate)",
+            )
+
         return cls(
             database_url=database_url,
             audiences=audiences,
@@ -228,12 +326,23 @@ class Settings:
             cache_encryption_key=key,
             log_format="json" if log_format == "json" else "text",
             audit_retention_days=int(retention_raw),
+            broker_issuer=broker_issuer,
+            key_encryption_key=kek,
+            signing_kms_key_ids=kms_key_ids,
+            kms_endpoint_url=kms_endpoint,
+            signing_key_rotation_days=int(rotation_raw),
         )
 
     def require_audience(self) -> None:
         """``sts serve`` refuses to start without an audience to accept."""
         if not self.audiences:
             raise ConfigError("STS_AUDIENCE", "is required: the audiences accepted in ID tokens")
+
+    def require_broker(self) -> str:
+        """The broker issuer, for commands that exist only in broker mode (``sts keys``)."""
+        if self.broker_issuer is None:
+            raise ConfigError("STS_BROKER_ISSUER", "is required: broker mode is off")
+        return self.broker_issuer
 
     def jwks_url(self, issuer: str) -> str:
         """The issuer's key set, by the fixed rule ``<issuer>/.well-known/jwks.json``."""

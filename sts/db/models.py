@@ -2,9 +2,10 @@
 
 Tables are declared next to their owners and registered here, so ``Base.metadata`` (what Alembic
 compares against in ``migrations/env.py``) always holds all of them: ``role_mappings``,
-``mapping_revision`` and ``mapping_changes`` (:mod:`sts.mappings.models`) and
-``issuance_events`` (below, written by :mod:`sts.audit`). The Alembic revisions in ``migrations/``
-create exactly these tables (a test checks the autogenerate diff is empty).
+``mapping_revision`` and ``mapping_changes`` (:mod:`sts.mappings.models`), ``issuance_events``
+(below, written by :mod:`sts.audit`) and ``signing_keys`` (:mod:`sts.broker.models`). The Alembic
+revisions in ``migrations/`` create exactly these tables (a test checks the autogenerate diff is
+empty).
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ class IssuanceEvent(Base):
 
 def all_tables() -> sa.MetaData:
     """``Base.metadata`` with every owner's tables registered (Alembic's target)."""
-    import sts.mappings.models  # noqa: F401 - registers the mapping tables
+    # Importing a models module registers its tables (the mapping tables, signing_keys).
+    import sts.broker.models
+    import sts.mappings.models  # noqa: F401
 
     return Base.metadata

@@ -43,7 +43,12 @@ K8S = DEPLOY / "kubernetes"
 # The oldest Kubernetes minor still in wide support, and the newest kubernetes-validate ships.
 K8S_VERSIONS = ("1.30.0", kubernetes_validate.utils.latest_version())
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - a container listens on its own network namespace
-SECRET_VARIABLES = {"STS_DATABASE_URL", "STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY"}
+SECRET_VARIABLES = {
+    "STS_DATABASE_URL",
+    "STS_REDIS_URL",
+    "STS_CACHE_ENCRYPTION_KEY",
+    "STS_KEY_ENCRYPTION_KEY",
+}
 ISSUER_HOST_PATH = ZUPLO_ISSUER.removeprefix("https://")
 # The Zuplo claims that GCP maps to attributes (CONTRACT 1).
 ENVIRONMENT_CLAIMS = ("account", "project", "deployment", "environment_type")
@@ -65,11 +70,6 @@ def variables_in_table(text: str, heading: str) -> set[str]:
 
 
 NOT_YET_BUILT = {
-    "STS_BROKER_ISSUER",
-    "STS_KEY_ENCRYPTION_KEY",
-    "STS_SIGNING_KMS_KEY_IDS",
-    "STS_KMS_ENDPOINT_URL",
-    "STS_SIGNING_KEY_ROTATION_DAYS",
     "STS_AZURE_AUTHORITY_URL",
 }
 

@@ -24,7 +24,13 @@ from sts.mappings.models import MappingChange
 from sts.mappings.spec import MappingSpec
 
 REPO = Path(__file__).resolve().parents[2]
-TABLES = {"role_mappings", "mapping_revision", "mapping_changes", "issuance_events"}
+TABLES = {
+    "role_mappings",
+    "mapping_revision",
+    "mapping_changes",
+    "issuance_events",
+    "signing_keys",
+}
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 TEAM_REVISION = "7ea3c0ffee01"
 
