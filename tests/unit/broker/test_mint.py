@@ -62,7 +62,7 @@ def principal(**fields: str) -> Principal:
         "environment_type": "production",
         **fields,
     }
-    return Principal(expires_at=2_000_000_000, **values)
+    return Principal(audiences=frozenset({"https://sts.example.test"}), **values)
 
 
 def verify(store: DatabaseKeyStore, token: str) -> tuple[dict[str, Any], dict[str, Any]]:
