@@ -86,7 +86,7 @@ def explain(
     """
     import json
 
-    from sts.db import Database
+    from sts.db.commands import guard, open_database
     from sts.identity.principal import ENVIRONMENT_TYPES, Principal
     from sts.mappings import store
     from sts.mappings.index import MappingIndex
@@ -116,14 +116,11 @@ def explain(
         environment_type=claims["environment_type"],
         expires_at=0,
     )
-    database = Database(settings.database_url)
-    try:
-        revision, specs = store.load(database)
-    except Exception as exc:
-        click.echo(f"error: database: {type(exc).__name__}: cannot read mappings", err=True)
-        sys.exit(1)
-    finally:
-        database.dispose()
+    # The same one-line failures as every other database command: exit 2 for a URL no driver
+    # can open, exit 1 for a database that does not answer or is not migrated.
+    with open_database() as database:
+        guard(database.require_current)
+        revision, specs = guard(lambda: store.load(database))
     result = MappingIndex(specs, revision=revision).explain(principal, audience, resource)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
