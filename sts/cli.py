@@ -12,6 +12,9 @@ from sts.config import ConfigError, Settings
 from sts.db.commands import db
 from sts.mappings.commands import mappings
 
+# The same bound as for mapping files (README, "Mappings"): the root object is level 1.
+MAX_CLAIMS_NESTING = 100
+
 
 def load_settings() -> Settings:
     """Settings from the environment, or exit 2 with the one-line reason."""
@@ -137,13 +140,35 @@ def _json_claims(text: str) -> dict[str, Any]:
 
     try:
         claims = json.loads(text)
+    except RecursionError:
+        claims = None
+        too_deep = True
     except ValueError:
         click.echo("error: --claims: not valid JSON", err=True)
+        sys.exit(2)
+    else:
+        too_deep = _nesting(claims) > MAX_CLAIMS_NESTING
+    if too_deep:
+        click.echo(f"error: --claims: nested deeper than {MAX_CLAIMS_NESTING} levels", err=True)
         sys.exit(2)
     if not isinstance(claims, dict):
         click.echo("error: --claims: must be a JSON object", err=True)
         sys.exit(2)
     return claims
+
+
+def _nesting(value: object) -> int:
+    """How many arrays and objects are nested in ``value``, counted without recursion."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _token_claims(value: str) -> dict[str, Any]:
