@@ -363,20 +363,16 @@ def test_one_hundred_levels_are_accepted_one_hundred_and_one_are_not(
 
 
 @pytest.mark.parametrize(
-    ("number", "line"),
-    [
-        ("9" * 5000, "9: mappings[0].aws.duration_seconds"),
-        ("9" * 1000, "9: mappings[0].aws.duration_seconds"),
-        ("1." + "1" * 5000, "9: mappings[0].aws.duration_seconds"),
-        ("-" + "1" * 5000 + "e5", "9: mappings[0].aws.duration_seconds"),
-    ],
+    "number",
+    ["9" * 5000, "9" * 1000, "1." + "1" * 5000, "-" + "1" * 5000 + "e5"],
+    ids=["5000-digit-int", "1000-digit-int", "5000-digit-float", "5000-digit-exponent"],
 )
 def test_numbers_of_thousands_of_digits_exit_2_with_the_line(
-    database: Database, run: Any, tmp_path: Path, number: str, line: str
+    database: Database, run: Any, tmp_path: Path, number: str
 ) -> None:
     duration = f"role_arn: {ROLE}\n      duration_seconds: {number}"
     text = DOCUMENT.replace(f"role_arn: {ROLE}", duration)
-    assert_refused(run, database, write(tmp_path, text), line, "number has too many digits")
+    assert_refused(run, database, write(tmp_path, text), "9: ", "number has too many digits")
 
 
 def test_long_number_inside_a_session_policy_exits_2_with_the_line(
