@@ -148,7 +148,7 @@ def build_app(settings: Settings | None = None, services: Services | None = None
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        log.error("unhandled error", extra={"exc_type": type(error).__name__})
+        log.error("unhandled error", exc_info=error)
         fields = g.get("log_fields")
         if fields is not None:
             fields.update(outcome="server_error", cause=type(error).__name__)

@@ -303,7 +303,10 @@ class TokenEndpoint:
         try:
             status, headers, body = token_answer(self.services, environ, fields)
         except Exception as exc:
-            log.error("unhandled error", extra={"exc_type": type(exc).__name__})
+            # A bug or an outside failure no layer below turned into an OAuthError: the
+            # traceback is logged (redacted by sts.logs) and the 500 counted like any outcome.
+            log.error("unhandled error", exc_info=True)
+            EXCHANGES.labels(ServerError.error, "none", "none").inc()
             fields.update(outcome="server_error", cause=type(exc).__name__)
             status, headers, body = error_answer(ServerError())
         headers.append(("Content-Length", str(len(body))))
