@@ -178,3 +178,23 @@ def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) 
         assert requests.post(server + "/token", data=data, timeout=30).status_code == 200
     scrapes = {total() - before for _ in range(6)}
     assert scrapes == {20.0}
+
+
+def test_serve_reads_a_chunked_body(server: str, issuer: DevIssuer) -> None:
+    from urllib.parse import urlencode
+
+    from tests.functional.test_request_properties import chunked_post
+
+    token = issuer.mint(audience=AUDIENCE, deployment="chunked-" + os.urandom(4).hex())
+    body = urlencode(
+        {"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN}
+    ).encode()
+    deadline = time.monotonic() + 10
+    while True:
+        # The mappings were applied after start-up: each worker picks them up on its own.
+        status, headers, answer = chunked_post(server, body)
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200, (status, headers, answer)
+    assert headers["cache-control"] == "no-store"
