@@ -62,6 +62,8 @@ def log_request(  # noqa: PLR0917 - the fields of one log line
                 "path": path,
                 "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                # Which worker process answered: several share one port under sts serve.
+                "pid": os.getpid(),
                 **fields,
             },
         )

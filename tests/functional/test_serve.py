@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -149,7 +150,26 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) -> None:
+def answering_pids(log: Path, request_ids: set[str], timeout: float = 10) -> dict[str, int]:
+    """Request id -> worker PID, from the server's access log lines for ``request_ids``
+    (waiting for the log flusher, which writes them a moment after the answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {
+            doc["request_id"]: doc["pid"]
+            for doc in (
+                json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")
+            )
+            if doc.get("request_id") in request_ids
+        }
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_metrics_add_up_across_worker_processes(
+    server: str, issuer: DevIssuer, tmp_path: Path
+) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     token = issuer.mint(audience=AUDIENCE, deployment="metrics-" + os.urandom(4).hex())
@@ -173,11 +193,19 @@ def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) 
         )
 
     before = total()
+    request_ids = {f"both-workers-{n}" for n in range(20)}
     # Fresh connections spread over both workers; every scrape sees the sum of both.
-    for _ in range(20):
-        assert requests.post(server + "/token", data=data, timeout=30).status_code == 200
+    for request_id in sorted(request_ids):
+        response = requests.post(
+            server + "/token", data=data, headers={"X-Request-Id": request_id}, timeout=30
+        )
+        assert response.status_code == 200
     scrapes = {total() - before for _ in range(6)}
     assert scrapes == {20.0}
+    # Both workers answered some of those twenty: the sum really is over two processes.
+    pids = answering_pids(tmp_path / "serve.log", request_ids)
+    assert set(pids) == request_ids
+    assert len(set(pids.values())) == 2, pids
 
 
 def test_serve_reads_a_chunked_body(server: str, issuer: DevIssuer) -> None:
