@@ -300,6 +300,8 @@ class TokenEndpoint:
         self.services = services
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # A process forked after the app was built starts its own refreshers here.
+        self.services.start()
         if environ.get("PATH_INFO") != "/token":
             return self.app(environ, start_response)
         started = time.perf_counter()

@@ -226,3 +226,53 @@ def test_serve_reads_a_chunked_body(server: str, issuer: DevIssuer) -> None:
         time.sleep(0.2)
     assert status == 200, (status, headers, answer)
     assert headers["cache-control"] == "no-store"
+
+
+def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
+    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
+) -> None:
+    """A pre-forking server (gunicorn --preload and the like) builds the app, then forks: the
+    worker has none of the parent's threads, and must start its own key-set refresher."""
+    from werkzeug.serving import make_server
+
+    from sts import create_app
+    from sts.identity.jwks import JWKSRegistry
+    from sts.services import Services
+    from tests.functional.conftest import seed, settings_for
+
+    url = f"sqlite:///{tmp_path / 'fork.db'}"
+    seed(url).dispose()
+    settings = settings_for(url, issuer, aws, gcp)
+    # Keys expire at once (max-age=0, a half-second floor): only a live refresher refetches.
+    saved_headers = issuer.jwks_headers
+    issuer.jwks_headers = {"Cache-Control": "max-age=0"}
+    services = Services.build(settings, registry=JWKSRegistry(settings, min_ttl=0.5))
+    app = create_app(services=services)
+    port = free_port()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the worker; it never returns to pytest
+        try:
+            make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+        finally:
+            os._exit(1)
+    try:
+        services.close()  # the parent's refresher stops: from here on only the worker fetches
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                requests.get(base + "/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        fetched = issuer.fetches
+        # No further requests: fetches now come from the worker's background refresher only.
+        deadline = time.monotonic() + 10
+        while issuer.fetches < fetched + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert issuer.fetches >= fetched + 3
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        issuer.jwks_headers = saved_headers
