@@ -13,6 +13,9 @@ from sts.config import ConfigError, Settings
 from sts.db.commands import db
 from sts.mappings.commands import mappings
 
+# The same bound as for mapping files (README, "Mappings"): the root object is level 1.
+MAX_CLAIMS_NESTING = 100
+
 
 def load_settings() -> Settings:
     """Settings from the environment, or exit 2 with the one-line reason."""
@@ -88,7 +91,7 @@ def explain(
     """
     import json
 
-    from sts.db import Database
+    from sts.db.commands import guard, open_database
     from sts.identity.principal import ENVIRONMENT_TYPES, Principal
     from sts.mappings import store
     from sts.mappings.index import MappingIndex
@@ -118,14 +121,11 @@ def explain(
         environment_type=claims["environment_type"],
         audiences=frozenset(),  # selection never depends on aud; only the credential cache does
     )
-    database = Database(settings.database_url)
-    try:
-        revision, specs = store.load(database)
-    except Exception as exc:
-        click.echo(f"error: database: {type(exc).__name__}: cannot read mappings", err=True)
-        sys.exit(1)
-    finally:
-        database.dispose()
+    # The same one-line failures as every other database command: exit 2 for a URL no driver
+    # can open, exit 1 for a database that does not answer or is not migrated.
+    with open_database() as database:
+        guard(database.require_current)
+        revision, specs = guard(lambda: store.load(database))
     result = MappingIndex(specs, revision=revision).explain(principal, audience, resource)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
@@ -142,13 +142,35 @@ def _json_claims(text: str) -> dict[str, Any]:
 
     try:
         claims = json.loads(text)
+    except RecursionError:
+        claims = None
+        too_deep = True
     except ValueError:
         click.echo("error: --claims: not valid JSON", err=True)
+        sys.exit(2)
+    else:
+        too_deep = _nesting(claims) > MAX_CLAIMS_NESTING
+    if too_deep:
+        click.echo(f"error: --claims: nested deeper than {MAX_CLAIMS_NESTING} levels", err=True)
         sys.exit(2)
     if not isinstance(claims, dict):
         click.echo("error: --claims: must be a JSON object", err=True)
         sys.exit(2)
     return claims
+
+
+def _nesting(value: object) -> int:
+    """How many arrays and objects are nested in ``value``, counted without recursion."""
+    deepest = 0
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            deepest = max(deepest, depth)
+            pending.extend((child, depth + 1) for child in item)
+    return deepest
 
 
 def _token_claims(value: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -32,6 +33,47 @@ def _timestamp(created: float, msecs: float) -> str:
     return f"{cached[1]}.{int(msecs):03d}Z"
 
 
+# What a token or credential looks like, wherever it turns up in text we did not write
+# ourselves (an exception's message inside a traceback): a JWS/JWT (RFC 7515 section 7.1,
+# three base64url parts), a Google OAuth access token, and a long base64 run mixing upper
+# case, lower case and digits (AWS session tokens and secret keys, encrypted blobs; file paths
+# and names in a traceback do not mix all three).
+_TOKEN_SHAPES = re.compile(
+    r"[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}|ya29\.[A-Za-z0-9_.-]+"
+)
+_LONG_RUN = re.compile(r"[A-Za-z0-9+/=_-]{32,}")
+# A traceback is cut to its last lines so that a log line stays under one pipe write.
+MAX_TRACEBACK_CHARS = 2500
+
+
+def redact(text: str) -> str:
+    """``text`` with everything shaped like a token or credential replaced."""
+    text = _TOKEN_SHAPES.sub("[redacted]", text)
+    return _LONG_RUN.sub(_redact_mixed, text)
+
+
+def _redact_mixed(match: re.Match[str]) -> str:
+    run = match.group()
+    mixed = (
+        any(c.isupper() for c in run)
+        and any(c.islower() for c in run)
+        and any(c.isdigit() for c in run)
+    )
+    return "[redacted]" if mixed else run
+
+
+def traceback_field(formatter: logging.Formatter, record: logging.LogRecord) -> str | None:
+    """The record's traceback, redacted, its end kept when it is too long (saying so)."""
+    if not record.exc_info or record.exc_info[0] is None:
+        return None
+    text = redact(formatter.formatException(record.exc_info))
+    if len(text) > MAX_TRACEBACK_CHARS:
+        # The innermost frames and the exception are at the end.
+        head, _, _ = text.partition("\n")
+        text = f"{head}\n  [shortened]\n{text[-MAX_TRACEBACK_CHARS:]}"
+    return text
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
@@ -45,6 +87,7 @@ class JsonFormatter(logging.Formatter):
                 doc[name] = value
         if record.exc_info and record.exc_info[0] is not None:
             doc["exc_type"] = record.exc_info[0].__name__
+            doc["traceback"] = traceback_field(self, record)
         return json.dumps(doc, default=str, separators=(",", ":"))
 
 
@@ -57,7 +100,12 @@ class TextFormatter(logging.Formatter):
         )
         stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
         line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        return f"{line} {extras}" if extras else line
+        line = f"{line} {extras}" if extras else line
+        trace = traceback_field(self, record)
+        if trace is not None:
+            # One line per record: the traceback's line breaks are written as \n.
+            line += " traceback=" + trace.replace("\\", "\\\\").replace("\n", "\\n")
+        return line
 
 
 class DirectHandler(logging.Handler):

@@ -7,7 +7,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sts.audit import AuditRecorder
 from sts.cache import CredentialCache, RedisTier
@@ -65,6 +65,19 @@ class BoundedProbe:
             running.set_result(None)
 
 
+# A lock held by another thread when the process forked stays held in the child: every
+# child gets a fresh one.
+_start_lock = threading.Lock()
+
+
+def _new_start_lock() -> None:
+    global _start_lock  # noqa: PLW0603 - replaced in a forked child only
+    _start_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_start_lock)
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -74,8 +87,7 @@ class Services:
     mappings: LiveMappings
     cache: CredentialCache
     exchanger: Exchanger
-    _started: bool = False
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _started_pid: int = 0
     _ping: BoundedProbe | None = None
 
     @classmethod
@@ -112,11 +124,19 @@ class Services:
             MAPPING_REVISION.set(index.revision)
 
     def start(self) -> None:
-        """Start background refreshers; idempotent, and must run in the serving process."""
-        with self._lock:
-            if self._started:
+        """Start the background refreshers in this process; cheap and idempotent per process.
+
+        A pre-forking server (one that builds the app, then forks its workers) leaves each
+        worker without the parent's threads: a call in a forked process starts them again
+        there. The API layer calls this on every request, so no server has to know.
+        """
+        pid = os.getpid()
+        if self._started_pid == pid:
+            return
+        with _start_lock:
+            if self._started_pid == pid:
                 return
-            self._started = True
+            self._started_pid = pid
         self.registry.start()
         self.mappings.start()
 

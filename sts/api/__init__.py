@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Rule
 
 from sts.config import Settings
 from sts.errors import OAuthError, ServerError
@@ -61,6 +62,8 @@ def log_request(  # noqa: PLR0917 - the fields of one log line
                 "path": path,
                 "status": status,
                 "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                # Which worker process answered: several share one port under sts serve.
+                "pid": os.getpid(),
                 **fields,
             },
         )
@@ -111,7 +114,10 @@ def build_app(settings: Settings | None = None, services: Services | None = None
 
     app = Flask("sts")
     app.extensions["sts"] = services
-    app.register_blueprint(token.bp)
+    # /token is answered by token.TokenEndpoint alone (every method). The URL map still lists
+    # it, with no view bound, so the map names every route the service serves (the OpenAPI
+    # document is checked against it).
+    app.url_map.add(Rule("/token", methods=["POST"], endpoint="token"))
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
@@ -148,7 +154,7 @@ def build_app(settings: Settings | None = None, services: Services | None = None
 
     @app.errorhandler(Exception)
     def _unexpected(error: Exception) -> Response:
-        log.error("unhandled error", extra={"exc_type": type(error).__name__})
+        log.error("unhandled error", exc_info=error)
         fields = g.get("log_fields")
         if fields is not None:
             fields.update(outcome="server_error", cause=type(error).__name__)

@@ -15,15 +15,13 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from flask import Blueprint, Response, current_app, g, request
-
 from sts.api import (
     JSON_HEADERS,
+    NO_STORE,
     Answer,
     error_answer,
     log_request,
     request_id_from,
-    services_of,
 )
 from sts.errors import InvalidRequest, OAuthError, ServerError, UnsupportedGrantType
 from sts.exchange import Exchanged, TokenRequest
@@ -39,8 +37,6 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("sts.api")
-
-bp = Blueprint("token", __name__)
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_FORM_FIELDS = 64
@@ -87,8 +83,11 @@ def _read_body(environ: WSGIEnvironment) -> bytes:
         if len(body) != length:
             raise InvalidRequest("malformed request body")
         return body
-    if not environ.get("wsgi.input_terminated"):
-        # No length and a server that does not end the stream for us: no body (PEP 3333).
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if not environ.get("wsgi.input_terminated") and not chunked:
+        # No length and nothing says a body follows (RFC 9112 section 6.3): no body. A chunked
+        # body is read even when the server does not flag its stream as terminated: the
+        # server de-chunks it and ends the stream with the last chunk (PEP 3333).
         return b""
     body = stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
@@ -271,19 +270,25 @@ def token_answer(services: Services, environ: WSGIEnvironment, fields: dict[str,
     return 200, list(JSON_HEADERS), body
 
 
-@bp.post("/token")
-def token() -> Response:
-    """The route that describes ``POST /token`` to Flask (URL map, 405 for other methods).
+ALLOWED_METHODS = "POST, OPTIONS"
 
-    :class:`TokenEndpoint` answers POST /token before Flask sees it; this gives the same answer
-    if the app is ever called without it.
-    """
-    status, headers, body = token_answer(services_of(current_app), request.environ, g.log_fields)
-    return Response(body, status=status, headers=headers)
+
+def other_method_answer(method: str) -> Answer:
+    """``/token`` asked with a method other than POST: OPTIONS lists the methods (RFC 9110
+    section 9.3.7), anything else is 405 with ``Allow`` (section 15.5.6); never stored."""
+    allow = ("Allow", ALLOWED_METHODS)
+    if method == "OPTIONS":
+        return 200, [*NO_STORE.items(), allow], b""
+    body = json.dumps(
+        {"error": "method_not_allowed", "error_description": "method not allowed"},
+        separators=(",", ":"),
+    ).encode()
+    return 405, [*JSON_HEADERS, allow], body
 
 
 class TokenEndpoint:
-    """WSGI middleware that answers ``POST /token`` itself and passes everything else on.
+    """WSGI middleware that answers every request for ``/token`` itself (the only path to it:
+    Flask has no view for it) and passes everything else on.
 
     Flask's request context, hooks and response objects cost more than the whole exchange on
     the cached path; this does the same work (request id, one access log line, the answer)
@@ -295,19 +300,29 @@ class TokenEndpoint:
         self.services = services
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != "/token" or environ.get("REQUEST_METHOD") != "POST":
+        # A process forked after the app was built starts its own refreshers here.
+        self.services.start()
+        if environ.get("PATH_INFO") != "/token":
             return self.app(environ, start_response)
         started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "")
         request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
         fields: dict[str, Any] = {}
         try:
-            status, headers, body = token_answer(self.services, environ, fields)
+            if method == "POST":
+                status, headers, body = token_answer(self.services, environ, fields)
+            else:
+                status, headers, body = other_method_answer(method)
         except Exception as exc:
-            log.error("unhandled error", extra={"exc_type": type(exc).__name__})
+            # A bug or an outside failure no layer below turned into an OAuthError: the
+            # traceback is logged (redacted by sts.logs) and the 500 counted like any outcome.
+            log.error("unhandled error", exc_info=True)
+            EXCHANGES.labels(ServerError.error, "none", "none").inc()
             fields.update(outcome="server_error", cause=type(exc).__name__)
             status, headers, body = error_answer(ServerError())
         headers.append(("Content-Length", str(len(body))))
         headers.append(("X-Request-Id", request_id))
         start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        log_request(request_id, "POST", "/token", status, started, fields)
-        return [body]
+        log_request(request_id, method, "/token", status, started, fields)
+        # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
+        return [b""] if method == "HEAD" else [body]

@@ -19,6 +19,8 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from sts.dev.serving import ignore_disconnects
+
 ISSUER_PATH = "/v1/client-auth/auth_dev"
 
 
@@ -98,6 +100,7 @@ class DevIssuer:
         self._host = host
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
+        ignore_disconnects(self._server)
         self._thread: threading.Thread | None = None
 
     @property

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import socketserver
+import sys
 import threading
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 
 @dataclass
@@ -46,6 +47,19 @@ class FaultQueue:
         return None
 
 
+def ignore_disconnects(server: socketserver.BaseServer) -> None:
+    """Make ``server`` drop a request whose client went away (reset, closed before reading the
+    answer) without printing a traceback; any other failure is still reported."""
+    report = server.handle_error
+
+    def handle_error(request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        report(request, client_address)
+
+    server.handle_error = handle_error  # type: ignore[method-assign]
+
+
 class BackgroundServer:
     """``start()`` builds the server and calls :meth:`_serve`; ``stop()`` or ``with`` ends it."""
 
@@ -55,6 +69,7 @@ class BackgroundServer:
         raise NotImplementedError
 
     def _serve(self, server: socketserver.BaseServer) -> None:
+        ignore_disconnects(server)
         # A short poll interval: stop() returns in a twentieth of a second, not half of one.
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

@@ -13,7 +13,12 @@ import click
 
 from sts.db.commands import SOURCE, actor, fail, guard, open_database
 from sts.mappings import store
-from sts.mappings.document import MappingFileError, dump_json, parse_document
+from sts.mappings.document import (
+    MAX_DOCUMENT_BYTES,
+    MappingFileError,
+    dump_json,
+    parse_document,
+)
 from sts.mappings.spec import MappingSpec
 
 
@@ -23,17 +28,23 @@ def mappings() -> None:
 
 
 def _read(file: str) -> tuple[str, str]:
-    """The file's text and the name errors use; exits 2 if it cannot be read."""
+    """The file's text and the name errors use; exits 2 if it cannot be read.
+
+    At most :data:`MAX_DOCUMENT_BYTES` are read, so a file with no end (``/dev/zero``, a pipe
+    that never closes its data) is refused instead of filling memory.
+    """
     if file == "-":
-        raw = sys.stdin.buffer.read()
+        raw = sys.stdin.buffer.read(MAX_DOCUMENT_BYTES + 1)
         source = "<stdin>"
     else:
         source = file
         try:
             with open(file, "rb") as handle:
-                raw = handle.read()
+                raw = handle.read(MAX_DOCUMENT_BYTES + 1)
         except OSError as exc:
             fail(f"{file}: cannot read: {exc.strerror or type(exc).__name__}", 2)
+    if len(raw) > MAX_DOCUMENT_BYTES:
+        fail(f"{source}: larger than 64 MiB", 2)
     try:
         return raw.decode("utf-8-sig"), source
     except UnicodeDecodeError:

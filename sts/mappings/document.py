@@ -68,10 +68,18 @@ AWS_KEYS = ("role_arn", "duration_seconds", "session_policy")
 GCP_KEYS = ("workload_identity_provider", "service_account", "scopes", "lifetime_seconds")
 SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
 _GLOB_CHARS = frozenset("*?[]")
-# Characters a YAML reader refuses or folds (controls, line/paragraph separators, surrogates,
-# non-characters): refusing them here keeps every stored value printable by ``dump_json`` and
-# readable again by ``parse_document``.
-_BAD_CATEGORIES = frozenset({"Cc", "Cs", "Cn", "Zl", "Zp"})
+# Controls (newlines and tabs too) and format characters (bidi overrides, zero-width joiners)
+# would let a value print differently from what it is, and the rest (surrogates, non-characters,
+# line/paragraph separators) are what a YAML reader refuses or folds: refusing them keeps every
+# stored value printable on one line by ``dump_json`` and readable again by ``parse_document``.
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Cn", "Zl", "Zp"})
+# Limits past which a file is bad input (README, "Mappings": exit 2 with file:line): a whole
+# document, and collections nested in one another (the root collection is level 1).
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
+MAX_NESTING = 100
+# The longest integer or float literal taken; a duration needs five digits. Longer ones cost
+# quadratic time to convert (and over 4300 digits Python refuses them).
+MAX_NUMBER_CHARS = 64
 
 
 class MappingFileError(ValueError):
@@ -111,15 +119,33 @@ class _LList(list[Any]):
 
 
 class _StrictLoader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 core scalars and no aliases (no billion laughs, no surprises)."""
+    """SafeLoader with YAML 1.2 core scalars, no aliases (no billion laughs, no surprises) and
+    at most :data:`MAX_NESTING` levels of collections.
+
+    PyYAML's composer recurses once per level, so the depth is counted there and refused before
+    the stack is: a 3,000-deep document is bad input, not a ``RecursionError``.
+    """
 
     yaml_implicit_resolvers: dict[Any, Any] = {}  # noqa: RUF012 - PyYAML's class-level table
+    _depth = 0
 
     def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()  # type: ignore[no-untyped-call]
             raise _LocatedError(event.start_mark.line + 1, "YAML aliases are not allowed")
-        return super().compose_node(parent, index)
+        nests = self.check_event(yaml.SequenceStartEvent, yaml.MappingStartEvent)
+        if nests:
+            self._depth += 1
+            if self._depth > MAX_NESTING:
+                event = self.peek_event()  # type: ignore[no-untyped-call]
+                raise _LocatedError(
+                    event.start_mark.line + 1, f"nested deeper than {MAX_NESTING} levels"
+                )
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            if nests:
+                self._depth -= 1
 
 
 _StrictLoader.add_implicit_resolver(
@@ -143,6 +169,7 @@ _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$
 _SCALAR_TAGS = frozenset(
     f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null")
 )
+_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
 
 
 class _LocatedError(Exception):
@@ -161,6 +188,8 @@ def _build(loader: _StrictLoader, node: yaml.Node) -> Any:
             raise _LocatedError(line, "YAML merge keys (<<) are not allowed")
         if node.tag not in _SCALAR_TAGS:
             raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
+        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+            raise _LocatedError(line, f"number has too many digits (at most {MAX_NUMBER_CHARS})")
         value = loader.construct_object(node)
         if isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value):
             # JSON writes characters beyond U+FFFF as \uD83D\uDE00; YAML readers do not join
@@ -253,7 +282,6 @@ class _Checker:
         *,
         default: str | None = None,
         max_chars: int = MAX_FIELD_CHARS,
-        multiline: bool = False,
     ) -> str:
         where = f"{path}.{key}"
         line = self.line_of(doc, key)
@@ -268,13 +296,11 @@ class _Checker:
             self.fail(line, where, "must not be empty")
         if len(value) > max_chars:
             self.fail(line, where, f"must be at most {max_chars} characters")
-        self.printable(value, line, where, multiline=multiline)
+        self.printable(value, line, where)
         return value
 
-    def printable(self, value: str, line: int | None, path: str, *, multiline: bool) -> None:
+    def printable(self, value: str, line: int | None, path: str) -> None:
         for char in value:
-            if multiline and char in "\n\t":
-                continue
             if unicodedata.category(char) in _BAD_CATEGORIES:
                 self.fail(line, path, f"must not contain the character U+{ord(char):04X}")
 
@@ -338,9 +364,7 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
     enabled = doc.get("enabled", True)
     if not isinstance(enabled, bool):
         check.fail(check.line_of(doc, "enabled"), f"{where}.enabled", "must be true or false")
-    description = check.text(
-        doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS, multiline=True
-    )
+    description = check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
 
     has_aws, has_gcp = doc.get("aws") is not None, doc.get("gcp") is not None
     if has_aws == has_gcp:
@@ -419,10 +443,10 @@ def _session_policy(check: _Checker, policy: Any, line: int | None, path: str) -
 
 def _printable_tree(check: _Checker, value: Any, line: int | None, path: str) -> None:
     if isinstance(value, str):
-        check.printable(value, line, path, multiline=False)
+        check.printable(value, line, path)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            check.printable(key, check.line_of(value, key) or line, path, multiline=False)
+            check.printable(key, check.line_of(value, key) or line, path)
             _printable_tree(check, item, check.line_of(value, key) or line, f"{path}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
@@ -480,7 +504,7 @@ def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[s
             or any(char.isspace() for char in scope)
         ):
             check.fail(item_line, where, "must be an https:// scope URL")
-        check.printable(scope, item_line, where, multiline=False)
+        check.printable(scope, item_line, where)
         if scope in seen:
             check.fail(item_line, where, "duplicate scope")
         seen.add(scope)

@@ -234,10 +234,6 @@ class MappingIndex:
         entry = self._by_name.get(name)
         return entry.spec if entry is not None else None
 
-    def by_target(self, target: str) -> tuple[MappingSpec, ...]:
-        """Every mapping (any account, enabled or not) whose target is ``target``."""
-        return tuple(e.spec for e in self._by_target.get(target, _NO_ENTRIES))
-
     def select(
         self, principal: Principal, audience: str | None, resource: str | None
     ) -> MappingSpec:

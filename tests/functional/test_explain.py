@@ -110,3 +110,24 @@ def test_bad_token_arguments_are_exit_2(runner: CliRunner, args: list[str]) -> N
     result = runner.invoke(cli, ["explain", *args])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        '{"account": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"account": ' + '{"a": ' * 101 + "1" + "}" * 101 + "}",
+    ],
+    ids=["100000-deep", "102-deep"],
+)
+def test_claims_nested_too_deep_are_exit_2_one_line(runner: CliRunner, claims: str) -> None:
+    result = runner.invoke(cli, ["explain", "--claims", claims])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == "error: --claims: nested deeper than 100 levels\n"
+
+
+def test_claims_nested_one_hundred_levels_are_read(runner: CliRunner) -> None:
+    claims = {**CLAIMS, "extra": json.loads("[" * 99 + "]" * 99)}
+    result = runner.invoke(cli, ["explain", "--claims", json.dumps(claims)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("chosen: orders-prod\n")

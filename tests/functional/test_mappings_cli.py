@@ -310,6 +310,138 @@ def test_bad_file_exits_2_with_the_line(
     assert history(database) == []
 
 
+POLICY_LINE = "      session_policy:"
+STATEMENT = 'Statement: [{{Effect: Allow, Action: "s3:GetObject", Resource: "arn:aws:s3:::o/*"}}]'
+
+
+def with_condition(condition: str) -> str:
+    """DOCUMENT with ``condition`` as the Condition of orders-prod's statement (line 11)."""
+    statement = STATEMENT.format()
+    assert statement in DOCUMENT
+    return DOCUMENT.replace(statement, statement[:-2] + f", Condition: {condition}}}]", 1)
+
+
+def assert_refused(run: Any, database: Database, path: str, where: str, problem: str) -> None:
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}:{where}"), result.stderr
+    assert problem in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert store.load(database) == (0, [])
+
+
+def test_session_policy_3000_levels_deep_exits_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    deep = "[" * 3000 + "]" * 3000
+    text = DOCUMENT.replace(POLICY_LINE, f"{POLICY_LINE} {deep}\n      old_policy:", 1)
+    assert_refused(run, database, write(tmp_path, text), "9: ", "nested deeper than 100 levels")
+
+
+def test_nesting_is_checked_anywhere_in_the_file(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    # Under a key that is itself unknown: the depth is refused while composing, before any
+    # field check runs.
+    deep = "{a: " * 3000 + "x" + "}" * 3000
+    text = DOCUMENT + f"extra: {deep}\n"
+    assert_refused(run, database, write(tmp_path, text), "19: ", "nested deeper than 100 levels")
+
+
+def test_one_hundred_levels_are_accepted_one_hundred_and_one_are_not(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    # The root mapping is level 1; the Condition's value sits at level 8.
+    def condition(levels: int) -> str:
+        return "{a: " * levels + "x" + "}" * levels
+
+    too_deep = write(tmp_path, with_condition(condition(94)), "deep.yaml")
+    assert_refused(run, database, too_deep, "11: ", "nested deeper than 100 levels")
+    result = run("mappings", "apply", write(tmp_path, with_condition(condition(93))))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize(
+    "number",
+    ["9" * 5000, "9" * 1000, "1." + "1" * 5000, "-" + "1" * 5000 + "e5"],
+    ids=["5000-digit-int", "1000-digit-int", "5000-digit-float", "5000-digit-exponent"],
+)
+def test_numbers_of_thousands_of_digits_exit_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path, number: str
+) -> None:
+    duration = f"role_arn: {ROLE}\n      duration_seconds: {number}"
+    text = DOCUMENT.replace(f"role_arn: {ROLE}", duration)
+    assert_refused(run, database, write(tmp_path, text), "9: ", "number has too many digits")
+
+
+def test_long_number_inside_a_session_policy_exits_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    text = with_condition("{n: " + "7" * 5000 + "}")
+    assert_refused(run, database, write(tmp_path, text), "11: ", "number has too many digits")
+
+
+def test_file_over_64_mib_exits_2(database: Database, run: Any, tmp_path: Path) -> None:
+    path = tmp_path / "huge.yaml"
+    padding = 64 * 1024 * 1024 + 1 - len(DOCUMENT.encode())
+    path.write_bytes(DOCUMENT.encode() + b"#" * (padding - 1) + b"\n")
+    assert path.stat().st_size == 64 * 1024 * 1024 + 1
+    result = run("mappings", "apply", str(path))
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {path}: larger than 64 MiB\n"
+    assert store.load(database) == (0, [])
+
+
+def test_stdin_over_64_mib_exits_2(database: Database, run: Any) -> None:
+    result = run("mappings", "apply", "-", stdin=DOCUMENT + " " * (64 * 1024 * 1024))
+    assert result.exit_code == 2
+    assert result.stderr == "error: <stdin>: larger than 64 MiB\n"
+
+
+def test_file_with_no_end_exits_2(database: Database, run: Any) -> None:
+    result = run("mappings", "apply", "/dev/zero")
+    assert result.exit_code == 2
+    assert result.stderr == "error: /dev/zero: larger than 64 MiB\n"
+    assert store.load(database) == (0, [])
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "where", "char"),
+    [
+        ("account: my-account", "account: my-\u202eaccount", "4: mappings[0].account", "202E"),
+        ("account: my-account", "account: my-\u200baccount", "4: mappings[0].account", "200B"),
+        ("project: my-project", 'project: "my\\x07project"', "5: mappings[0].project", "0007"),
+        (
+            "description: Orders API in production",
+            'description: "two\\nlines"',
+            "3: mappings[0].description",
+            "000A",
+        ),
+        (
+            "description: Orders API in production",
+            'description: "tab\\there"',
+            "3: mappings[0].description",
+            "0009",
+        ),
+        (
+            "description: Orders API in production",
+            "description: Orders \u2066API",
+            "3: mappings[0].description",
+            "2066",
+        ),
+        ('"arn:aws:s3:::o/*"', '"arn:aws:s3:::o/\u202e*"', "11: mappings[0].aws", "202E"),
+        ("    deployment:", '    deployment: "x\\u061c*"\n    environment_type:', "15: ", "061C"),
+    ],
+)
+def test_control_and_format_characters_exit_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path, replace: str, by: str, where: str, char: str
+) -> None:
+    assert replace in DOCUMENT
+    text = DOCUMENT.replace(replace, by, 1)
+    assert_refused(run, database, write(tmp_path, text), where, f"U+{char}")
+
+
 def test_one_bad_entry_writes_nothing(database: Database, run: Any, tmp_path: Path) -> None:
     bad = DOCUMENT + "  - {name: late, account: a, project: p, aws: {role_arn: nope}}\n"
     result = run("mappings", "apply", "--prune", write(tmp_path, bad))
@@ -446,17 +578,6 @@ def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) ->
         outputs.append(result.stdout)
     assert "+ create orders-prod" in outputs[1]
     assert parse_document(outputs[2]) == sorted(parse_document(DOCUMENT), key=lambda s: s.name)
-
-
-def test_descriptions_render_on_one_line(database: Database, run: Any, tmp_path: Path) -> None:
-    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
-    changed = DOCUMENT.replace(
-        "description: Orders API in production", 'description: "two\\nlines"'
-    )
-    result = run("mappings", "apply", write(tmp_path, changed))
-    assert result.stdout == (
-        '~ update orders-prod: description "Orders API in production" -> "two\\nlines"\n'
-    )
 
 
 def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database) -> None:

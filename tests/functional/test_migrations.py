@@ -4,10 +4,12 @@ the root alembic.ini, packaging, and the helper for mappings kept in a team's ow
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
 import tomllib
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -119,6 +121,77 @@ def test_migrations_ship_in_the_package() -> None:
             revision, _, slug = path.stem.partition("_")
             assert len(revision) == 12
             assert slug
+
+
+DECOY_ENV = """\
+raise SystemExit("the decoy migrations directory was used")
+"""
+
+
+def test_installed_wheel_uses_its_own_migrations_never_a_decoy_beside_it(tmp_path: Path) -> None:
+    """The package installed from its wheel, with another project's ``migrations/`` next to it
+    and in the working directory: ``sts db upgrade`` runs the migrations inside the package."""
+    # Built from a copy: a build in the checkout would leave build/ behind.
+    source = tmp_path / "src"
+    for name in ("sts", "migrations"):
+        shutil.copytree(REPO / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("zuplo_sts-*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    for decoy in (site / "migrations", tmp_path / "work" / "migrations"):
+        (decoy / "versions").mkdir(parents=True)
+        (decoy / "env.py").write_text(DECOY_ENV)
+        (decoy / "script.py.mako").write_text("")
+    (tmp_path / "work" / "alembic.ini").write_text("[alembic]\nscript_location = migrations\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    env["PYTHONPATH"] = str(site)
+    env["STS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'work' / 'sts.db'}"
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args],
+            env=env,
+            cwd=tmp_path / "work",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    where = run("-c", "import sts.db; print(sts.db.__file__); print(sts.db.migrations_dir())")
+    assert where.returncode == 0, where.stderr
+    module, directory = where.stdout.split()
+    # The wheel's copy is the one imported, not the checkout's editable install.
+    assert Path(module).is_relative_to(site)
+    assert Path(directory) == site / "sts" / "_migrations"
+    upgraded = run("-m", "sts", "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "decoy" not in upgraded.stdout + upgraded.stderr
+    current = run("-m", "sts", "db", "current")
+    assert current.stdout.strip().endswith("(head)"), current.stdout + current.stderr
 
 
 def team_revision(directory: Path, head: str, document: str) -> Path:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
@@ -137,3 +142,109 @@ def test_formats() -> None:
     text = TextFormatter().format(record)
     assert "request_id=abc" in text
     assert "\n" not in text
+
+
+class GarbledRedis:
+    """A TCP server where Redis should be that answers every command with a malformed RESP
+    reply (a bulk string whose length is not a number): the client library raises ValueError,
+    an error none of the service's layers expects."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self._listener.getsockname()[1]}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _answer(conn: socket.socket) -> None:
+        with conn:
+            try:
+                while conn.recv(65536):
+                    conn.sendall(b"$not-a-length\r\n")
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def garbled_redis() -> Iterator[GarbledRedis]:
+    server = GarbledRedis()
+    yield server
+    server.close()
+
+
+def test_unexpected_error_is_500_logged_with_redacted_traceback_and_counted(
+    stack_factory: Any, garbled_redis: GarbledRedis, capfd: pytest.CaptureFixture[str]
+) -> None:
+    stack: Stack = stack_factory(
+        redis_url=garbled_redis.url, cache_encryption_key=b"k" * 32, log_format="json"
+    )
+    before = samples(stack.url)
+    token = stack.token(deployment="garbled-redis")
+    capfd.readouterr()
+    response = stack.post(token)
+    assert response.status_code == 500
+    assert response.json() == {"error": "server_error", "error_description": "internal error"}
+    assert response.headers["Cache-Control"] == "no-store"
+    after = samples(stack.url)
+    counted = value(
+        after, "sts_exchanges_total", outcome="server_error", provider="none", cache="none"
+    ) - value(before, "sts_exchanges_total", outcome="server_error", provider="none", cache="none")
+    assert counted == 1
+
+    # Access lines are written by the log flusher a moment later: poll for this one.
+    output = ""
+    deadline = time.monotonic() + 5
+    while '"path":"/token"' not in output and time.monotonic() < deadline:
+        time.sleep(0.05)
+        output += capfd.readouterr().err
+    errors = [
+        json.loads(line)
+        for line in output.splitlines()
+        if line.startswith("{") and '"unhandled error"' in line
+    ]
+    assert len(errors) == 1, output
+    (error,) = errors
+    assert error["level"] == "error"
+    assert error["exc_type"] == "ValueError"
+    assert error["traceback"].startswith("Traceback (most recent call last):")
+    assert "ValueError" in error["traceback"].splitlines()[-1]
+    access = [
+        json.loads(line)
+        for line in output.splitlines()
+        if line.startswith("{") and '"path":"/token"' in line
+    ]
+    assert [(line["status"], line["outcome"]) for line in access] == [(500, "server_error")]
+    assert token not in output
+    assert token.split(".")[2] not in output
+
+
+def test_formatters_redact_tokens_and_credentials_inside_tracebacks(stack: Stack) -> None:
+    token = stack.token()
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    google = "ya29.a0AfH6SMBx-example_token"
+    try:
+        raise RuntimeError(f"upstream said {token} {secret} {google}")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "sts.api", logging.ERROR, __file__, 1, "unhandled error", (), sys.exc_info()
+        )
+    doc = json.loads(JsonFormatter().format(record))
+    text = TextFormatter().format(record)
+    for rendered in (doc["traceback"], text):
+        assert "RuntimeError: upstream said [redacted] [redacted] [redacted]" in rendered
+        for part in (*token.split("."), secret, google):
+            assert part not in rendered
+    # File names and lines of the traceback stay readable.
+    assert "test_observability.py" in doc["traceback"]
+    assert "\n" not in text
+    assert "traceback=Traceback (most recent call last):\\n" in text

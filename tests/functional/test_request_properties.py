@@ -215,3 +215,81 @@ def test_the_valid_token_is_exchanged(request_stack: Stack, valid_token: str) ->
     response = request_stack.post(valid_token)
     assert response.status_code == 200, response.text
     assert response.json()["mapping"] == "orders-prod"
+
+
+def chunked_post(url: str, body: bytes, chunk: int = 7) -> tuple[int, dict[str, str], bytes]:
+    """POST /token with ``Transfer-Encoding: chunked`` and no Content-Length, as a client that
+    streams its body sends it (RFC 9112 section 7.1); header names come back in lower case."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/token")
+        conn.putheader("Content-Type", FORM)
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        for start in range(0, len(body), chunk):
+            piece = body[start : start + chunk]
+            conn.send(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+        conn.send(b"0\r\n\r\n")
+        response = conn.getresponse()
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return response.status, headers, response.read()
+    finally:
+        conn.close()
+
+
+def test_chunked_body_is_read(request_stack: Stack, valid_token: str) -> None:
+    body = urlencode(
+        {"grant_type": GRANT, "subject_token": valid_token, "subject_token_type": ID_TOKEN}
+    ).encode()
+    status, headers, answer = chunked_post(request_stack.url, body)
+    assert status == 200, answer
+    assert json.loads(answer)["mapping"] in ("orders-prod", "orders-preview")
+    assert headers["cache-control"] == "no-store"
+
+
+def test_chunked_body_over_64_kib_is_refused(request_stack: Stack, valid_token: str) -> None:
+    body = urlencode(
+        {
+            "grant_type": GRANT,
+            "subject_token": valid_token,
+            "subject_token_type": ID_TOKEN,
+            "padding": "x" * 70_000,
+        }
+    ).encode()
+    status, _, answer = chunked_post(request_stack.url, body, chunk=8192)
+    assert status == 400
+    assert json.loads(answer) == {
+        "error": "invalid_request",
+        "error_description": "request body too large",
+    }
+
+
+def test_options_on_token_lists_the_methods_and_is_not_stored(request_stack: Stack) -> None:
+    response = requests.options(request_stack.url + "/token", timeout=10)
+    assert response.status_code == 200
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+    assert response.headers["X-Request-Id"]
+    assert response.content == b""
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD", "PUT", "DELETE", "PATCH", "TRACE"])
+def test_other_methods_on_token_are_405_with_allow_and_not_stored(
+    request_stack: Stack, method: str
+) -> None:
+    response = requests.request(method, request_stack.url + "/token", timeout=10)
+    assert response.status_code == 405
+    assert {m.strip() for m in response.headers["Allow"].split(",")} == {"POST", "OPTIONS"}
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Pragma"] == "no-cache"
+    assert response.headers["Content-Type"] == "application/json"
+    if method != "HEAD":
+        assert response.json() == {
+            "error": "method_not_allowed",
+            "error_description": "method not allowed",
+        }

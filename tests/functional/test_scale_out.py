@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -37,6 +39,8 @@ class Replica:
             env=env,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            # Its own process group: the server and its granian workers can be killed together.
+            start_new_session=True,
         )
 
     def wait_ready(self, timeout: float = 30) -> None:
@@ -60,6 +64,26 @@ class Replica:
                 self.proc.kill()
                 self.proc.wait()
         self._out.close()
+
+    def kill_all(self) -> None:
+        """SIGKILL the whole process group (server and workers), as a node failure would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=15)
+        self._out.close()
+
+    def refuses_connections(self, timeout: float = 10) -> bool:
+        """True once nothing listens on the replica's port any more."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            except ConnectionRefusedError:
+                return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
 
 
 @pytest.fixture(scope="module")
@@ -227,8 +251,10 @@ def test_killing_a_replica_mid_load_loses_no_audit_row(
     deadline = time.monotonic() + 20
     while len(served) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
-    a.stop(signal.SIGKILL)
+    a.kill_all()
     killed_at = len(served)
+    # Every worker died with the server: no process is left to answer on its port.
+    assert a.refuses_connections()
     time.sleep(1.0)
     stop.set()
     for thread in threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -149,7 +150,26 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) -> None:
+def answering_pids(log: Path, request_ids: set[str], timeout: float = 10) -> dict[str, int]:
+    """Request id -> worker PID, from the server's access log lines for ``request_ids``
+    (waiting for the log flusher, which writes them a moment after the answer)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = {
+            doc["request_id"]: doc["pid"]
+            for doc in (
+                json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")
+            )
+            if doc.get("request_id") in request_ids
+        }
+        if len(found) == len(request_ids) or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_metrics_add_up_across_worker_processes(
+    server: str, issuer: DevIssuer, tmp_path: Path
+) -> None:
     from prometheus_client.parser import text_string_to_metric_families
 
     token = issuer.mint(audience=AUDIENCE, deployment="metrics-" + os.urandom(4).hex())
@@ -173,8 +193,86 @@ def test_metrics_add_up_across_worker_processes(server: str, issuer: DevIssuer) 
         )
 
     before = total()
+    request_ids = {f"both-workers-{n}" for n in range(20)}
     # Fresh connections spread over both workers; every scrape sees the sum of both.
-    for _ in range(20):
-        assert requests.post(server + "/token", data=data, timeout=30).status_code == 200
+    for request_id in sorted(request_ids):
+        response = requests.post(
+            server + "/token", data=data, headers={"X-Request-Id": request_id}, timeout=30
+        )
+        assert response.status_code == 200
     scrapes = {total() - before for _ in range(6)}
     assert scrapes == {20.0}
+    # Both workers answered some of those twenty: the sum really is over two processes.
+    pids = answering_pids(tmp_path / "serve.log", request_ids)
+    assert set(pids) == request_ids
+    assert len(set(pids.values())) == 2, pids
+
+
+def test_serve_reads_a_chunked_body(server: str, issuer: DevIssuer) -> None:
+    from urllib.parse import urlencode
+
+    from tests.functional.test_request_properties import chunked_post
+
+    token = issuer.mint(audience=AUDIENCE, deployment="chunked-" + os.urandom(4).hex())
+    body = urlencode(
+        {"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN}
+    ).encode()
+    deadline = time.monotonic() + 10
+    while True:
+        # The mappings were applied after start-up: each worker picks them up on its own.
+        status, headers, answer = chunked_post(server, body)
+        if status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert status == 200, (status, headers, answer)
+    assert headers["cache-control"] == "no-store"
+
+
+def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
+    issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
+) -> None:
+    """A pre-forking server (gunicorn --preload and the like) builds the app, then forks: the
+    worker has none of the parent's threads, and must start its own key-set refresher."""
+    from werkzeug.serving import make_server
+
+    from sts import create_app
+    from sts.identity.jwks import JWKSRegistry
+    from sts.services import Services
+    from tests.functional.conftest import seed, settings_for
+
+    url = f"sqlite:///{tmp_path / 'fork.db'}"
+    seed(url).dispose()
+    settings = settings_for(url, issuer, aws, gcp)
+    # Keys expire at once (max-age=0, a half-second floor): only a live refresher refetches.
+    saved_headers = issuer.jwks_headers
+    issuer.jwks_headers = {"Cache-Control": "max-age=0"}
+    services = Services.build(settings, registry=JWKSRegistry(settings, min_ttl=0.5))
+    app = create_app(services=services)
+    port = free_port()
+    child = os.fork()
+    if child == 0:  # pragma: no cover - the worker; it never returns to pytest
+        try:
+            make_server("127.0.0.1", port, app, threaded=True).serve_forever()
+        finally:
+            os._exit(1)
+    try:
+        services.close()  # the parent's refresher stops: from here on only the worker fetches
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                requests.get(base + "/healthz", timeout=2)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        fetched = issuer.fetches
+        # No further requests: fetches now come from the worker's background refresher only.
+        deadline = time.monotonic() + 10
+        while issuer.fetches < fetched + 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert issuer.fetches >= fetched + 3
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        issuer.jwks_headers = saved_headers

@@ -276,7 +276,6 @@ def test_index_keeps_revision_and_lookups() -> None:
     assert [s.name for s in index.specs] == ["a", "b", "c"]
     assert index.get("b") == specs[0]
     assert index.get("zz") is None
-    assert {s.name for s in index.by_target(arn("shared"))} == {"a", "c"}
 
 
 # --- audience and resource -------------------------------------------------------------------
