@@ -82,8 +82,8 @@ CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str], frozens
 
 def cache_key(mapping: MappingSpec, principal: Principal, scopes: tuple[str, ...]) -> CacheKey:
     """What separates credentials: the mapping as currently defined, the caller, the scopes,
-    and the token's audiences (README, credential caching: a cloud that checks ``aud`` must
-    never see credentials obtained with another one)."""
+    and the token's audiences (docs/reference.md section 2, caching: a cloud that checks
+    ``aud`` must never see credentials obtained with another one)."""
     return (
         mapping.name,
         mapping.fingerprint,

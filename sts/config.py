@@ -1,4 +1,4 @@
-"""Typed settings read from ``STS_*`` environment variables (CONTRACT section 5).
+"""Typed settings read from ``STS_*`` environment variables (docs/reference.md section 5).
 
 Settings are parsed and cross-checked once, at start-up; any bad value raises
 :class:`ConfigError` naming the variable, so nothing half-starts.

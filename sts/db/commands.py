@@ -1,4 +1,4 @@
-"""``sts db``, and what every database command shares (README, "Commands").
+"""``sts db``, and what every database command shares (docs/reference.md section 6).
 
 Exit codes: 0 success; 1 the operation failed (database unreachable or not migrated); 2 bad
 usage or bad configuration (an ``STS_DATABASE_URL`` no installed driver can open included),

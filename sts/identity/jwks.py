@@ -6,7 +6,8 @@ Invariants:
   chooses one, and a redirect is a failed fetch, so the configured host is the only host asked.
 - Readers never block on the network for a known ``kid``: the key map is an immutable snapshot
   replaced whole after each successful fetch.
-- A failed fetch never empties the key set: the last good set keeps serving (README, token checks).
+- A failed fetch never empties the key set: the last good set keeps serving (docs/reference.md
+  section 3).
 - An unknown ``kid`` triggers at most one refetch per :data:`REFETCH_COOLDOWN` seconds, and only
   one fetch per issuer is ever in flight, with at most one request thread waiting for it.
 """
@@ -52,7 +53,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 REFETCH_COOLDOWN = 30.0
-"""Seconds between two refetches triggered by an unknown ``kid`` (README, token checks)."""
+"""Seconds between two refetches triggered by an unknown ``kid`` (docs/reference.md section 3)."""
 MIN_TTL = 60.0
 MAX_TTL = 3600.0
 DEFAULT_TTL = 300.0
@@ -284,10 +285,10 @@ class JWKSCache:
     def get_key(self, kid: str) -> RSAKey | None:
         """The verification key for ``kid``, refetching once (per cooldown) when it is unknown.
 
-        Anyone can invent a ``kid`` (README, token checks), so a miss never queues behind a fetch:
-        a miss that finds no fetch in flight and no cooldown running fetches itself, bounded by
-        the fetch's own timeout; every other miss is answered at once from the current set.
-        Known kids never touch the lock.
+        Anyone can invent a ``kid`` (docs/reference.md section 3), so a miss never queues behind a
+        fetch: a miss that finds no fetch in flight and no cooldown running fetches itself,
+        bounded by the fetch's own timeout; every other miss is answered at once from the
+        current set. Known kids never touch the lock.
         """
         key = self._set.keys.get(kid)
         if key is not None:

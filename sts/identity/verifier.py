@@ -1,4 +1,4 @@
-"""Verify a Zuplo ID token and reduce it to a :class:`Principal` (README, token checks).
+"""Verify a Zuplo ID token and reduce it to a :class:`Principal` (docs/reference.md section 3).
 
 The token is a compact JWS (RFC 7515 section 7.1) carrying JWT claims (RFC 7519), signed RS256
 (RFC 7518 section 3.3). Structure, header and claims are checked by our own code with strict
@@ -64,7 +64,7 @@ TOKEN_LIFETIME_TOO_LONG = "token lifetime too long"  # noqa: S105
 
 MAX_TOKEN_BYTES = 16 * 1024
 MAX_LIFETIME_SECONDS = 24 * 3600
-"""``exp - iat`` above this is refused; Zuplo issues 10-hour tokens (README, token checks)."""
+"""``exp - iat`` above this is refused (docs/reference.md section 3); Zuplo issues 10 h tokens."""
 VERIFIED_CACHE_SIZE = 10_000
 KEYS_RETRY_AFTER = 5
 ALGORITHM = "RS256"
@@ -204,7 +204,7 @@ class TokenVerifier:
         return self._check_claims(claims, now, keys, kid, key.thumbprint())
 
     def _check_header(self, header: dict[str, Any]) -> str:
-        """RFC 7515 section 4.1 and the README token checks; returns the ``kid``."""
+        """RFC 7515 section 4.1 and the docs/reference.md section 3; returns the ``kid``."""
         if header.get("alg") != ALGORITHM:
             raise _fail(ALGORITHM_NOT_ALLOWED, "alg is not RS256")
         for name in FORBIDDEN_HEADERS:

@@ -68,7 +68,7 @@ _SESSION_NAME_DISALLOWED = re.compile(r"[^A-Za-z0-9_+=,.@-]")
 
 
 def session_name(deployment: str) -> str:
-    """The role session name for a deployment (CONTRACT section 4).
+    """The role session name for a deployment (docs/reference.md section 4).
 
     Every code point outside ``[A-Za-z0-9_+=,.@-]`` becomes ``-``; the result is cut to 64
     characters and right-padded with ``-`` to at least 2, which is what AWS accepts.

@@ -31,7 +31,7 @@ class CredentialProvider(Protocol):
 
     Raises :class:`sts.errors.InvalidTarget` / :class:`sts.errors.InvalidRequest` for refusals
     and :class:`sts.errors.TemporarilyUnavailable` for throttling, 5xx, timeouts and malformed
-    answers, as CONTRACT section 2 maps them.
+    answers, as docs/reference.md section 2 maps them.
     """
 
     def issue(

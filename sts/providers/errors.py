@@ -1,4 +1,4 @@
-"""Shared pieces of the provider error tables (CONTRACT section 2, "the cloud provider refused").
+"""Shared pieces of the provider error tables (docs/reference.md section 2, provider refusals).
 
 Each provider maps an upstream error code to one :class:`Outcome` row: which
 :class:`sts.errors.OAuthError` the caller gets and its fixed description. Descriptions are
@@ -23,8 +23,9 @@ MAX_RETRY_AFTER_SECONDS = 60
 MAX_CAUSE_CHARS = 200
 #: Shorter parts of a secret are left in place: they could be any word of the message.
 MIN_REDACTED_PART = 16
-#: CONTRACT section 2: nothing with under 5 minutes left is ever handed out, fresh from upstream
-#: included; an answer that expires sooner is unusable (as ``sts.cache.MIN_REMAINING_SECONDS``).
+#: docs/reference.md section 2: nothing with under 5 minutes left is ever handed out, fresh
+#: from upstream included; an answer that expires sooner is unusable (as
+#: ``sts.cache.MIN_REMAINING_SECONDS``).
 MIN_LIFETIME_SECONDS = 300
 
 #: What an upstream request id may look like to be kept (AWS sends a UUID).
@@ -38,7 +39,7 @@ Kind = type[InvalidTarget] | type[InvalidRequest] | type[TemporarilyUnavailable]
 class Outcome:
     """One row of an error table: the error class, the upstream code and a fixed phrase.
 
-    The caller sees ``"<provider>: <code> - <phrase>"`` (CONTRACT section 2's provider rows);
+    The caller sees ``"<provider>: <code> - <phrase>"`` (docs/reference.md section 2);
     the raised error also carries ``provider`` and ``code`` as fields, for the audit trail.
     """
 

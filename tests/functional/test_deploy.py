@@ -50,7 +50,7 @@ SECRET_VARIABLES = {
     "STS_KEY_ENCRYPTION_KEY",
 }
 ISSUER_HOST_PATH = ZUPLO_ISSUER.removeprefix("https://")
-# The Zuplo claims that GCP maps to attributes (CONTRACT 1).
+# The Zuplo claims that GCP maps to attributes (docs/reference.md section 1).
 ENVIRONMENT_CLAIMS = ("account", "project", "deployment", "environment_type")
 
 

@@ -2,7 +2,7 @@
 
 The service reaches PostgreSQL only through :class:`TcpProxy`, which the test stops (listener
 and every open connection) and starts again on the same port: a database outage as the service
-sees it, without touching the shared server. The hot path (DESIGN.md, "one exchange") uses no
+sees it, without touching the shared server. The hot path (docs/architecture.md) uses no
 database: verified tokens, the mapping index and credentials are all in memory.
 """
 

@@ -1,4 +1,4 @@
-"""JWKS faults through real HTTP (CONTRACT section 3, "JWKS"): rotation, removal, outages,
+"""JWKS faults through real HTTP (docs/reference.md section 3, "JWKS"): rotation, removal, outages,
 unknown-kid floods, a slow issuer, an oversized key set and redirects.
 
 Each test runs its own :class:`DevIssuer`, so breaking it never disturbs the session issuer.

@@ -1,4 +1,4 @@
-"""AWS and GCP upstream faults through real HTTP (CONTRACT section 2, the error table).
+"""AWS and GCP upstream faults through real HTTP (docs/reference.md section 2, the error table).
 
 Throttling, 5xx, refused connections, timeouts and malformed answers must each be a 503
 ``temporarily_unavailable`` with ``Retry-After`` (or the contract's 400 for a refusal), never a
@@ -424,7 +424,7 @@ def rfc3339_in(seconds: float) -> str:
 
 
 def test_credentials_expiring_within_five_minutes_are_refused(stack: Stack) -> None:
-    """CONTRACT section 2: nothing with under 5 minutes left is handed out, even fresh."""
+    """docs/reference.md section 2: nothing with under 5 minutes left is handed out, even fresh."""
     soon = rfc3339_in(120)
     # A 200 is not retried: one fault, so the next one below is what AWS answers next.
     stack.aws.fail_next(200, body=AWS_OK.format(expiration=soon).encode())

@@ -1,11 +1,12 @@
 """A corpus of hostile and malformed subject tokens, sent through real HTTP to ``POST /token``.
 
-CONTRACT section 3 is the attack surface: each row is a token an attacker (or a broken client)
-could send, the fixed ``error_description`` the service must answer with, and where the attack
-comes from (RFC 8725 section, and the CVE of the library it broke where there is one). Every row
-asserts the whole response: 400 ``invalid_request``, the exact phrase, ``Cache-Control: no-store``,
-no echo of the token or its parts, no call to AWS or GCP, and no fetch from the attacker's server
-(a second live issuer on loopback serving its own key, which every key-bearing header points at).
+docs/reference.md section 3 is the attack surface: each row is a token an attacker (or a broken
+client) could send, the fixed ``error_description`` the service must answer with, and where the
+attack comes from (RFC 8725 section, and the CVE of the library it broke where there is one). Every
+row asserts the whole response: 400 ``invalid_request``, the exact phrase, ``Cache-Control: no-
+store``, no echo of the token or its parts, no call to AWS or GCP, and no fetch from the attacker's
+server (a second live issuer on loopback serving its own key, which every key-bearing header points
+at).
 
 A few rows are positive controls (``expect=OK``): tokens at the edge of a rule that must still be
 accepted, so the corpus also proves the checks are not broader than the contract.
@@ -858,7 +859,7 @@ IDENTITY = [
         "identity claims missing, empty or mistyped",
         claim(**{name: value}),
         CLAIM_INVALID,
-        "CONTRACT 3; RFC 8693 2.2.2",
+        "docs/reference.md section 3; RFC 8693 2.2.2",
     )
     for name in IDENTITY_CLAIMS
     for label, value in [
@@ -874,7 +875,7 @@ IDENTITY = [
 
 ENVIRONMENT = rows(
     "environment_type outside the enum",
-    "CONTRACT 3",
+    "docs/reference.md section 3",
     ("environment_type Production", claim(environment_type="Production"), CLAIM_INVALID),
     ("environment_type PRODUCTION", claim(environment_type="PRODUCTION"), CLAIM_INVALID),
     ("environment_type prod", claim(environment_type="prod"), CLAIM_INVALID),
@@ -920,7 +921,7 @@ DUPLICATES = rows(
 
 OVERSIZED = rows(
     "oversized tokens",
-    "CONTRACT 3 (16 KiB cap, checked before parsing)",
+    "docs/reference.md section 3 (16 KiB cap, checked before parsing)",
     ("just over 16 KiB, validly signed", sized(MAX_TOKEN_BYTES + 64), TOKEN_TOO_LARGE),
     ("60 KiB, validly signed", sized(60 * 1024), TOKEN_TOO_LARGE),
     ("60 KiB of dots", lambda f: "." * (60 * 1024), TOKEN_TOO_LARGE),

@@ -1,4 +1,5 @@
-"""Properties of ``POST /token`` request parsing over real HTTP (CONTRACT section 2, RFC 8693 2.1).
+"""Properties of ``POST /token`` request parsing over real HTTP (docs/reference.md section 2,
+RFC 8693 section 2.1).
 
 Random form and JSON bodies (the real field names mixed with junk, random and repeated values,
 non-string JSON values), random content types and random bytes never produce a 5xx; every answer

@@ -1,4 +1,4 @@
-"""JWKS fetching and caching (CONTRACT section 3) against live key-set servers on 127.0.0.1."""
+"""JWKS fetching and caching (docs/reference.md section 3) against live key-set servers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Properties of :meth:`TokenVerifier.verify` on arbitrary input (CONTRACT section 3).
+"""Properties of :meth:`TokenVerifier.verify` on arbitrary input (docs/reference.md section 3).
 
 Whatever string arrives, ``verify`` either returns the exact :class:`Principal` of a token that
 really is valid, or raises :class:`InvalidRequest` / :class:`TemporarilyUnavailable` with one of

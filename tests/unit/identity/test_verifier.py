@@ -1,4 +1,4 @@
-"""Token validation rules (CONTRACT section 3): one table row per rule, a live dev issuer."""
+"""Token validation rules (docs/reference.md section 3): a table row per rule, a live issuer."""
 
 from __future__ import annotations
 

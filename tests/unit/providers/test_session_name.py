@@ -1,4 +1,4 @@
-"""The AWS role session name rule (CONTRACT section 4), as a table."""
+"""The AWS role session name rule (docs/reference.md section 4), as a table."""
 
 from __future__ import annotations
 
