@@ -16,7 +16,7 @@ import tempfile
 import click
 
 from sts import logs
-from sts.config import Settings
+from sts.config import ConfigError, Settings
 from sts.db import Database
 
 log = logging.getLogger("sts.serve")
@@ -30,6 +30,29 @@ def prepare_database(settings: Settings) -> None:
             database.upgrade()
     finally:
         database.dispose()
+
+
+def check_broker(settings: Settings) -> int:
+    """Open the broker's keys once, before any worker exists; 0, or the exit code and one line.
+
+    A key-encryption key that cannot open the stored keys, or an unusable KMS key, is bad
+    configuration (exit 2, naming the variable); a damaged stored key is exit 1. A database or
+    KMS that does not answer is not checked here: the workers retry, and ``/readyz`` says why.
+    """
+    from sts.broker.keys import StoredKeyError
+    from sts.broker.service import check_at_start_up
+
+    try:
+        check_at_start_up(settings)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
+    except StoredKeyError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 1
+    except Exception as exc:
+        log.warning("broker keys not checked at start-up: %s", type(exc).__name__)
+    return 0
 
 
 def metrics_directory() -> str:
@@ -63,6 +86,10 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
     except Exception as exc:
         click.echo(f"error: database: {type(exc).__name__}: cannot prepare the database", err=True)
         return 1
+    if settings.broker_issuer is not None:
+        code = check_broker(settings)
+        if code:
+            return code
     owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_directory()
     argv = [sys.executable, "-m", "sts.serve", host, str(port), str(workers), str(threads)]

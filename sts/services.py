@@ -10,6 +10,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 from sts.audit import AuditRecorder
+from sts.broker.service import Broker
 from sts.cache import CredentialCache, RedisTier
 from sts.config import Settings
 from sts.db import Database
@@ -87,6 +88,7 @@ class Services:
     mappings: LiveMappings
     cache: CredentialCache
     exchanger: Exchanger
+    broker: Broker | None = None
     _started_pid: int = 0
     _ping: BoundedProbe | None = None
 
@@ -110,7 +112,8 @@ class Services:
             "gcp": GcpProvider(settings),
         }
         exchanger = Exchanger(verifier, mappings, cache, providers, AuditRecorder(database))
-        services = cls(settings, database, registry, verifier, mappings, cache, exchanger)
+        broker = Broker(settings, database) if settings.broker_issuer is not None else None
+        services = cls(settings, database, registry, verifier, mappings, cache, exchanger, broker)
         mappings.on_tick = services.export_gauges
         return services
 
@@ -139,6 +142,8 @@ class Services:
             self._started_pid = pid
         self.registry.start()
         self.mappings.start()
+        if self.broker is not None:
+            self.broker.start()
 
     def ready(self) -> tuple[bool, str | None]:
         """Readiness (README "Operating it"): the database answers within
@@ -151,9 +156,13 @@ class Services:
             return False, f"database unavailable: {type(exc).__name__}"
         if not self.mappings.loaded:
             return False, "mapping index not loaded yet"
+        if self.broker is not None and not self.broker.ready:
+            return False, self.broker.last_error or "signing key not loaded yet"
         return self.registry.ready()
 
     def close(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
         self.cache.close()
         self.registry.stop()
         self.mappings.stop()

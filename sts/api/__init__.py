@@ -105,7 +105,7 @@ def render_error(error: OAuthError) -> Response:
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     from sts import logs
-    from sts.api import health, metrics, openapi, token
+    from sts.api import broker, health, metrics, openapi, token
 
     if services is None:
         settings = settings or Settings.from_env()
@@ -119,6 +119,7 @@ def build_app(settings: Settings | None = None, services: Services | None = None
     # document is checked against it).
     app.url_map.add(Rule("/token", methods=["POST"], endpoint="token"))
     app.register_blueprint(health.bp)
+    app.register_blueprint(broker.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(openapi.bp)
 

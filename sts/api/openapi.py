@@ -184,6 +184,50 @@ _SCHEMAS: dict[str, Any] = {
         "properties": {"status": {"const": "ok"}},
         "additionalProperties": False,
     },
+    "OpenIDConfiguration": {
+        "type": "object",
+        "required": [
+            "issuer",
+            "jwks_uri",
+            "response_types_supported",
+            "subject_types_supported",
+            "id_token_signing_alg_values_supported",
+            "claims_supported",
+        ],
+        "properties": {
+            "issuer": {"type": "string", "format": "uri"},
+            "jwks_uri": {"type": "string", "format": "uri"},
+            "response_types_supported": {"type": "array", "items": {"type": "string"}},
+            "subject_types_supported": {"type": "array", "items": {"type": "string"}},
+            "id_token_signing_alg_values_supported": {
+                "type": "array",
+                "items": {"const": "RS256"},
+            },
+            "claims_supported": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "JWKSet": {
+        "type": "object",
+        "required": ["keys"],
+        "properties": {
+            "keys": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": ["kty", "kid", "use", "alg", "n", "e"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "kty": {"const": "RSA"},
+                        "kid": {"type": "string"},
+                        "use": {"const": "sig"},
+                        "alg": {"const": "RS256"},
+                        "n": {"type": "string"},
+                        "e": {"type": "string"},
+                    },
+                },
+            }
+        },
+    },
     "Ready": {
         "type": "object",
         "required": ["status"],
@@ -258,6 +302,13 @@ _RESPONSES: dict[str, Any] = {
     },
 }
 
+_PUBLIC_CACHE_HEADERS = {
+    "Cache-Control": {
+        "required": True,
+        "schema": {"type": "string", "const": "public, max-age=300"},
+    }
+}
+
 _PATHS: dict[str, Any] = {
     "/token": {
         "post": {
@@ -315,6 +366,35 @@ _PATHS: dict[str, Any] = {
                     "headers": _NO_STORE_HEADERS,
                     "content": _json(_ref("schemas", "NotReady")),
                 },
+            },
+        },
+    },
+    "/.well-known/openid-configuration": {
+        "get": {
+            "operationId": "openidConfiguration",
+            "summary": "Broker mode: the OpenID provider metadata the clouds read",
+            "responses": {
+                "200": {
+                    "description": "OpenID Connect Discovery 1.0 metadata of STS_BROKER_ISSUER.",
+                    "headers": _PUBLIC_CACHE_HEADERS,
+                    "content": _json(_ref("schemas", "OpenIDConfiguration")),
+                },
+                "404": _ref("responses", "NotFound"),
+            },
+        },
+    },
+    "/.well-known/jwks.json": {
+        "get": {
+            "operationId": "jwks",
+            "summary": "Broker mode: the public keys that verify the tokens the broker signs",
+            "responses": {
+                "200": {
+                    "description": "An RFC 7517 JWK Set: every published key, public parts only.",
+                    "headers": _PUBLIC_CACHE_HEADERS,
+                    "content": _json(_ref("schemas", "JWKSet")),
+                },
+                "404": _ref("responses", "NotFound"),
+                "503": _ref("responses", "TemporarilyUnavailable"),
             },
         },
     },
