@@ -1,4 +1,7 @@
-"""The ``sts`` command (CONTRACT section 6). Exit codes: 0 ok, 1 operation failed, 2 bad input."""
+"""The ``sts`` command (docs/reference.md section 6).
+
+Exit codes: 0 ok, 1 the operation failed, 2 bad usage, input or configuration.
+"""
 
 from __future__ import annotations
 

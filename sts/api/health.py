@@ -1,4 +1,4 @@
-"""Liveness and readiness probes (CONTRACT section 7)."""
+"""Liveness and readiness probes (docs/reference.md section 7)."""
 
 from __future__ import annotations
 

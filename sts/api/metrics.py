@@ -1,4 +1,4 @@
-"""``GET /metrics``: Prometheus text exposition (CONTRACT section 7).
+"""``GET /metrics``: Prometheus text exposition (docs/reference.md section 7).
 
 Under ``sts serve`` each worker process records into ``PROMETHEUS_MULTIPROC_DIR``; a scrape,
 answered by any one worker, aggregates every live worker's values.

@@ -1,4 +1,4 @@
-"""``GET /openapi.json``: the OpenAPI 3.1 description of the service (CONTRACT section 7).
+"""``GET /openapi.json``: the OpenAPI 3.1 description of the service (docs/reference.md section 7).
 
 The document is built from the same constants the handlers use (grant type, token types, size
 caps), serialized once at import and served as bytes. It describes every route the app serves

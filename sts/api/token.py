@@ -1,4 +1,4 @@
-"""``POST /token``: the RFC 8693 token exchange endpoint (CONTRACT section 2).
+"""``POST /token``: the RFC 8693 token exchange endpoint (docs/reference.md section 2).
 
 Parses the form or JSON body into an :class:`sts.exchange.TokenRequest`, hands it to the
 exchanger and renders the RFC 8693 section 2.2.1 response. Parsing is strict about what the

@@ -1,4 +1,4 @@
-"""``sts mappings`` (README, "Commands").
+"""``sts mappings`` (docs/reference.md section 6).
 
 Exit codes: 0 success; 1 the operation failed (database unreachable or not migrated, unknown
 mapping name); 2 bad usage, a bad mapping file or bad configuration, reported as one line naming

@@ -1,4 +1,4 @@
-"""Strict parsing of the mapping document (CONTRACT section 4).
+"""Strict parsing of the mapping document (docs/reference.md section 4).
 
 The document is YAML (and therefore also JSON): a top-level ``mappings:`` list, or a bare list of
 mapping entries as ``sts mappings list --json`` prints it. Parsing is strict in the octo-sts

@@ -1,4 +1,4 @@
-"""Mapping selection: which mapping a verified caller gets (CONTRACT sections 2 and 4).
+"""Mapping selection: which mapping a verified caller gets (docs/reference.md sections 2 and 4).
 
 A :class:`MappingIndex` is compiled once from the stored mappings and never changes; the caller
 builds a new one when the stored revision moves. Compilation does the work selection would
@@ -7,15 +7,15 @@ project of the group being exact or ``"*"``), each group split into exact deploy
 glob deployments (compiled, case-sensitive) and ``"*"``. Selecting for a caller therefore touches
 at most two groups, whatever the number of mappings of other accounts or projects.
 
-Selection rules (CONTRACT section 4): without ``audience``/``resource`` the most specific enabled
-match wins, compared by deployment (exact > glob > ``"*"``), then environment_type (exact >
-``"*"``), then project (exact > ``"*"``); equal on all three is a tie and ``invalid_target``.
-With ``audience`` (a mapping name, or a GCP workload identity provider name) and/or ``resource``
-(a target) every failure is one and the same ``invalid_target``, so a caller cannot learn which
-mappings exist for other tenants (CONTRACT section 2).
+Selection rules (docs/reference.md section 4): without ``audience``/``resource`` the most specific
+enabled match wins, compared by deployment (exact > glob > ``"*"``), then environment_type (exact >
+``"*"``), then project (exact > ``"*"``); equal on all three is a tie and ``invalid_target``. With
+``audience`` (a mapping name, or a GCP workload identity provider name) and/or ``resource`` (a
+target) every failure is one and the same ``invalid_target``, so a caller cannot learn which
+mappings exist for other tenants (docs/reference.md section 2).
 
-:meth:`MappingIndex.explain` answers ``sts explain`` (CONTRACT section 6) from the same matching
-and ranking code that :meth:`MappingIndex.select` runs.
+:meth:`MappingIndex.explain` answers ``sts explain`` (docs/reference.md section 6) from the
+same matching and ranking code that :meth:`MappingIndex.select` runs.
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ class Candidate(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class Explanation:
-    """What :meth:`MappingIndex.select` would do for some claims, and why (CONTRACT section 6)."""
+    """What :meth:`MappingIndex.select` would do for some claims, and why (``sts explain``)."""
 
     chosen: str | None
     error: str | None
@@ -237,7 +237,7 @@ class MappingIndex:
     def select(
         self, principal: Principal, audience: str | None, resource: str | None
     ) -> MappingSpec:
-        """The mapping for ``principal`` (CONTRACT sections 2 and 4; RFC 8693 section 2.1).
+        """The mapping for ``principal`` (docs/reference.md sections 2 and 4; RFC 8693 section 2.1).
 
         An empty ``audience`` or ``resource`` counts as absent. Raises
         :class:`~sts.errors.UnauthorizedClient` when nothing binds the caller and neither was
@@ -411,10 +411,11 @@ def check_request(
 ) -> tuple[str, ...]:
     """Check ``scope`` and ``requested_token_type`` against ``mapping``; return granted scopes.
 
-    RFC 8693 section 2.1 and CONTRACT section 2: ``scope`` is space-delimited (RFC 6749 section
-    3.3); empty counts as absent. AWS mappings take no scope. A GCP mapping grants what was asked
-    if its scopes allow every token (plus the IAM scope when it impersonates nothing), or its
-    own scopes when nothing was asked. An empty ``requested_token_type`` counts as absent.
+    RFC 8693 section 2.1 and docs/reference.md section 2: ``scope`` is space-delimited
+    (RFC 6749 section 3.3); empty counts as absent. AWS mappings take no scope. A GCP mapping
+    grants what was asked if its scopes allow every token (plus the IAM scope when it
+    impersonates nothing), or its own scopes when nothing was asked. An empty
+    ``requested_token_type`` counts as absent.
     Raises :class:`~sts.errors.InvalidTarget` or :class:`~sts.errors.InvalidScope`.
     """
     issued = AWS_CREDENTIALS_TOKEN_TYPE if mapping.aws is not None else ACCESS_TOKEN_TYPE

@@ -18,7 +18,7 @@ from sts.db.models import Base, utcnow
 
 
 class RoleMapping(Base):
-    """One mapping (CONTRACT section 4); ``options`` is its provider part of the document."""
+    """One mapping (docs/reference.md section 4); ``options`` is its provider part."""
 
     __tablename__ = "role_mappings"
     __table_args__ = (

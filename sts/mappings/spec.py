@@ -1,8 +1,8 @@
 """The mapping value types shared by the file format, the database and the selection index.
 
-A :class:`MappingSpec` is one validated entry of a mapping document (CONTRACT section 4) with its
-defaults filled in. It is immutable; :meth:`MappingSpec.to_document` gives back the file form that
-``sts mappings apply`` accepts unchanged.
+A :class:`MappingSpec` is one validated entry of a mapping document (docs/reference.md section 4)
+with its defaults filled in. It is immutable; :meth:`MappingSpec.to_document` gives back the file
+form that ``sts mappings apply`` accepts unchanged.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ class MappingSpec:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """Values a caller may name in ``resource`` to pick this mapping (CONTRACT section 2)."""
+        """Values a caller may name in ``resource`` to pick this mapping (reference section 2)."""
         if self.aws is not None:
             return (self.aws.role_arn,)
         assert self.gcp is not None

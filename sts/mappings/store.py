@@ -2,7 +2,7 @@
 
 Applying a document (``sts mappings apply``) is a diff against the stored mappings written in the
 caller's one transaction: the changed rows, one ``mapping_changes`` history row per change, and a
-single bump of ``mapping_revision`` (DESIGN "Mappings"; the revision is what the service's
+single bump of ``mapping_revision`` (docs/architecture.md; the revision is what the service's
 in-memory index polls). A dry run computes the same diff and writes nothing.
 """
 

@@ -1,4 +1,4 @@
-"""``sts db`` and ``sts mappings`` against real SQLite and PostgreSQL databases (CONTRACT 6)."""
+"""``sts db`` and ``sts mappings`` on real SQLite and PostgreSQL (docs/reference.md section 6)."""
 
 from __future__ import annotations
 

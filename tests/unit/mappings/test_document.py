@@ -1,4 +1,4 @@
-"""The mapping document parser: the file format of CONTRACT section 4, strictly."""
+"""The mapping document parser: the file format of docs/reference.md section 4, strictly."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Mapping selection (CONTRACT sections 2 and 4) and ``sts explain`` data (section 6)."""
+"""Mapping selection (docs/reference.md sections 2 and 4) and ``sts explain`` data (section 6)."""
 
 from __future__ import annotations
 
@@ -348,7 +348,7 @@ def test_audience_resolves_what_would_be_a_tie() -> None:
 
 
 def test_every_failed_lookup_is_the_same_invalid_target(mixed: MappingIndex) -> None:
-    """No enumeration: unknown, disabled, unbound, conflicting all look alike (CONTRACT 2)."""
+    """No enumeration: unknown, disabled, unbound, conflicting all look alike (reference 2)."""
     attempts = [
         ("no-such-mapping", None),
         ("disabled", None),
