@@ -47,24 +47,23 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey, b64url
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import Stack, running_stack
-
-# Expected answers, spelled out as the contract words them (never imported).
-TOKEN_UNPARSABLE = "token unparsable"
-TOKEN_TOO_LARGE = "token too large"
-ALGORITHM_NOT_ALLOWED = "algorithm not allowed"
-HEADER_NOT_ALLOWED = "header not allowed"
-KEY_NOT_FOUND = "signing key not found"
-SIGNATURE_INVALID = "signature invalid"
-ISSUER_NOT_TRUSTED = "issuer not trusted"
-AUDIENCE_NOT_ACCEPTED = "audience not accepted"
-TOKEN_EXPIRED = "token expired"
-TOKEN_NOT_YET_VALID = "token not yet valid"
-TOKEN_ISSUED_IN_FUTURE = "token issued in the future"
-CLAIM_INVALID = "claim missing or invalid"
-TOKEN_LIFETIME_TOO_LONG = "token lifetime too long"
-IDENTITY_CLAIMS = ("sub", "account", "project", "deployment", "environment_type")
-MAX_TOKEN_BYTES = 16 * 1024
-
+from tests.phrases import (
+    ALGORITHM_NOT_ALLOWED,
+    AUDIENCE_NOT_ACCEPTED,
+    CLAIM_INVALID,
+    HEADER_NOT_ALLOWED,
+    IDENTITY_CLAIMS,
+    ISSUER_NOT_TRUSTED,
+    KEY_NOT_FOUND,
+    MAX_TOKEN_BYTES,
+    SIGNATURE_INVALID,
+    TOKEN_EXPIRED,
+    TOKEN_ISSUED_IN_FUTURE,
+    TOKEN_LIFETIME_TOO_LONG,
+    TOKEN_NOT_YET_VALID,
+    TOKEN_TOO_LARGE,
+    TOKEN_UNPARSABLE,
+)
 
 TABLE = Path(__file__).parent.parent / "testdata" / "hostile_tokens.md"
 SKEW = 60  # the stack's STS_CLOCK_SKEW_SECONDS (the default)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
 from sts.providers.aws import AwsProvider
 from sts.providers.base import Credentials
+from tests.forking import in_child
 
 PRINCIPAL = Principal(
     "https://iss", "sub", "acct", "proj", "dep", "production", frozenset({"aud-a", "aud-b"})
@@ -250,30 +249,6 @@ def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
         assert cache.get_or_issue(key, issue) == (leader_result[0][0], True)
 
 
-def _in_child(check: Callable[[], bool]) -> int:
-    """Fork; the child runs ``check`` and exits 0 if it held, 1 if not, 2 on an exception.
-
-    The parent polls for the child's exit with a deadline: a child stuck on a lock fails the
-    test instead of hanging it.
-    """
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which never returns to pytest
-        code = 2
-        try:
-            code = 0 if check() else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child hung")
-
-
 def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() -> None:
     cache = CredentialCache(wait_timeout=10.0, refresh_fraction=0.5)
     key = cache_key(AWS, PRINCIPAL, ())
@@ -313,7 +288,7 @@ def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() ->
         assert in_upstream.wait(5)
         # Fork while a parent thread holds the cache's lock, as a busy worker may.
         with cache._lock:
-            code = _in_child(child)
+            code = in_child(child)
     finally:
         release.set()
         leader.join(5)

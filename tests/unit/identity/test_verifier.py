@@ -19,25 +19,24 @@ from sts.identity.jwks import JWKSRegistry
 from sts.identity.principal import Principal
 from sts.identity.verifier import TokenVerifier
 from tests.conftest import AUDIENCE
+from tests.phrases import (
+    ALGORITHM_NOT_ALLOWED,
+    AUDIENCE_NOT_ACCEPTED,
+    CLAIM_INVALID,
+    HEADER_NOT_ALLOWED,
+    IDENTITY_CLAIMS,
+    ISSUER_NOT_TRUSTED,
+    KEY_NOT_FOUND,
+    MAX_TOKEN_BYTES,
+    SIGNATURE_INVALID,
+    TOKEN_EXPIRED,
+    TOKEN_ISSUED_IN_FUTURE,
+    TOKEN_LIFETIME_TOO_LONG,
+    TOKEN_NOT_YET_VALID,
+    TOKEN_TOO_LARGE,
+    TOKEN_UNPARSABLE,
+)
 from tests.unit.identity.conftest import settings_for
-
-# Expected answers, spelled out as the contract words them (never imported).
-TOKEN_UNPARSABLE = "token unparsable"
-TOKEN_TOO_LARGE = "token too large"
-ALGORITHM_NOT_ALLOWED = "algorithm not allowed"
-HEADER_NOT_ALLOWED = "header not allowed"
-KEY_NOT_FOUND = "signing key not found"
-SIGNATURE_INVALID = "signature invalid"
-ISSUER_NOT_TRUSTED = "issuer not trusted"
-AUDIENCE_NOT_ACCEPTED = "audience not accepted"
-TOKEN_EXPIRED = "token expired"
-TOKEN_NOT_YET_VALID = "token not yet valid"
-TOKEN_ISSUED_IN_FUTURE = "token issued in the future"
-CLAIM_INVALID = "claim missing or invalid"
-TOKEN_LIFETIME_TOO_LONG = "token lifetime too long"
-IDENTITY_CLAIMS = ("sub", "account", "project", "deployment", "environment_type")
-MAX_TOKEN_BYTES = 16 * 1024
-
 
 NOW = 1_800_000_000.0
 SKEW = 60  # settings_for's default clock_skew_seconds

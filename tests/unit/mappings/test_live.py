@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,6 +14,7 @@ import sqlalchemy as sa
 from sts.db import Database
 from sts.errors import TemporarilyUnavailable
 from sts.mappings.live import LiveMappings
+from tests.forking import in_child
 from tests.functional.conftest import DEFAULT_MAPPINGS, seed
 
 
@@ -78,30 +77,6 @@ def test_once_loaded_current_never_reads_the_database_on_the_calling_thread(
     assert threading.get_ident() not in readers
 
 
-def _in_child(check: Callable[[], bool]) -> int:
-    """Fork; the child runs ``check`` and exits 0 if it held, 1 if not, 2 on an exception.
-
-    The parent polls for the child's exit with a deadline: a child stuck on a lock fails the
-    test instead of hanging it.
-    """
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, which never returns to pytest
-        code = 2
-        try:
-            code = 0 if check() else 1
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.02)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("the forked child hung")
-
-
 def test_forked_child_runs_its_own_refresher_that_follows_changes(
     live: LiveMappings, database_file: str
 ) -> None:
@@ -126,7 +101,7 @@ def test_forked_child_runs_its_own_refresher_that_follows_changes(
 
     # Fork while a parent thread holds the refresh lock, as the refresher does mid-refresh.
     with live._lock:
-        code = _in_child(child)
+        code = in_child(child)
     assert code == 0
     # The parent's own refresher is untouched and follows the child's change too.
     assert live.running
