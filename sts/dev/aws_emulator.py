@@ -28,6 +28,7 @@ from xml.sax.saxutils import escape
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
+from sts.dev.aws_iam import IamTrust
 from sts.dev.serving import BackgroundServer, Fault, FaultQueue
 
 StartResponse = Callable[..., Any]
@@ -106,7 +107,8 @@ class AwsEmulator(BackgroundServer):
     ``requests`` holds every request received. ``fail_next`` makes the next requests answer an
     AWS error instead of reaching moto; ``delay`` holds every answer back that many seconds;
     ``require_audience`` makes a role check the web identity token's ``aud``, as IAM does
-    against the OIDC provider's client ID list.
+    against the OIDC provider's client ID list; ``iam`` (:class:`sts.dev.aws_iam.IamTrust`)
+    checks web identity tokens as IAM does, for the roles it is given a trust policy.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
@@ -116,6 +118,8 @@ class AwsEmulator(BackgroundServer):
         self.requests: list[StsCall] = []
         self._faults = FaultQueue()
         self._audiences: dict[str, frozenset[str]] = {}
+        # IAM OIDC providers and role trust policies; roles without one go straight to moto.
+        self.iam = IamTrust()
         self._lock = threading.Lock()
         self._server: BaseWSGIServer | None = None
 
@@ -168,7 +172,27 @@ class AwsEmulator(BackgroundServer):
             self.requests.clear()
             self._faults.clear()
             self._audiences.clear()
+            self.iam.clear()
             self.delay = 0.0
+
+    def _trust_refusal(self, call: StsCall) -> Callable[[StartResponse], Iterable[bytes]] | None:
+        """IAM's web-identity checks (:mod:`sts.dev.aws_iam`) for roles given a trust policy."""
+        if call.action != "AssumeRoleWithWebIdentity" or not self.iam.governs(call.role_arn):
+            return None
+        assert call.role_arn is not None
+        refusal = self.iam.check(call.role_arn, call.web_identity_token or "")
+        if refusal is None:
+            return None
+        body = error_document(refusal.code, refusal.message)
+
+        def answer(start_response: StartResponse) -> Iterable[bytes]:
+            start_response(
+                f"{refusal.status} Refused",
+                [("Content-Type", "text/xml"), ("Content-Length", str(len(body)))],
+            )
+            return [body]
+
+        return answer
 
     def _audience_refused(self, call: StsCall) -> bool:
         with self._lock:
@@ -211,6 +235,9 @@ class AwsEmulator(BackgroundServer):
                     ],
                 )
                 return [fault.body]
+            refused = self._trust_refusal(call)
+            if refused is not None:
+                return refused(start_response)
             if self._audience_refused(call):
                 refusal = error_document("InvalidIdentityToken", "Incorrect token audience")
                 start_response(

@@ -58,7 +58,8 @@ class SigningKey:
 
 
 class DevIssuer:
-    """An issuer with a live JWKS endpoint on 127.0.0.1; start with :meth:`start` or ``with``.
+    """An issuer with a live JWKS endpoint (and discovery document) on 127.0.0.1; start with
+    :meth:`start` or ``with``.
 
     ``jwks_status``, ``jwks_delay`` and ``jwks_body`` let tests break the endpoint; ``fetches``
     counts the JWKS requests served.
@@ -76,6 +77,16 @@ class DevIssuer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
+                if self.path == ISSUER_PATH + "/.well-known/openid-configuration":
+                    # What an IAM OIDC identity provider reads first (the AWS emulator too).
+                    document = {"issuer": issuer.url, "jwks_uri": issuer.jwks_url}
+                    data = json.dumps(document).encode()
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if self.path != ISSUER_PATH + "/.well-known/jwks.json":
                     self.send_error(404)
                     return
