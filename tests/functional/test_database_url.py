@@ -21,7 +21,7 @@ import requests
 
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
-from tests.functional.test_serve import free_port
+from tests.functional.serving import free_port
 
 UNKNOWN_DIALECT = "nosuchdb://x/y"
 UNKNOWN_DRIVER = "mysql+nosuchdriver://u@127.0.0.1/db"

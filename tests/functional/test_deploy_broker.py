@@ -16,6 +16,7 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.decode import decode_str
 
 from sts.dev.aws_iam import IamTrust
+from tests.functional.test_deploy import blocks, unquote
 from tests.oidc import TAGS, Issuer
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "aws" / "zuplo-sts-broker.yaml"
@@ -139,25 +140,9 @@ def test_the_abac_permissions_use_the_project_tag(template: dict[str, Any]) -> N
 GCP = TEMPLATE.parents[1] / "gcp-broker"
 
 
-def unquote(value: Any) -> Any:
-    """python-hcl2 keeps string literals' quotes; interpolations come as ``${...}``."""
-    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
-        return value[1:-1]
-    return value
-
-
 def hcl_blocks(name: str, kind: str) -> dict[str, dict[str, Any]]:
     with (GCP / name).open() as handle:
-        data: dict[str, Any] = hcl2.load(handle)
-    found: dict[str, dict[str, Any]] = {}
-    for entry in data.get(kind, []):
-        for first, body in entry.items():
-            if kind == "resource":
-                for second, inner in body.items():
-                    found[f"{unquote(first)}.{unquote(second)}"] = inner
-            else:
-                found[unquote(first)] = body
-    return found
+        return blocks(hcl2.load(handle), kind)
 
 
 def test_gcp_provider_trusts_the_broker_issuer_with_googles_default_audience() -> None:

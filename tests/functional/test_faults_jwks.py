@@ -9,13 +9,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +24,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import GRANT, ID_TOKEN, Stack, running_stack, seed
-from tests.functional.test_serve import free_port
+from tests.functional.serving import sts_serve
 from tests.functional.test_token import assert_error
 
 # Expected answers and limits, spelled out here rather than imported from the service.
@@ -225,38 +222,9 @@ def test_slow_jwks_is_bounded_and_requests_do_not_pile_up(
     assert dev.fetches - fetched == 1
 
 
-@contextmanager
-def served(env: dict[str, str], log_path: Path, *, threads: int) -> Iterator[str]:
+def served(env: dict[str, str], log_path: Path, *, threads: int) -> AbstractContextManager[str]:
     """``sts serve`` as a process, one worker with ``threads`` request threads, until ready."""
-    port = free_port()
-    command = [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [*command, "--threads", str(threads)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
-            yield url
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    return sts_serve(env, log_path, "--workers", "1", "--threads", str(threads))
 
 
 def test_invented_kids_never_hold_up_a_token_whose_key_is_cached(

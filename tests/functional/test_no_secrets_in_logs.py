@@ -16,12 +16,8 @@ import json
 import logging
 import os
 import secrets
-import signal
 import sqlite3
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,8 +32,8 @@ from sts.dev.issuer import DevIssuer, SigningKey
 from sts.logs import JsonFormatter, TextFormatter
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import GRANT, ID_TOKEN, Stack, seed
+from tests.functional.serving import sts_serve
 from tests.functional.test_faults_database import TcpProxy, through
-from tests.functional.test_serve import free_port
 
 IAM = "/v1/projects/"
 MIN_NEEDLE = 16
@@ -316,50 +312,22 @@ def test_production_server_log_holds_no_request_body_or_secret(
         "STS_GCP_STS_URL": gcp.sts_url,
         "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
     }
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
+    with sts_serve(env, log_path, "--workers", "1") as url:
+        # Only the HTTP half of a Stack: the services live in the server process.
+        run = Run(Stack(url, issuer, aws, gcp, None, 0, 0))  # type: ignore[arg-type]
+        token = run.token(deployment="granian-logs")
+        run.post(token, 200)
+        run.post(token, 200)
+        denied = run.token(deployment="granian-denied")
+        aws.fail_next(403, "AccessDenied", f"echo {denied} {denied.split('.')[2]}")
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
-            # Only the HTTP half of a Stack: the services live in the server process.
-            run = Run(Stack(url, issuer, aws, gcp, None, 0, 0))  # type: ignore[arg-type]
-            token = run.token(deployment="granian-logs")
-            run.post(token, 200)
-            run.post(token, 200)
-            denied = run.token(deployment="granian-denied")
-            aws.fail_next(403, "AccessDenied", f"echo {denied} {denied.split('.')[2]}")
-            try:
-                run.post(denied, 400)
-            finally:
-                aws.clear()
-            run.post(
-                run.token(deployment="granian-expired", iat=1_600_000_000, exp=1_600_000_600), 400
-            )
-            form = f"grant_type={GRANT}&subject_token_type={ID_TOKEN}&subject_token={token}"
-            run.raw(token, form + f"&subject_token={token}", "application/x-www-form-urlencoded")
+            run.post(denied, 400)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            aws.clear()
+        run.post(run.token(deployment="granian-expired", iat=1_600_000_000, exp=1_600_000_600), 400)
+        form = f"grant_type={GRANT}&subject_token_type={ID_TOKEN}&subject_token={token}"
+        run.raw(token, form + f"&subject_token={token}", "application/x-www-form-urlencoded")
 
     text = log_path.read_text()
     assert '"logger":"sts.access"' in text  # the log was written, in JSON

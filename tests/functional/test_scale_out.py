@@ -23,7 +23,8 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE, _postgres_schema_url
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.test_serve import free_port, sts
+from tests.functional.serving import free_port
+from tests.functional.test_serve import sts
 
 pytestmark = pytest.mark.postgres
 

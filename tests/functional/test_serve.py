@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,13 +20,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from tests.functional.serving import free_port, sts_serve
 
 
 def sts(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -60,37 +53,10 @@ def env(tmp_path: Path, issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator) -
 def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     mappings = tmp_path / "mappings.yaml"
     mappings.write_text(DEFAULT_MAPPINGS)
-    port = free_port()
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "2"],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-            try:
-                if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
-            time.sleep(0.1)
+    with sts_serve(env, tmp_path / "serve.log", "--workers", "2") as url:
         result = sts("mappings", "apply", str(mappings), env=env)
         assert result.returncode == 0, result.stderr
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def test_serve_migrates_sqlite_and_exchanges(server: str, issuer: DevIssuer) -> None:
