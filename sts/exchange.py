@@ -6,20 +6,24 @@ renders what :meth:`Exchanger.exchange` returns. Every refusal is an :class:`sts
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from sts.audit import AuditRecorder
+from sts.broker.mint import BrokerMinter
 from sts.cache import CredentialCache, cache_key
 from sts.errors import OAuthError, ServerError
 from sts.identity.principal import Principal
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.index import check_request
 from sts.mappings.live import LiveMappings
-from sts.mappings.spec import MappingSpec
+from sts.mappings.spec import BROKER, MappingSpec
 from sts.metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS
 from sts.providers.base import CredentialProvider, Credentials
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,12 +55,17 @@ class Exchanger:
         cache: CredentialCache,
         providers: Mapping[str, CredentialProvider],
         audit: AuditRecorder,
+        *,
+        minter: BrokerMinter | None = None,
     ) -> None:
         self.verifier = verifier
         self.mappings = mappings
         self.cache = cache
         self.providers = providers
         self.audit = audit
+        # Broker mode (reference section 8): signs the token a ``token: broker`` mapping's
+        # cloud receives. None without STS_BROKER_ISSUER.
+        self.minter = minter
 
     def exchange(self, request: TokenRequest) -> Exchanged:
         principal = self.verifier.verify(request.subject_token)
@@ -65,11 +74,36 @@ class Exchanger:
         provider = self.providers.get(mapping.provider)
         if provider is None:
             raise ServerError(cause=f"no provider configured for {mapping.provider}")
+        minter = self.minter
+        if mapping.token == BROKER and minter is None:
+            # A configuration error, not the caller's (reference section 4).
+            log.error(
+                "mapping %s has token broker but STS_BROKER_ISSUER is not set",
+                mapping.name,
+                extra={"mapping": mapping.name},
+            )
+            raise ServerError(cause=f"mapping {mapping.name}: broker token without an issuer")
+
+        def presented() -> str:
+            """The token the cloud receives: a fresh broker token per upstream call, or the
+            Zuplo token passed through."""
+            if minter is None or mapping.token != BROKER:
+                return request.subject_token
+            claims = provider.broker_claims(mapping)
+            try:
+                return minter.mint(
+                    principal, mapping.name, claims.audience, session_tags=claims.session_tags
+                )
+            except Exception as exc:
+                # A tag AWS cannot carry, KMS unreachable: no cloud call was made.
+                self.audit.record_refused(principal, mapping, exc, scopes=scopes)
+                raise
 
         def issue() -> Credentials:
+            web_identity = presented()
             started = time.perf_counter()
             try:
-                credentials = provider.issue(principal, mapping, request.subject_token, scopes)
+                credentials = provider.issue(principal, mapping, web_identity, scopes)
             except OAuthError as exc:
                 UPSTREAM_CALLS.labels(mapping.provider, exc.error).inc()
                 self.audit.record_refused(principal, mapping, exc, scopes=scopes)

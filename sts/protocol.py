@@ -27,9 +27,18 @@ SUBJECT_TOKEN_TYPES: Final = frozenset({ID_TOKEN_TYPE, JWT_TOKEN_TYPE})
 GCP_SUBJECT_TOKEN_TYPE: Final = JWT_TOKEN_TYPE
 GCP_REQUESTED_TOKEN_TYPE: Final = ACCESS_TOKEN_TYPE
 
+#: The broker token's ``aud`` for AWS: the client ID of an IAM OIDC provider, as EKS uses it
+#: (docs/reference.md section 8).
+AWS_BROKER_AUDIENCE: Final = "sts.amazonaws.com"
+#: For GCP the broker token's ``aud`` is this prefix + the provider name (``//iam...``): the
+#: audience a workload identity provider allows by default.
+GCP_BROKER_AUDIENCE_PREFIX: Final = "https:"
+
 __all__ = [
     "ACCESS_TOKEN_TYPE",
+    "AWS_BROKER_AUDIENCE",
     "AWS_CREDENTIALS_TOKEN_TYPE",
+    "GCP_BROKER_AUDIENCE_PREFIX",
     "GCP_REQUESTED_TOKEN_TYPE",
     "GCP_SUBJECT_TOKEN_TYPE",
     "ID_TOKEN_TYPE",

@@ -102,7 +102,7 @@ class Services:
         database = Database(settings.database_url)
         registry = registry if registry is not None else JWKSRegistry(settings)
         verifier = TokenVerifier(settings, registry)
-        mappings = LiveMappings(database)
+        mappings = LiveMappings(database, broker_mode=settings.broker_issuer is not None)
         shared = None
         if settings.redis_url is not None and settings.cache_encryption_key is not None:
             shared = RedisTier(settings.redis_url, settings.cache_encryption_key)
@@ -111,8 +111,15 @@ class Services:
             "aws": AwsProvider(settings),
             "gcp": GcpProvider(settings),
         }
-        exchanger = Exchanger(verifier, mappings, cache, providers, AuditRecorder(database))
         broker = Broker(settings, database) if settings.broker_issuer is not None else None
+        exchanger = Exchanger(
+            verifier,
+            mappings,
+            cache,
+            providers,
+            AuditRecorder(database),
+            minter=broker.minter if broker is not None else None,
+        )
         services = cls(settings, database, registry, verifier, mappings, cache, exchanger, broker)
         mappings.on_tick = services.export_gauges
         return services

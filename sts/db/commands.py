@@ -37,13 +37,18 @@ def _reason(exc: BaseException) -> str:
     return lines[0] if lines else type(cause).__name__
 
 
+def cli_settings() -> Settings:
+    """The configuration from the environment; a bad value is one line and exit 2."""
+    try:
+        return Settings.from_env()
+    except ConfigError as exc:
+        fail(str(exc), 2)
+
+
 @contextmanager
 def open_database() -> Iterator[Database]:
     """The configured database, answering; exits 2 on bad configuration, 1 if unreachable."""
-    try:
-        settings = Settings.from_env()
-    except ConfigError as exc:
-        fail(str(exc), 2)
+    settings = cli_settings()
     try:
         database = Database(settings.database_url)
     except ConfigError as exc:

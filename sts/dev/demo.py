@@ -1,14 +1,21 @@
 """``sts demo``: one complete exchange on embedded defaults, everything on 127.0.0.1.
 
-Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode), the project's
-GCP STS + IAM Credentials emulator and ``sts serve`` on a throw-away SQLite database; applies
-example mappings; exchanges one ID token for AWS credentials and one for a GCP access token over
-real HTTP; uses the AWS credentials once; shuts everything down. Secrets are shown masked.
+Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode, with the IAM
+OIDC checks of :mod:`sts.dev.aws_iam`), the project's GCP STS + IAM Credentials emulator and
+``sts serve`` in broker mode on a throw-away SQLite database; applies example mappings;
+exchanges one ID token for AWS credentials and one for a GCP access token over real HTTP. The
+clouds trust only the service's own issuer (docs/reference.md section 8) and verify its broker
+tokens through its discovery document, as AWS and Google would; the demo shows the claims and
+session tags they received, that AWS refuses the Zuplo token presented directly, and uses the
+AWS credentials once. Secrets are shown masked.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -22,7 +29,7 @@ from typing import Any
 import click
 import requests
 
-from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+from sts.protocol import AWS_BROKER_AUDIENCE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
 DEMO_AUDIENCE = "https://sts.demo.localhost"
 WIP = (
@@ -53,6 +60,49 @@ mappings:
 """
 
 
+def _trust_policy(provider_arn: str, host_path: str) -> dict[str, Any]:
+    """The pinned role of deploy/aws/zuplo-sts-broker.yaml: only mapping orders-prod's broker
+    tokens, for one Zuplo account's session tags."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Federated": provider_arn},
+                "Action": ["sts:AssumeRoleWithWebIdentity", "sts:TagSession"],
+                "Condition": {
+                    "StringEquals": {
+                        f"{host_path}:aud": AWS_BROKER_AUDIENCE,
+                        f"{host_path}:sub": "mapping:orders-prod",
+                        "aws:RequestTag/zuplo-account": "my-account",
+                    }
+                },
+            }
+        ],
+    }
+
+
+def _claims(token: str) -> dict[str, Any]:
+    """The payload of a JWT, unverified: for display (the clouds verified it)."""
+    payload = token.split(".")[1]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * 3))
+    return decoded
+
+
+def _show_broker_token(token: str) -> None:
+    claims = _claims(token)
+    for name in ("iss", "sub", "aud"):
+        _detail(name, str(claims[name]))
+    _detail("jti", _mask(str(claims["jti"]), 6))
+    _detail("exp - iat", f"{claims['exp'] - claims['iat']} s")
+    for name in ("account", "project", "deployment", "environment_type", "zuplo_sub"):
+        _detail(name, str(claims[name]))
+    tags = claims.get("https://aws.amazon.com/tags")
+    if tags:
+        for key, values in tags["principal_tags"].items():
+            _detail(f"tag {key}", ", ".join(values))
+
+
 def _mask(secret: str | None, keep: int = 4) -> str:
     if not secret:
         return "-"
@@ -75,7 +125,7 @@ def _ok(text: str) -> None:
 
 
 def _detail(label: str, value: str) -> None:
-    click.echo(f"    {click.style(f'{label:<24}', dim=True)} {value}")
+    click.echo(f"    {click.style(f'{label:<26}', dim=True)} {value}")
 
 
 @contextmanager
@@ -154,15 +204,25 @@ def run_demo() -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sts-demo-")))
 
+        # The service's own URL is the broker issuer the clouds trust (reference section 8).
+        port = _free_port()
+        broker_issuer = f"http://127.0.0.1:{port}"
+
         _step("Starting the outside world")
         issuer = stack.enter_context(DevIssuer())
         _ok(f"Zuplo-like issuer        {issuer.url}")
         aws = stack.enter_context(AwsEmulator())
+        provider = aws.iam.add_oidc_provider(broker_issuer, [AWS_BROKER_AUDIENCE])
+        aws.iam.set_trust_policy(ROLE_ARN, _trust_policy(provider.arn, provider.url))
         _ok(f"AWS STS emulator (moto)  {aws.endpoint_url}")
+        _detail("IAM OIDC provider", f"{broker_issuer} (client ID {AWS_BROKER_AUDIENCE})")
+        _detail("role trusts", "sub mapping:orders-prod, tag zuplo-account my-account")
         gcp = stack.enter_context(GcpEmulator())
-        gcp.add_provider(WIP, issuer.url, issuer.jwks_url, [DEMO_AUDIENCE])
+        # Google's default audience; keys through the issuer's discovery document.
+        gcp.add_provider(WIP, broker_issuer, None, [])
         gcp.allow_service_account(SERVICE_ACCOUNT, WIP)
         _ok(f"GCP STS + IAM emulator   {gcp.iam_url}")
+        _detail("pool provider issuer", broker_issuer)
 
         _step("Preparing the mapping database (SQLite)")
         database_url = f"sqlite:///{workdir / 'sts.db'}"
@@ -191,13 +251,19 @@ def run_demo() -> int:
             "STS_GCP_STS_URL": gcp.sts_url,
             "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
             "STS_LOG_FORMAT": "json",
+            "STS_BROKER_ISSUER": broker_issuer,
+            "STS_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32))
+            .decode()
+            .rstrip("="),
         }
-        for name in ("STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY"):
+        for name in ("STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY", "STS_SIGNING_KMS_KEY_IDS"):
             env.pop(name, None)
 
-        _step("Starting `sts serve` (granian, 1 worker)")
-        url = stack.enter_context(_service(env, _free_port(), workdir / "serve.log"))
-        _ok(f"ready at {url}")
+        _step("Starting `sts serve` in broker mode (granian, 1 worker)")
+        url = stack.enter_context(_service(env, port, workdir / "serve.log"))
+        _ok(f"ready at {url}, issuer of its own")
+        jwks = requests.get(url + "/.well-known/jwks.json", timeout=10).json()
+        _detail("signing keys published", ", ".join(key["kid"][:12] + "…" for key in jwks["keys"]))
 
         _step("A gateway asks Zuplo for an ID token")
         token = issuer.mint(audience=DEMO_AUDIENCE, deployment="orders-api-main-53c4947")
@@ -216,6 +282,8 @@ def run_demo() -> int:
         _detail("Expiration", creds["Expiration"])
         sent = aws.requests[-1]
         _detail("AWS saw RoleSessionName", str(sent.role_session_name))
+        _ok("AWS received a broker token, not the Zuplo token:")
+        _show_broker_token(sent.web_identity_token or "")
 
         import boto3
 
@@ -229,12 +297,35 @@ def run_demo() -> int:
         ).get_caller_identity()
         _ok(f"used them: sts:GetCallerIdentity says {identity['Arn']}")
 
+        _step("Anyone with a Zuplo token calls AWS directly, without zuplo-sts")
+        from botocore import UNSIGNED
+        from botocore.config import Config
+        from botocore.exceptions import ClientError
+
+        direct = boto3.client(
+            "sts",
+            region_name="us-east-1",
+            endpoint_url=aws.endpoint_url,
+            config=Config(signature_version=UNSIGNED),
+        )
+        try:
+            direct.assume_role_with_web_identity(
+                RoleArn=ROLE_ARN, RoleSessionName="direct", WebIdentityToken=token
+            )
+        except ClientError as exc:
+            _ok(f"refused: {exc.response['Error']['Code']} (the role trusts only zuplo-sts)")
+        else:
+            raise click.ClickException("AWS accepted the Zuplo token: the trust is too wide")
+
         _step("Exchange 2: POST /token, audience=analytics-gcp  →  GCP")
         gcp_body = _exchange(url, token, "analytics-gcp")
         _ok(f"mapping {gcp_body['mapping']}, expires in {gcp_body['expires_in']} s")
         _detail("access_token", _mask(gcp_body["access_token"], 6))
         _detail("scope", gcp_body.get("scope", "-"))
         _detail("GCP saw", ", ".join(sorted({r.path.rsplit("/", 1)[-1] for r in gcp.requests})))
+        exchanged = next(r for r in gcp.requests if r.path.endswith("/token"))
+        _ok("GCP received a broker token for its provider's default audience:")
+        _show_broker_token(str(exchanged.body["subject_token"]))
 
         _step("Exchange 3: the same token again  →  served from the cache")
         aws_calls = len(aws.requests)
@@ -260,7 +351,8 @@ def run_demo() -> int:
         _step("Shutting down")
     click.echo(
         click.style("\nDone", fg="green", bold=True)
-        + f" in {time.monotonic() - started:.1f} s: one AWS and one GCP exchange over real HTTP."
+        + f" in {time.monotonic() - started:.1f} s: one AWS and one GCP exchange over real HTTP,"
+        " in broker mode."
     )
     click.echo("Next: README.md shows how to point zuplo-sts at real AWS and GCP accounts.")
     return 0

@@ -75,7 +75,8 @@ class RecordedRequest:
 class WorkloadProvider:
     name: str
     issuer: str
-    jwks_url: str
+    # None: found as Google finds it, through the issuer's discovery document.
+    jwks_url: str | None
     allowed_audiences: tuple[str, ...]
 
 
@@ -150,12 +151,14 @@ class GcpEmulator(BackgroundServer):
         return self.base_url
 
     def add_provider(
-        self, name: str, issuer: str, jwks_url: str, allowed_audiences: list[str]
+        self, name: str, issuer: str, jwks_url: str | None, allowed_audiences: list[str]
     ) -> None:
         """Register an OIDC workload identity pool provider by its full resource name.
 
         With no ``allowed_audiences`` the default applies, as in Google: the provider's
-        ``https://iam.googleapis.com/...`` URL.
+        ``https://iam.googleapis.com/...`` URL. With no ``jwks_url`` the keys are read as Google
+        reads them: ``{issuer}/.well-known/openid-configuration``, whose ``issuer`` must be
+        ``issuer``, names the ``jwks_uri`` (fetched on every exchange: rotation shows at once).
         """
         if not PROVIDER_NAME.fullmatch(name):
             raise ValueError(f"not a workload identity provider name: {name!r}")
@@ -295,10 +298,20 @@ class GcpEmulator(BackgroundServer):
     def _key(provider: WorkloadProvider, kid: object) -> rsa.RSAPublicKey:
         # The emulator's own fetch of a URL registered by the test; no proxies from the env.
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+        def fetch(url: str) -> Any:
+            with opener.open(url, timeout=JWKS_TIMEOUT_SECONDS) as response:
+                return json.loads(response.read())
+
         try:
-            with opener.open(provider.jwks_url, timeout=JWKS_TIMEOUT_SECONDS) as response:
-                jwks = json.loads(response.read())
-        except (OSError, ValueError):
+            jwks_url = provider.jwks_url
+            if jwks_url is None:
+                discovery = fetch(provider.issuer.rstrip("/") + "/.well-known/openid-configuration")
+                if not isinstance(discovery, dict) or discovery.get("issuer") != provider.issuer:
+                    raise ValueError("discovery names another issuer")
+                jwks_url = str(discovery["jwks_uri"])
+            jwks = fetch(jwks_url)
+        except (OSError, ValueError, KeyError):
             raise _oauth_error("invalid_grant", "Unable to fetch the issuer's JWKS.") from None
         for jwk in jwks.get("keys", []) if isinstance(jwks, dict) else []:
             if isinstance(jwk, dict) and jwk.get("kid") == kid and jwk.get("kty") == "RSA":

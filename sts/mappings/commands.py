@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from sts.db.commands import SOURCE, actor, fail, guard, open_database
+from sts.db.commands import SOURCE, actor, cli_settings, fail, guard, open_database
 from sts.mappings import store
 from sts.mappings.document import (
     MAX_DOCUMENT_BYTES,
@@ -19,7 +19,7 @@ from sts.mappings.document import (
     dump_json,
     parse_document,
 )
-from sts.mappings.spec import MappingSpec
+from sts.mappings.spec import ZUPLO, MappingSpec, default_token
 
 
 @click.group("mappings")
@@ -62,25 +62,51 @@ def mappings_apply(file: str, dry_run: bool, prune: bool) -> None:
         specs = parse_document(text, source)
     except MappingFileError as exc:
         fail(str(exc), 2)
+    broker_mode = cli_settings().broker_issuer is not None
     with open_database() as database:
         guard(database.require_current)
         diff = guard(
             lambda: store.apply(
-                database, specs, prune=prune, dry_run=dry_run, actor=actor(), source=SOURCE
+                database,
+                specs,
+                prune=prune,
+                dry_run=dry_run,
+                actor=actor(),
+                source=SOURCE,
+                broker_mode=broker_mode,
             )
         )
     click.echo(diff.render())
+    default = default_token(broker_mode)
     if dry_run:
         click.echo("(dry run: nothing written)")
+    for spec in specs:
+        if spec.enabled and spec.aws is not None and (spec.aws.token or default) == ZUPLO:
+            click.echo(pass_through_warning(spec.name, broker_mode), err=True)
+
+
+def pass_through_warning(name: str, broker_mode: bool) -> str:
+    """The warning for an enabled AWS mapping that hands AWS the Zuplo token (reference
+    section 4): AWS cannot check the Zuplo account, so the role trusts every Zuplo deployment
+    its trust policy does not pin."""
+    why = "aws.token is zuplo" if broker_mode else "STS_BROKER_ISSUER is not set here"
+    return (
+        f"warning: mapping {name} passes the Zuplo token through to AWS ({why}): AWS cannot "
+        "check the Zuplo account, so pin sub in the role's trust policy, or set "
+        "STS_BROKER_ISSUER and use broker mode"
+    )
 
 
 @mappings.command("list")
 @click.option("--json", "as_json", is_flag=True, help="The file format, as a JSON array.")
 def mappings_list(as_json: bool) -> None:
     """List the stored mappings (disabled ones too)."""
+    broker_mode = cli_settings().broker_issuer is not None
     with open_database() as database:
         guard(database.require_current)
-        _, specs = guard(lambda: store.load(database))
+        _, stored = guard(lambda: store.load(database))
+    # Defaults filled in (reference section 6): an unset token as this configuration resolves it.
+    specs = [spec.with_default_token(broker_mode) for spec in stored]
     if as_json:
         click.echo(dump_json(specs))
     elif not specs:

@@ -27,9 +27,11 @@ from sts.mappings.spec import (
     DEFAULT_DURATION_SECONDS,
     DEFAULT_GCP_SCOPE,
     GCP_LIFETIME_RANGE,
+    TOKEN_SOURCES,
     AwsTarget,
     GcpTarget,
     MappingSpec,
+    TokenSource,
 )
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
@@ -64,8 +66,8 @@ MAPPING_KEYS = (
     "aws",
     "gcp",
 )
-AWS_KEYS = ("role_arn", "duration_seconds", "session_policy")
-GCP_KEYS = ("workload_identity_provider", "service_account", "scopes", "lifetime_seconds")
+AWS_KEYS = ("role_arn", "duration_seconds", "session_policy", "token", "session_tags")
+GCP_KEYS = ("workload_identity_provider", "service_account", "scopes", "lifetime_seconds", "token")
 SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
 _GLOB_CHARS = frozenset("*?[]")
 # Controls (newlines and tabs too) and format characters (bidi overrides, zero-width joiners)
@@ -320,6 +322,24 @@ class _Checker:
             self.fail(line, where, f"must be {low}..{high}")
         return value
 
+    def boolean(self, doc: Mapping[str, Any], key: str, path: str, default: bool) -> bool:
+        value = doc.get(key)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.fail(self.line_of(doc, key), f"{path}.{key}", "must be true or false")
+        return value
+
+    def token(self, doc: Mapping[str, Any], path: str) -> TokenSource | None:
+        """``token``: ``broker`` or ``zuplo``; absent (or null) leaves it to the service."""
+        value = doc.get("token")
+        if value is None:
+            return None
+        found = next((s for s in TOKEN_SOURCES if isinstance(value, str) and value == s), None)
+        if found is None:
+            self.fail(self.line_of(doc, "token"), f"{path}.token", "must be broker or zuplo")
+        return found
+
     def pattern(
         self, doc: Mapping[str, Any], key: str, path: str, regex: re.Pattern[str], shape: str
     ) -> str:
@@ -395,7 +415,13 @@ def _aws(check: _Checker, doc: Any, line: int | None, path: str) -> AwsTarget:
     policy = doc.get("session_policy")
     if policy is not None:
         policy = _session_policy(check, policy, check.line_of(doc, "session_policy"), path)
-    return AwsTarget(role_arn=role_arn, duration_seconds=duration, session_policy=policy)
+    return AwsTarget(
+        role_arn=role_arn,
+        duration_seconds=duration,
+        session_policy=policy,
+        token=check.token(doc, path),
+        session_tags=check.boolean(doc, "session_tags", path, True),
+    )
 
 
 def _session_policy(check: _Checker, policy: Any, line: int | None, path: str) -> dict[str, Any]:
@@ -484,6 +510,7 @@ def _gcp(check: _Checker, doc: Any, line: int | None, path: str) -> GcpTarget:
         service_account=service_account,
         scopes=scopes,
         lifetime_seconds=lifetime,
+        token=check.token(doc, path),
     )
 
 

@@ -40,8 +40,13 @@ class LiveMappings:
         database: Database,
         interval: float = REFRESH_INTERVAL_SECONDS,
         on_tick: Callable[[], None] | None = None,
+        *,
+        broker_mode: bool = False,
     ) -> None:
         self._database = database
+        # The service's STS_BROKER_ISSUER decides what an unset ``token`` means (reference
+        # section 4): the index holds every mapping as this service runs it.
+        self._broker_mode = broker_mode
         self._interval = interval
         # Called after every refresh on the refresh thread (exports gauges; must not raise).
         self.on_tick = on_tick
@@ -81,7 +86,10 @@ class LiveMappings:
                 revision = store.revision(self._database)
                 if self._index is None or revision != self._index.revision:
                     revision, specs = store.load(self._database)
-                    self._index = MappingIndex(specs, revision=revision)
+                    self._index = MappingIndex(
+                        (spec.with_default_token(self._broker_mode) for spec in specs),
+                        revision=revision,
+                    )
                     log.info("mapping index loaded", extra={"revision": revision})
             except Exception as exc:
                 self.last_error = f"database unavailable: {type(exc).__name__}"

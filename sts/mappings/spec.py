@@ -9,11 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
 Provider = Literal["aws", "gcp"]
+#: What the cloud receives (docs/reference.md sections 4 and 8): a token zuplo-sts signs
+#: (``broker``) or the Zuplo token itself (``zuplo``, "pass-through").
+TokenSource = Literal["broker", "zuplo"]
+BROKER: TokenSource = "broker"
+ZUPLO: TokenSource = "zuplo"
+TOKEN_SOURCES: tuple[TokenSource, ...] = (BROKER, ZUPLO)
 
 DEFAULT_GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 IAM_SCOPE = "https://www.googleapis.com/auth/iam"
@@ -28,6 +34,9 @@ class AwsTarget:
     duration_seconds: int = DEFAULT_DURATION_SECONDS
     # Inline session policy as parsed from the file; None = none sent to AWS.
     session_policy: dict[str, Any] | None = field(default=None, hash=False)
+    # None: the service's default (``broker`` with STS_BROKER_ISSUER, else ``zuplo``).
+    token: TokenSource | None = None
+    session_tags: bool = True
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {
@@ -36,6 +45,9 @@ class AwsTarget:
         }
         if self.session_policy is not None:
             doc["session_policy"] = self.session_policy
+        if self.token is not None:
+            doc["token"] = self.token
+        doc["session_tags"] = self.session_tags
         return doc
 
 
@@ -45,6 +57,8 @@ class GcpTarget:
     service_account: str | None = None
     scopes: tuple[str, ...] = (DEFAULT_GCP_SCOPE,)
     lifetime_seconds: int = DEFAULT_DURATION_SECONDS
+    # None: the service's default, as for AwsTarget.token.
+    token: TokenSource | None = None
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"workload_identity_provider": self.workload_identity_provider}
@@ -52,6 +66,8 @@ class GcpTarget:
             doc["service_account"] = self.service_account
         doc["scopes"] = list(self.scopes)
         doc["lifetime_seconds"] = self.lifetime_seconds
+        if self.token is not None:
+            doc["token"] = self.token
         return doc
 
 
@@ -83,8 +99,32 @@ class MappingSpec:
             return (self.gcp.service_account,)
         return (self.gcp.workload_identity_provider,)
 
+    @property
+    def token(self) -> TokenSource | None:
+        """The target's ``token``; None until :meth:`with_default_token` resolved it."""
+        target = self.aws if self.aws is not None else self.gcp
+        assert target is not None
+        return target.token
+
+    def with_token(self, token: TokenSource | None) -> MappingSpec:
+        if self.aws is not None:
+            return replace(self, aws=replace(self.aws, token=token))
+        assert self.gcp is not None
+        return replace(self, gcp=replace(self.gcp, token=token))
+
+    def with_default_token(self, broker: bool) -> MappingSpec:
+        """This mapping as a service runs it: an unset ``token`` becomes ``broker`` when the
+        service is in broker mode (``broker``), else ``zuplo`` (docs/reference.md section 4)."""
+        if self.token is not None:
+            return self
+        return self.with_token(default_token(broker))
+
     def to_document(self) -> dict[str, Any]:
-        """The file form, every default spelled out; ``parse`` of it gives back an equal spec."""
+        """The file form, every default spelled out; ``parse`` of it gives back an equal spec.
+
+        An unset ``token`` stays unset here (it is the service's to resolve); the CLI spells it
+        out through :meth:`with_default_token` before printing.
+        """
         doc: dict[str, Any] = {"name": self.name, "description": self.description}
         doc.update(
             account=self.account,
@@ -104,3 +144,8 @@ class MappingSpec:
         """Hash of the definition: part of the credential cache key, so an edit is a new key."""
         canonical = json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def default_token(broker: bool) -> TokenSource:
+    """What a mapping without ``token`` presents: ``broker`` on a service in broker mode."""
+    return BROKER if broker else ZUPLO

@@ -21,7 +21,7 @@ from sts.db import Database
 from sts.db.models import utcnow
 from sts.mappings.document import spec_from_dict
 from sts.mappings.models import MappingChange, MappingRevision, RoleMapping
-from sts.mappings.spec import MappingSpec
+from sts.mappings.spec import MappingSpec, default_token
 
 
 @dataclass(frozen=True)
@@ -202,6 +202,7 @@ def apply_specs(
     dry_run: bool,
     actor: str,
     source: str,
+    broker_mode: bool = False,
 ) -> Diff:
     """Make the stored mappings match ``specs`` inside the caller's transaction.
 
@@ -209,6 +210,10 @@ def apply_specs(
     are deleted. Every change gets a history row; the revision is bumped once, and only if
     something changed. With ``dry_run`` nothing is written. The caller commits or rolls back, so
     a failure anywhere leaves the database as it was.
+
+    ``broker_mode`` is whether the caller's configuration has ``STS_BROKER_ISSUER``: it decides
+    the ``token`` that ``list --json`` spells out, so taking that output back is no change
+    (:func:`keep_default_token`).
     """
     wanted = list(specs)
     names = [spec.name for spec in wanted]
@@ -219,8 +224,9 @@ def apply_specs(
     stored = _stored(conn)
 
     diff = Diff(revision=revision, dry_run=dry_run)
-    for spec in sorted(wanted, key=lambda spec: spec.name):
-        current = stored.get(spec.name)
+    for given in sorted(wanted, key=lambda spec: spec.name):
+        current = stored.get(given.name)
+        spec = given if current is None else keep_default_token(given, current, broker_mode)
         if current is None:
             diff.created.append(spec)
         elif current == spec:
@@ -245,6 +251,23 @@ def apply_specs(
     _record_many(conn, changes, revision=diff.revision, actor=actor, source=source)
     _bump(conn, diff.revision)
     return diff
+
+
+def keep_default_token(spec: MappingSpec, current: MappingSpec, broker_mode: bool) -> MappingSpec:
+    """``spec`` as stored over ``current``: an explicit ``token`` equal to the default, where
+    ``current`` leaves the token to the service, stays unset.
+
+    ``sts mappings list --json`` spells the default out, as this configuration resolves it; the
+    service resolves an unset token with its own ``STS_BROKER_ISSUER``. Taking the listing back
+    must neither be a change nor pin a mapping to ``zuplo`` that a broker service would sign for.
+    """
+    if (
+        current.token is None
+        and current.provider == spec.provider
+        and spec.token == default_token(broker_mode)
+    ):
+        return spec.with_token(None)
+    return spec
 
 
 _BATCH = 500
@@ -371,10 +394,19 @@ def apply(
     dry_run: bool = False,
     actor: str,
     source: str,
+    broker_mode: bool = False,
 ) -> Diff:
     """:func:`apply_specs` in a transaction of its own."""
     with database.engine.begin() as conn:
-        return apply_specs(conn, specs, prune=prune, dry_run=dry_run, actor=actor, source=source)
+        return apply_specs(
+            conn,
+            specs,
+            prune=prune,
+            dry_run=dry_run,
+            actor=actor,
+            source=source,
+            broker_mode=broker_mode,
+        )
 
 
 def remove(database: Database, name: str, *, actor: str, source: str) -> bool:

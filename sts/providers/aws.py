@@ -37,7 +37,8 @@ from sts.config import Settings
 from sts.errors import InvalidRequest, OAuthError
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
-from sts.providers.base import CredentialProvider, Credentials
+from sts.protocol import AWS_BROKER_AUDIENCE
+from sts.providers.base import BrokerClaims, CredentialProvider, Credentials
 from sts.providers.errors import (
     MIN_LIFETIME_SECONDS,
     THROTTLED_RETRY_AFTER_SECONDS,
@@ -180,6 +181,14 @@ class AwsProvider:
     def endpoint_url(self) -> str:
         """The STS endpoint this provider calls (the regional one unless overridden)."""
         return self._client.meta.endpoint_url
+
+    def broker_claims(self, mapping: MappingSpec) -> BrokerClaims:
+        """``aud`` ``sts.amazonaws.com`` (the IAM OIDC provider's client ID) and, unless the
+        mapping says ``session_tags: false``, the session tags claim."""
+        target = mapping.aws
+        if target is None:
+            raise ValueError(f"mapping {mapping.name!r} has no aws target")
+        return BrokerClaims(AWS_BROKER_AUDIENCE, session_tags=target.session_tags)
 
     def issue(
         self,

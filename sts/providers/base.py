@@ -26,6 +26,17 @@ class Credentials:
     request_id: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerClaims:
+    """What the broker token for one upstream call must carry (docs/reference.md section 8).
+
+    Each provider says it for its cloud; the broker itself knows no cloud.
+    """
+
+    audience: str
+    session_tags: bool = False
+
+
 class CredentialProvider(Protocol):
     """Exchanges a verified subject token for credentials on one mapping's target.
 
@@ -41,3 +52,7 @@ class CredentialProvider(Protocol):
         subject_token: str,
         scopes: tuple[str, ...],
     ) -> Credentials: ...
+
+    def broker_claims(self, mapping: MappingSpec) -> BrokerClaims:
+        """The audience (and AWS session tags) of the broker token this cloud receives."""
+        ...

@@ -43,11 +43,12 @@ from sts.identity.principal import Principal
 from sts.mappings.spec import IAM_SCOPE, MappingSpec
 from sts.outbound import upstream_session
 from sts.protocol import (
+    GCP_BROKER_AUDIENCE_PREFIX,
     GCP_REQUESTED_TOKEN_TYPE,
     GCP_SUBJECT_TOKEN_TYPE,
     TOKEN_EXCHANGE_GRANT_TYPE,
 )
-from sts.providers.base import CredentialProvider, Credentials
+from sts.providers.base import BrokerClaims, CredentialProvider, Credentials
 from sts.providers.errors import (
     MIN_LIFETIME_SECONDS,
     RETRY_AFTER_SECONDS,
@@ -206,6 +207,14 @@ class GcpProvider:
     def close(self) -> None:
         """Release pooled connections."""
         self._session.close()
+
+    def broker_claims(self, mapping: MappingSpec) -> BrokerClaims:
+        """``aud`` ``https:`` + the provider name: the audience a workload identity provider
+        allows when it names none (Google's default)."""
+        target = mapping.gcp
+        if target is None:
+            raise ValueError(f"mapping {mapping.name!r} has no gcp target")
+        return BrokerClaims(GCP_BROKER_AUDIENCE_PREFIX + target.workload_identity_provider)
 
     def issue(
         self,

@@ -128,8 +128,8 @@ class Stack:
         return list(self.gcp.requests[self.gcp_seen :])
 
 
-def serve_app(app: Any) -> tuple[BaseWSGIServer, str]:
-    server = make_server("127.0.0.1", 0, app, threaded=True)
+def serve_app(app: Any, port: int = 0) -> tuple[BaseWSGIServer, str]:
+    server = make_server("127.0.0.1", port, app, threaded=True)
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
     ).start()
@@ -185,18 +185,20 @@ def running_stack(
     document: str = DEFAULT_MAPPINGS,
     wait: bool = True,
     registry_options: dict[str, Any] | None = None,
+    port: int = 0,
     **extra: Any,
 ) -> Iterator[Stack]:
     """The service over HTTP on ``database_url`` seeded with ``document``; stopped on exit.
 
     ``registry_options`` builds the key-set registry with test timings (a TTL under a minute,
-    no refetch cooldown); ``extra`` overrides settings.
+    no refetch cooldown); ``port`` is where it listens (a broker issuer names it before the
+    service starts); ``extra`` overrides settings.
     """
     database = seed(database_url, document)
     settings = settings_for(database_url, issuer, aws, gcp, **extra)
     registry = JWKSRegistry(settings, **registry_options) if registry_options else None
     services = Services.build(settings, registry=registry)
-    server, base = serve_app(create_app(services=services))
+    server, base = serve_app(create_app(services=services), port)
     try:
         if wait:
             wait_ready(services)

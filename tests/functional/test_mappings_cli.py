@@ -562,6 +562,7 @@ def test_sqlite_connections_are_configured(tmp_path: Path) -> None:
 def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) -> None:
     """Through the real ``sts`` entry point, as an operator types it."""
     env = {**os.environ, "STS_DATABASE_URL": database_url}
+    env.pop("STS_BROKER_ISSUER", None)
     path = write(tmp_path, DOCUMENT)
     outputs = []
     for args in (["db", "upgrade"], ["mappings", "apply", path], ["mappings", "list", "--json"]):
@@ -577,7 +578,9 @@ def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) ->
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert "+ create orders-prod" in outputs[1]
-    assert parse_document(outputs[2]) == sorted(parse_document(DOCUMENT), key=lambda s: s.name)
+    # Defaults filled in: without STS_BROKER_ISSUER an unset token is spelled out as zuplo.
+    expected = [spec.with_default_token(False) for spec in parse_document(DOCUMENT)]
+    assert parse_document(outputs[2]) == sorted(expected, key=lambda s: s.name)
 
 
 def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database) -> None:

@@ -111,6 +111,13 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert "orders-prod" in result.stdout
     assert "analytics-gcp" in result.stdout
     assert "GetCallerIdentity" in result.stdout
+    # In broker mode: the clouds saw the service's own tokens, and AWS refused the Zuplo one.
+    assert "broker mode" in result.stdout
+    assert re.search(r"sub +mapping:orders-prod\n", result.stdout)
+    assert re.search(r"aud +sts\.amazonaws\.com\n", result.stdout)
+    assert re.search(r"sub +mapping:analytics-gcp\n", result.stdout)
+    assert re.search(r"tag zuplo-project +my-project\n", result.stdout)
+    assert "refused: InvalidIdentityToken" in result.stdout
     # The demo shows credentials masked, never whole: no long secret-looking run of characters.
     assert not re.search(r"[A-Za-z0-9_+-]{30,}", result.stdout), result.stdout
     assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,230 @@
+"""The broker-mode mapping fields through ``sts mappings`` (docs/reference.md sections 4 and 6):
+``aws.token``, ``gcp.token``, ``aws.session_tags``; their defaults in ``list --json``, the round
+trip, and the pass-through warning of ``apply``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from click.testing import CliRunner, Result
+
+from sts.cli import cli
+from sts.db import Database
+from sts.mappings import store
+from sts.mappings.document import parse_document
+from sts.mappings.models import RoleMapping
+
+ROLE = "arn:aws:iam::123456789012:role/orders-api"
+WIP = (
+    "//iam.googleapis.com/projects/123456789/locations/global/"
+    "workloadIdentityPools/zuplo/providers/zuplo"
+)
+ISSUER = "https://sts.example.com"
+DOCUMENT = f"""\
+mappings:
+  - name: orders-prod
+    account: my-account
+    project: my-project
+    aws:
+      role_arn: {ROLE}
+  - name: orders-off
+    account: my-account
+    project: off
+    enabled: false
+    aws:
+      role_arn: {ROLE}
+  - name: analytics-gcp
+    account: my-account
+    project: analytics
+    gcp:
+      workload_identity_provider: {WIP}
+"""
+
+
+@pytest.fixture
+def database(database_url: str) -> Any:
+    db = Database(database_url)
+    db.upgrade()
+    yield db
+    db.dispose()
+
+
+@pytest.fixture
+def run(database_url: str) -> Any:
+    def invoke(*args: str, broker: bool = False) -> Result:
+        env = {"STS_DATABASE_URL": database_url, "USER": "alice", "STS_BROKER_ISSUER": None}
+        if broker:
+            env.update(STS_BROKER_ISSUER=ISSUER, STS_KEY_ENCRYPTION_KEY="A" * 43)
+        return CliRunner().invoke(cli, list(args), env=env)
+
+    return invoke
+
+
+def write(tmp_path: Path, text: str, name: str = "mappings.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def stored_options(database: Database) -> dict[str, dict[str, Any]]:
+    with database.engine.connect() as conn:
+        rows = conn.execute(sa.select(RoleMapping.name, RoleMapping.options))
+        return {row.name: row.options for row in rows}
+
+
+def listed(run: Any, *, broker: bool) -> list[dict[str, Any]]:
+    result = run("mappings", "list", "--json", broker=broker)
+    assert result.exit_code == 0, result.output
+    entries: list[dict[str, Any]] = json.loads(result.stdout)
+    return entries
+
+
+@pytest.mark.parametrize(
+    ("by", "where", "problem"),
+    [
+        ("      token: Broker", "7: mappings[0].aws.token", "must be broker or zuplo"),
+        ("      token: true", "7: mappings[0].aws.token", "must be broker or zuplo"),
+        ("      token: 1", "7: mappings[0].aws.token", "must be broker or zuplo"),
+        ("      token: [broker]", "7: mappings[0].aws.token", "must be broker or zuplo"),
+        ('      token: "broker "', "7: mappings[0].aws.token", "must be broker or zuplo"),
+        ("      session_tags: yes-please", "7: mappings[0].aws.session_tags", "true or false"),
+        ('      session_tags: "true"', "7: mappings[0].aws.session_tags", "true or false"),
+        ("      session_tags: 1", "7: mappings[0].aws.session_tags", "true or false"),
+    ],
+)
+def test_bad_token_fields_exit_2_with_the_line(
+    database: Database, run: Any, tmp_path: Path, by: str, where: str, problem: str
+) -> None:
+    text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n{by}\n", 1)
+    path = write(tmp_path, text)
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(f"error: {path}:{where}"), result.stderr
+    assert problem in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert store.load(database) == (0, [])
+
+
+def test_gcp_token_is_checked_and_session_tags_is_aws_only(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    bad = DOCUMENT.replace(f"{WIP}\n", f"{WIP}\n      token: both\n")
+    result = run("mappings", "apply", write(tmp_path, bad))
+    assert result.exit_code == 2
+    assert ":18: mappings[2].gcp.token: must be broker or zuplo" in result.stderr
+    tags = DOCUMENT.replace(f"{WIP}\n", f"{WIP}\n      session_tags: false\n")
+    result = run("mappings", "apply", write(tmp_path, tags))
+    assert result.exit_code == 2
+    assert ":18: mappings[2].gcp.session_tags: unknown key" in result.stderr
+    assert store.load(database) == (0, [])
+
+
+@pytest.mark.parametrize("broker", [False, True])
+def test_list_json_spells_out_the_default_token_and_takes_it_back_unchanged(
+    database: Database, run: Any, tmp_path: Path, broker: bool
+) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT), broker=broker).exit_code == 0
+    entries = {entry["name"]: entry for entry in listed(run, broker=broker)}
+    expected = "broker" if broker else "zuplo"
+    assert entries["orders-prod"]["aws"]["token"] == expected
+    assert entries["orders-prod"]["aws"]["session_tags"] is True
+    assert entries["analytics-gcp"]["gcp"]["token"] == expected
+    # Stored as the service's default: the service's STS_BROKER_ISSUER decides.
+    assert all("token" not in options for options in stored_options(database).values())
+
+    path = write(tmp_path, json.dumps(list(entries.values())), "listed.json")
+    again = run("mappings", "apply", "--prune", path, broker=broker)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "no changes"
+    assert store.revision(database) == 1
+    assert all("token" not in options for options in stored_options(database).values())
+    # Taken back by a configuration that resolves the default the other way, the spelled-out
+    # token is what the file says: a change, shown as one.
+    other = run("mappings", "apply", "--dry-run", path, broker=not broker)
+    assert f"~ update orders-prod: aws.token (unset) -> {expected}" in other.stdout
+
+
+def test_an_explicit_token_is_stored_listed_and_changed_as_written(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n      token: zuplo\n", 1)
+    assert run("mappings", "apply", write(tmp_path, text), broker=True).exit_code == 0
+    assert stored_options(database)["orders-prod"]["token"] == "zuplo"
+    entries = {entry["name"]: entry for entry in listed(run, broker=True)}
+    assert entries["orders-prod"]["aws"]["token"] == "zuplo"
+    assert entries["analytics-gcp"]["gcp"]["token"] == "broker"
+    unchanged = run("mappings", "apply", write(tmp_path, text), broker=True)
+    assert unchanged.stdout.strip() == "no changes"
+
+    # Leaving the field out gives the mapping back to the service's default.
+    result = run("mappings", "apply", write(tmp_path, DOCUMENT), broker=True)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "~ update orders-prod: aws.token zuplo -> (unset)"
+    assert "token" not in stored_options(database)["orders-prod"]
+
+    # An explicit broker where the stored one is unset and this configuration's default is
+    # zuplo: a real change, written as given.
+    broker = DOCUMENT.replace(f"{WIP}\n", f"{WIP}\n      token: broker\n")
+    result = run("mappings", "apply", write(tmp_path, broker))
+    assert result.stdout.strip() == "~ update analytics-gcp: gcp.token (unset) -> broker"
+    assert stored_options(database)["analytics-gcp"]["token"] == "broker"
+
+
+def test_session_tags_false_is_stored_and_shown_in_the_diff(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    assert run("mappings", "apply", write(tmp_path, DOCUMENT)).exit_code == 0
+    off = DOCUMENT.replace(
+        f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n      session_tags: false\n", 1
+    )
+    result = run("mappings", "apply", write(tmp_path, off))
+    assert result.stdout.strip() == "~ update orders-prod: aws.session_tags true -> false"
+    assert stored_options(database)["orders-prod"]["session_tags"] is False
+    entries = {entry["name"]: entry for entry in listed(run, broker=False)}
+    assert entries["orders-prod"]["aws"]["session_tags"] is False
+
+
+def warnings(result: Result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+
+
+def test_apply_warns_for_each_enabled_aws_mapping_passing_the_zuplo_token_through(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    result = run("mappings", "apply", write(tmp_path, DOCUMENT))
+    assert result.exit_code == 0, result.output
+    (warning,) = warnings(result)
+    assert "mapping orders-prod " in warning
+    assert "STS_BROKER_ISSUER" in warning
+    assert len(store.load(database)[1]) == 3
+    # A dry run says the same.
+    dry = run("mappings", "apply", "--dry-run", write(tmp_path, DOCUMENT))
+    assert len(warnings(dry)) == 1
+
+
+def test_apply_in_broker_mode_warns_only_for_an_explicit_pass_through(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    assert warnings(run("mappings", "apply", write(tmp_path, DOCUMENT), broker=True)) == []
+    text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n      token: zuplo\n")
+    result = run("mappings", "apply", write(tmp_path, text), broker=True)
+    assert result.exit_code == 0
+    (warning,) = warnings(result)
+    assert "mapping orders-prod " in warning
+    assert "STS_BROKER_ISSUER" in warning
+    # The disabled mapping (also zuplo now) is not warned about; a GCP mapping never is.
+    assert "orders-off" not in result.stderr
+
+
+def test_the_token_is_part_of_the_fingerprint() -> None:
+    (spec,) = parse_document(DOCUMENT.split("  - name: orders-off", maxsplit=1)[0])
+    broker, zuplo = spec.with_default_token(True), spec.with_default_token(False)
+    assert broker.fingerprint != zuplo.fingerprint
+    assert broker.with_token("zuplo") == zuplo
+    assert spec.with_default_token(True).token == "broker"
+    assert zuplo.with_default_token(True).token == "zuplo"
