@@ -295,11 +295,8 @@ class Settings:
             raise ConfigError(
                 "STS_KEY_ENCRYPTION_KEY", "must not be set together with STS_SIGNING_KMS_KEY_IDS"
             )
-        if broker_issuer is not None and not kms_key_ids and kek is None:
-            raise ConfigError(
-                "STS_KEY_ENCRYPTION_KEY",
-                "is required with STS_BROKER_ISSUER (unless STS_SIGNING_KMS_KEY_IDS is set)",
-            )
+        # An issuer with neither key store is refused where keys are used (require_signing_keys:
+        # sts serve, sts keys); commands that only read or write mappings need no key.
         kms_endpoint = env.get("STS_KMS_ENDPOINT_URL", "").strip() or None
         if kms_endpoint is not None:
             _printable("STS_KMS_ENDPOINT_URL", kms_endpoint)
@@ -343,6 +340,17 @@ class Settings:
         if self.broker_issuer is None:
             raise ConfigError("STS_BROKER_ISSUER", "is required: broker mode is off")
         return self.broker_issuer
+
+    def require_signing_keys(self) -> None:
+        """Broker mode needs a key store: the key-encryption key or KMS keys (``sts serve``,
+        ``sts keys``). Mapping, audit and explain commands read STS_BROKER_ISSUER only for the
+        default ``token``, and never need the key that opens the signing keys."""
+        self.require_broker()
+        if not self.signing_kms_key_ids and self.key_encryption_key is None:
+            raise ConfigError(
+                "STS_KEY_ENCRYPTION_KEY",
+                "is required with STS_BROKER_ISSUER (unless STS_SIGNING_KMS_KEY_IDS is set)",
+            )
 
     def jwks_url(self, issuer: str) -> str:
         """The issuer's key set, by the fixed rule ``<issuer>/.well-known/jwks.json``."""

@@ -48,7 +48,7 @@ def keys() -> None:
 def _settings() -> Settings:
     try:
         settings = Settings.from_env()
-        settings.require_broker()
+        settings.require_signing_keys()
     except ConfigError as exc:
         fail(str(exc), 2)
     return settings

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sts.broker.keys import DatabaseKeyStore
 from sts.broker.kms import KmsKeyStore
-from sts.config import ConfigError, Settings
+from sts.config import Settings
 from sts.db import Database
 
 
@@ -20,11 +20,10 @@ def build_key_store(settings: Settings, database: Database) -> DatabaseKeyStore 
     at start-up; the errors those raise that name a variable (:class:`sts.config.ConfigError`
     subclasses) stop start-up with exit 2.
     """
-    settings.require_broker()
+    settings.require_signing_keys()
     if settings.signing_kms_key_ids:
         return KmsKeyStore(settings.signing_kms_key_ids, endpoint_url=settings.kms_endpoint_url)
-    if settings.key_encryption_key is None:
-        raise ConfigError("STS_KEY_ENCRYPTION_KEY", "is required with STS_BROKER_ISSUER")
+    assert settings.key_encryption_key is not None
     return DatabaseKeyStore(
         database,
         settings.key_encryption_key,

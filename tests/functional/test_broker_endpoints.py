@@ -185,3 +185,26 @@ def test_serve_with_a_key_encryption_key_that_cannot_open_the_keys_exits_2(
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: STS_KEY_ENCRYPTION_KEY: ")
     assert time.monotonic() - started < 30
+
+
+def test_serve_with_an_issuer_and_no_key_store_exits_2_naming_the_key(tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("STS_")},
+        "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "STS_AUDIENCE": AUDIENCE,
+        "STS_BROKER_ISSUER": ISSUER,
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "sts", "serve", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [
+        "error: STS_KEY_ENCRYPTION_KEY: is required with STS_BROKER_ISSUER"
+        " (unless STS_SIGNING_KMS_KEY_IDS is set)"
+    ]

@@ -104,8 +104,6 @@ BROKER = {"STS_BROKER_ISSUER": ISSUER, "STS_KEY_ENCRYPTION_KEY": KEK}
         ({**BROKER, "STS_BROKER_ISSUER": "https://user:pw@sts.example.com"}, None),
         ({**BROKER, "STS_BROKER_ISSUER": "sts.example.com"}, None),
         ({**BROKER, "STS_BROKER_ISSUER": "ftp://sts.example.com"}, None),
-        ({"STS_BROKER_ISSUER": ISSUER}, "STS_KEY_ENCRYPTION_KEY"),
-        ({"STS_BROKER_ISSUER": ISSUER, "STS_KEY_ENCRYPTION_KEY": " "}, "STS_KEY_ENCRYPTION_KEY"),
         ({**BROKER, "STS_KEY_ENCRYPTION_KEY": "short"}, "STS_KEY_ENCRYPTION_KEY"),
         ({**BROKER, "STS_KEY_ENCRYPTION_KEY": KEK[:-4] + "+/+/"}, "STS_KEY_ENCRYPTION_KEY"),
         (
@@ -172,3 +170,21 @@ def test_bad_broker_value_names_its_variable(env: dict[str, str], variable: str 
     assert str(caught.value).startswith(expected + ": ")
     assert "\n" not in str(caught.value)
     assert KEK not in str(caught.value)
+
+
+@pytest.mark.parametrize("kek", [None, "", " "])
+def test_an_issuer_without_a_key_store_is_refused_only_where_keys_are_used(
+    kek: str | None,
+) -> None:
+    """Mapping commands read STS_BROKER_ISSUER for the default token and need no key; ``sts
+    serve`` and ``sts keys`` call ``require_signing_keys``."""
+    env = {"STS_BROKER_ISSUER": ISSUER}
+    if kek is not None:
+        env["STS_KEY_ENCRYPTION_KEY"] = kek
+    settings = Settings.from_env(env)
+    assert settings.broker_issuer == ISSUER
+    with pytest.raises(ConfigError) as refused:
+        settings.require_signing_keys()
+    assert refused.value.variable == "STS_KEY_ENCRYPTION_KEY"
+    Settings.from_env({**env, "STS_KEY_ENCRYPTION_KEY": KEK}).require_signing_keys()
+    Settings.from_env({**env, "STS_SIGNING_KMS_KEY_IDS": ARN}).require_signing_keys()
