@@ -13,6 +13,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -259,6 +260,23 @@ def test_credentials_are_cached_and_each_upstream_call_gets_a_fresh_jti(broker: 
     assert claims_of(second)[AWS_TAGS_CLAIM]["principal_tags"]["zuplo-deployment"] == [
         "other-deployment"
     ]
+
+
+def test_concurrent_identical_requests_sign_once_and_call_aws_once(
+    broker: Broker, aws: AwsEmulator
+) -> None:
+    """Single-flight is unchanged in broker mode: one broker token per upstream call."""
+    stack = broker.stack
+    token = stack.token(deployment="single-flight")
+    aws.delay = 0.5  # every concurrent request arrives while the first call is in flight
+    try:
+        with ThreadPoolExecutor(10) as pool:
+            answers = list(pool.map(lambda _: stack.post(token), range(10)))
+    finally:
+        aws.delay = 0
+    assert [answer.status_code for answer in answers] == [200] * 10
+    assert len({answer.json()["access_token"] for answer in answers}) == 1
+    assert len(stack.aws_requests()) == 1
 
 
 def test_the_pinned_role_refuses_another_mappings_broker_token(broker: Broker) -> None:
