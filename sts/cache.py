@@ -34,6 +34,7 @@ How long anything waits (one budget, every part bounded):
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import hmac
 import json
@@ -49,7 +50,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
-from sts.errors import TemporarilyUnavailable
+from sts.errors import InvalidTarget, OAuthError, TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
 from sts.metrics import CREDENTIAL_REFRESHES, REDIS_FALLBACKS
@@ -73,6 +74,9 @@ SHARED_LOCK_WAIT_SECONDS = 5.0
 LOCK_TTL_SECONDS = 30.0
 #: ``Retry-After`` of a waiter that gave up: the leader's answer is usually cached by then.
 WAITER_RETRY_AFTER_SECONDS = 5
+#: A cloud's refusal of a key is answered again from memory this long (docs/reference.md
+#: section 10): a broken mapping cannot spend the cloud's quota or grow the audit table.
+REFUSAL_MEMORY_SECONDS = 10.0
 
 if TYPE_CHECKING:
     from redis.lock import Lock
@@ -175,6 +179,8 @@ class CredentialCache:
         if not 0 < refresh_fraction <= 1:
             raise ValueError("refresh_fraction must be in (0, 1]")
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        # Cloud refusals by key: (forget at, the error), oldest first.
+        self._refusals: OrderedDict[CacheKey, tuple[float, OAuthError]] = OrderedDict()
         self._flights: dict[CacheKey, _Flight] = {}
         self._retry_refresh_at: dict[CacheKey, float] = {}
         self._lock = threading.Lock()
@@ -255,6 +261,9 @@ class CredentialCache:
             if now >= entry.refresh_at:
                 self._refresh_soon(key, issue, entry, now)
             return entry.credentials, True
+        refused = self._refused(key, now)
+        if refused is not None:
+            raise refused
 
         with self._lock:
             flight = self._flights.get(key)
@@ -288,9 +297,33 @@ class CredentialCache:
             return credentials, hit
         except BaseException as exc:
             flight.error = exc
+            if isinstance(exc, InvalidTarget) and exc.provider is not None:
+                self._remember_refusal(key, exc)
             raise
         finally:
             self._land(key, flight)
+
+    def _refused(self, key: CacheKey, now: float) -> OAuthError | None:
+        """A copy of the cloud's remembered refusal of ``key``, if it is recent enough."""
+        with self._lock:
+            found = self._refusals.get(key)
+            if found is None:
+                return None
+            if found[0] <= now:
+                del self._refusals[key]
+                return None
+        return copy.copy(found[1])
+
+    def _remember_refusal(self, key: CacheKey, error: OAuthError) -> None:
+        """Remember a provider's 400 (reference section 2's provider-refusal row) for
+        :data:`REFUSAL_MEMORY_SECONDS`. Never a 503, never a refusal the service made itself
+        (those cost no cloud call), never "token expired" (a new token may well succeed)."""
+        forget_at = self._clock() + REFUSAL_MEMORY_SECONDS
+        with self._lock:
+            self._refusals[key] = (forget_at, error.with_traceback(None))
+            self._refusals.move_to_end(key)
+            while len(self._refusals) > self._max_entries:
+                self._refusals.popitem(last=False)
 
     def _land(self, key: CacheKey, flight: _Flight) -> None:
         with self._lock:

@@ -9,12 +9,15 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import multiprocessing.util
 import os
 import re
 import sys
 import threading
 import time
+import unicodedata
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -74,7 +77,103 @@ def traceback_field(formatter: logging.Formatter, record: logging.LogRecord) -> 
     return text
 
 
+#: The longest line a formatter writes, newline included: one ``write(2)`` of at most
+#: ``PIPE_BUF`` (4096) bytes to a pipe is atomic, so lines of several worker processes sharing
+#: one pipe are never torn or spliced (docs/reference.md section 10).
+MAX_LINE_BYTES = 4000
+_SHORTENED = "[shortened]"
+# Fields that are never shortened (their size is fixed).
+_FIXED = frozenset({"ts", "level", "logger", "shortened"})
+
+
+def _control_class() -> str:
+    """A regex class of every character a terminal or a log reader may act on: Unicode Cc
+    (C0, DEL, C1: CR, LF, ESC, ...), Cf (bidi overrides, zero-width characters) and the line
+    and paragraph separators; plus the backslash, so that an escape is never ambiguous."""
+    chars = [
+        chr(code)
+        for code in range(0x10000)
+        if unicodedata.category(chr(code)) in ("Cc", "Cf", "Zl", "Zp")
+    ]
+    ranges = "".join(re.escape(char) for char in chars)
+    return f"[{ranges}\\U000e0000-\\U000e007f\\\\]"
+
+
+_CONTROL = re.compile(_control_class())
+_NAMED_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def escape_control(text: str) -> str:
+    """``text`` with every control or format character written as an escape (``\\n``,
+    ``\\x1b``, ``\\u202e``): what a caller sends can never start a line of its own, colour
+    a terminal or reorder what a reader sees."""
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group()
+        named = _NAMED_ESCAPES.get(char)
+        if named is not None:
+            return named
+        code = ord(char)
+        if code < 0x100:
+            return f"\\x{code:02x}"
+        return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+    return _CONTROL.sub(one, text)
+
+
+def _fit(fields: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> str:
+    """``render(fields)`` in at most :data:`MAX_LINE_BYTES` - 1 bytes: the longest text fields
+    are cut as little as needed (ending ``[shortened]``) and ``shortened`` names them."""
+    limit = MAX_LINE_BYTES - 1
+
+    def size(candidate: dict[str, Any]) -> int:
+        return len(render(candidate).encode("utf-8", "replace"))
+
+    if size(fields) <= limit:
+        return render(fields)
+    fields = {
+        name: value if isinstance(value, str | int | float | bool | None) else str(value)
+        for name, value in fields.items()
+    }
+    cut: list[str] = []
+    fields["shortened"] = cut
+    while size(fields) > limit:
+        candidates = [
+            key for key, value in fields.items() if key not in _FIXED and isinstance(value, str)
+        ]
+        candidates = [key for key in candidates if fields[key] != _SHORTENED]
+        if not candidates:
+            break
+        name = max(candidates, key=lambda key: len(fields[key]))
+        value: str = fields[name]
+        if name not in cut:
+            cut.append(name)
+        fields[name] = _SHORTENED
+        if size(fields) > limit:
+            continue  # even empty it does not fit: cut the next one too
+        # The longest prefix that fits (an escaped character may take 10 bytes).
+        low, high = 0, len(value)
+        while low < high:
+            middle = (low + high + 1) // 2
+            fields[name] = value[:middle] + _SHORTENED
+            if size(fields) <= limit:
+                low = middle
+            else:
+                high = middle - 1
+        fields[name] = value[:low] + _SHORTENED
+    if size(fields) <= limit:
+        return render(fields)
+    # Only fixed-size fields are left too long: the fixed fields and the message's start.
+    kept: dict[str, Any] = {key: fields[key] for key in ("ts", "level", "logger") if key in fields}
+    kept["msg"] = str(fields.get("msg", ""))[:200] + _SHORTENED
+    kept["shortened"] = sorted(set(fields) - _FIXED)
+    return render(kept)
+
+
 class JsonFormatter(logging.Formatter):
+    """One JSON object per line (``ensure_ascii``: control characters are escaped by
+    construction), at most :data:`MAX_LINE_BYTES` long."""
+
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
             "ts": _timestamp(record.created, record.msecs),
@@ -88,24 +187,45 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             doc["exc_type"] = record.exc_info[0].__name__
             doc["traceback"] = traceback_field(self, record)
-        return json.dumps(doc, default=str, separators=(",", ":"))
+        return _fit(doc, _render_json)
+
+
+def _render_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, default=str, separators=(",", ":"))
 
 
 class TextFormatter(logging.Formatter):
+    """``HH:MM:SS LEVEL logger: message key=value ...`` for people; every field escaped
+    (:func:`escape_control`), one line, at most :data:`MAX_LINE_BYTES` long."""
+
     def format(self, record: logging.LogRecord) -> str:
-        extras = " ".join(
-            f"{k}={v}"
-            for k, v in record.__dict__.items()
-            if k not in _STANDARD and not k.startswith("_")
-        )
-        stamp = time.strftime("%H:%M:%S", time.localtime(record.created))
-        line = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
-        line = f"{line} {extras}" if extras else line
+        fields: dict[str, Any] = {
+            "ts": time.strftime("%H:%M:%S", time.localtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for name, value in record.__dict__.items():
+            if name not in _STANDARD and not name.startswith("_"):
+                fields[name] = value
         trace = traceback_field(self, record)
         if trace is not None:
-            # One line per record: the traceback's line breaks are written as \n.
-            line += " traceback=" + trace.replace("\\", "\\\\").replace("\n", "\\n")
-        return line
+            fields["traceback"] = trace
+        return _fit(fields, _render_text)
+
+
+def _render_text(fields: dict[str, Any]) -> str:
+    head = (
+        f"{fields['ts']} {fields['level']:<7} {escape_control(str(fields['logger']))}: "
+        f"{escape_control(str(fields['msg']))}"
+    )
+    extras = " ".join(
+        f"{escape_control(str(name))}="
+        + escape_control(",".join(value) if isinstance(value, list) else str(value))
+        for name, value in fields.items()
+        if name not in ("ts", "level", "logger", "msg") and not (name == "shortened" and not value)
+    )
+    return f"{head} {extras}" if extras else head
 
 
 class DirectHandler(logging.Handler):
@@ -119,7 +239,7 @@ class DirectHandler(logging.Handler):
     whatever is pending at exit is written then.
     """
 
-    CHUNK_BYTES = 4000  # below PIPE_BUF (4096): one write(2) to a pipe is atomic
+    CHUNK_BYTES = MAX_LINE_BYTES  # below PIPE_BUF (4096): one write(2) to a pipe is atomic
 
     def __init__(self, fd: int, interval: float = 0.1) -> None:
         super().__init__()
@@ -152,6 +272,9 @@ class DirectHandler(logging.Handler):
         self._write_lock = threading.Lock()
         threading.Thread(target=self._run, name="sts-log-flush", daemon=True).start()
         atexit.register(self.flush)
+        # A multiprocessing worker (granian's) leaves through os._exit, running only
+        # multiprocessing's own finalizers: the lines of its last requests are written there.
+        multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
 
     def _run(self) -> None:
         pid = self._pid

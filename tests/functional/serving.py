@@ -6,8 +6,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +22,28 @@ def free_port() -> int:
         return port
 
 
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, describe: Callable[[], str]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert proc.poll() is None, describe()
+        try:
+            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @contextmanager
 def sts_serve(env: dict[str, str], log_path: Path, *options: str) -> Iterator[str]:
     """``sts serve --port <free> OPTIONS`` with its output in ``log_path``; yields its URL once
@@ -31,21 +54,34 @@ def sts_serve(env: dict[str, str], log_path: Path, *options: str) -> Iterator[st
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                assert proc.poll() is None, log_path.read_text()
-                try:
-                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                assert time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
+            _wait_ready(proc, url, log_path.read_text)
             yield url
         finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
+
+
+@contextmanager
+def sts_serve_on_a_pipe(env: dict[str, str], *options: str) -> Iterator[tuple[str, list[bytes]]]:
+    """As :func:`sts_serve`, with stdout and stderr on one pipe, as in a container: yields the
+    URL and the list that a reader thread fills with the raw lines read from the pipe."""
+    port = free_port()
+    command = [sys.executable, "-m", "sts", "serve", "--port", str(port), *options]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    pipe = proc.stdout
+    lines: list[bytes] = []
+
+    def read() -> None:
+        for line in iter(pipe.readline, b""):
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(proc, url, lambda: b"".join(lines[-20:]).decode(errors="replace"))
+        yield url, lines
+    finally:
+        _stop(proc)
+        reader.join(10)
+        pipe.close()

@@ -13,7 +13,7 @@ from sts.cache import CredentialCache, cache_key, reuse_margin
 from sts.config import Settings
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
-from sts.errors import TemporarilyUnavailable
+from sts.errors import InvalidRequest, InvalidTarget, TemporarilyUnavailable
 from sts.identity.principal import Principal
 from sts.mappings.spec import AwsTarget, GcpTarget, MappingSpec
 from sts.providers.aws import AwsProvider
@@ -355,3 +355,64 @@ def test_failed_refresh_keeps_serving_and_retries_later() -> None:
     assert len(calls) == 3
     assert cache.get_or_issue(key, issue)[0].access_token == "t3"
     cache.close()
+
+
+def test_a_cloud_refusal_is_remembered_for_ten_seconds_for_its_key_only() -> None:
+    clock = Clock()
+    cache = CredentialCache(clock=clock)
+    calls: list[str] = []
+    refusal = InvalidTarget(
+        "aws: AccessDenied - the role does not trust this identity",
+        provider="aws",
+        provider_code="AccessDenied",
+    )
+
+    def refused() -> Credentials:
+        calls.append("refused")
+        raise refusal
+
+    key = cache_key(AWS, PRINCIPAL, ())
+    for _ in range(20):
+        with pytest.raises(InvalidTarget) as caught:
+            cache.get_or_issue(key, refused)
+        assert caught.value.to_dict() == refusal.to_dict()
+        assert caught.value.provider_code == "AccessDenied"
+    assert calls == ["refused"]
+    # Another key (an edited mapping: another fingerprint) is asked at once.
+    edited = replace(AWS, aws=AwsTarget("arn:aws:iam::123456789012:role/r", duration_seconds=900))
+    ok, _ = cache.get_or_issue(cache_key(edited, PRINCIPAL, ()), lambda: creds(clock.now + 3600))
+    assert ok.access_token == "t"
+    # After 10 s the cloud is asked again.
+    clock.now += 9.9
+    with pytest.raises(InvalidTarget):
+        cache.get_or_issue(key, refused)
+    assert calls == ["refused"]
+    clock.now += 0.2
+    ok, hit = cache.get_or_issue(key, lambda: creds(clock.now + 3600))
+    assert (ok.access_token, hit) == ("t", False)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        TemporarilyUnavailable("aws: ThrottlingException", provider="aws"),
+        InvalidRequest("aws: ExpiredTokenException", provider="aws"),
+        # The service's own refusal (a session tag AWS cannot carry): no cloud call to save.
+        InvalidTarget("a claim cannot be carried as an AWS session tag"),
+    ],
+)
+def test_503s_expired_tokens_and_the_services_own_refusals_are_never_remembered(
+    error: Exception,
+) -> None:
+    cache = CredentialCache()
+    key = cache_key(AWS, PRINCIPAL, ())
+    calls: list[int] = []
+
+    def failing() -> Credentials:
+        calls.append(1)
+        raise error
+
+    for _ in range(3):
+        with pytest.raises(type(error)):
+            cache.get_or_issue(key, failing)
+    assert len(calls) == 3
