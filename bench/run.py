@@ -83,6 +83,7 @@ SERVER_WORKERS = 2
 INDEX_LOADED = '"msg":"mapping index loaded"'
 GRANIAN_4 = "sts serve --threads 4 (granian)"
 GRANIAN_1 = "sts serve --threads 1 (granian)"
+GRANIAN_WSGI = "granian WSGI, 2 workers x 4 blocking threads (sts serve before RSGI)"
 FASTIFY = "node fastify + jose, 2 workers"
 EXPRESS = "node express + jose, 2 workers"
 # Upper bound on how fast the cold path can go; cold tokens are minted for this rate so no
@@ -654,14 +655,34 @@ class Bench:
         port = free_port()
         url = f"http://{HOST}:{port}"
         python = sys.executable
-        if kind.startswith("gunicorn"):
+        if kind.startswith("gunicorn") or kind == "granian-wsgi":
             # What sts serve sets up for its workers: metrics in multiprocess mode, so every
             # server pays the same per-request metrics cost.
             metrics = self.out / f"metrics-{name}"
             shutil.rmtree(metrics, ignore_errors=True)
             metrics.mkdir()
             env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
-        if kind.startswith("granian"):
+        if kind == "granian-wsgi":
+            # sts serve before the RSGI front (sts/rsgi.py): granian's WSGI interface, whose
+            # blocking threads read the bodies themselves.
+            cmd = [
+                python,
+                "-m",
+                "granian",
+                "--interface",
+                "wsgi",
+                "--workers",
+                "2",
+                "--blocking-threads",
+                "4",
+                "--no-ws",
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "sts.wsgi:app",
+            ]
+        elif kind.startswith("granian"):
             threads = kind.split("-bt", 1)[1] if "-bt" in kind else "4"
             cmd = [
                 python,
@@ -920,6 +941,7 @@ class Bench:
         if not self.args.skip_servers:
             configs += [
                 ("granian-bt1", GRANIAN_1),
+                ("granian-wsgi", GRANIAN_WSGI),
                 ("gunicorn-sync", "gunicorn sync, 2 workers"),
                 ("gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads"),
             ]

@@ -1,8 +1,10 @@
-"""``sts serve``: granian in WSGI mode with several worker processes.
+"""``sts serve``: granian with several worker processes, RSGI in front of the WSGI app.
 
 granian was chosen over gunicorn by measurement (docs/benchmarks.md). Settings are validated
 here, in the parent, so a bad value stops start-up before any worker exists; each worker then
-imports :mod:`sts.wsgi`, which builds the app and starts its background refreshers.
+imports :mod:`sts.rsgi` (and so :mod:`sts.wsgi`), which builds the app and starts its
+background refreshers. This process never imports them: threads started before granian forks
+its workers would leave locks held in the children.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ from sts.config import ConfigError, Settings
 from sts.db import Database
 
 log = logging.getLogger("sts.serve")
+
+#: Request threads per worker process (``--threads``), passed to the workers in the
+#: environment, outside the ``STS_`` namespace of the configuration; read by :mod:`sts.rsgi`.
+THREADS_VARIABLE = "_ZUPLO_STS_REQUEST_THREADS"
 
 
 def prepare_database(settings: Settings) -> None:
@@ -101,21 +107,34 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
     return 1  # not reached: execv replaces the process or raises
 
 
+#: The kernel's queue of connections not yet accepted (capped by net.core.somaxconn).
+LISTEN_BACKLOG = 4096
+#: Connections one worker serves at once. Idle and slow connections cost a few KiB each on the
+#: event loop and are closed within 30 s (a silent one) or 10 s after their headers (a withheld
+#: body), so a flood of them leaves room for real clients (docs/reference.md section 10).
+CONNECTIONS_PER_WORKER = 16384
+
+
 def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
     """Run granian until it is told to stop (the body of the server process)."""
     from granian import Granian
-    from granian.constants import Interfaces
+    from granian.constants import HTTPModes, Interfaces
 
     settings = Settings.from_env()
     logs.configure(settings.log_format)
     log.info("starting", extra={"host": host, "port": port, "workers": workers})
+    # RSGI: bodies are read on the event loop with a deadline; the WSGI application runs on
+    # ``threads`` request threads per worker (sts.rsgi).
+    os.environ[THREADS_VARIABLE] = str(threads)
     server = Granian(
-        "sts.wsgi:app",
+        "sts.rsgi:app",
         address=host,
         port=port,
-        interface=Interfaces.WSGI,
+        interface=Interfaces.RSGI,
+        http=HTTPModes.http1,
+        backlog=LISTEN_BACKLOG,
+        backpressure=CONNECTIONS_PER_WORKER,
         workers=workers,
-        blocking_threads=threads,
         log_access=False,
         respawn_failed_workers=True,
     )

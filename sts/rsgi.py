@@ -1,0 +1,197 @@
+"""RSGI entry point for granian: ``sts.rsgi:app`` (docs/reference.md section 10).
+
+Granian's WSGI interface hands a request to a blocking thread as soon as its headers arrive, and
+the thread then reads the body: a client that sends ``Content-Length: 60000`` and withholds the
+body holds that thread for as long as it likes, and a handful of such clients stall a worker,
+``/healthz`` included. Here the body is read on the worker's event loop, where waiting costs
+nothing, within :data:`BODY_TIMEOUT_SECONDS` of the headers (else 408 and the connection is
+closed), and at most 64 KiB of it (the limit ``POST /token`` enforces). Only a request whose body
+is complete reaches a request thread, which runs the WSGI application (:mod:`sts.wsgi`) exactly
+as before: the hot path and every answer are unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import json
+import logging
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from sts.api.token import MAX_BODY_BYTES
+from sts.serve import THREADS_VARIABLE
+
+#: Seconds a request body may take to arrive after its headers.
+BODY_TIMEOUT_SECONDS = 10.0
+
+_TIMEOUT_BODY = json.dumps(
+    {"error": "invalid_request", "error_description": "request body not received in time"},
+    separators=(",", ":"),
+).encode()
+_TIMEOUT_HEADERS = [
+    ("content-type", "application/json"),
+    ("cache-control", "no-store"),
+    ("connection", "close"),
+]
+
+
+_ERROR_BODY = json.dumps(
+    {"error": "server_error", "error_description": "internal error"}, separators=(",", ":")
+).encode()
+_ERROR_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
+
+log = logging.getLogger("sts.rsgi")
+
+
+class _Response:
+    """What the WSGI application passed to ``start_response``."""
+
+    __slots__ = ("headers", "status")
+
+    def __init__(self) -> None:
+        self.status = 500
+        self.headers: list[tuple[str, str]] = []
+
+    def start_response(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: Any = None,  # noqa: ARG002 - PEP 3333 signature
+    ) -> Any:
+        self.status = int(status.split(" ", 1)[0])
+        self.headers = headers
+        return None
+
+
+class RsgiBridge:
+    """Runs a WSGI application behind granian's RSGI interface, bodies read on the loop."""
+
+    def __init__(self, wsgi_app: Any, threads: int) -> None:
+        self._wsgi = wsgi_app
+        self._threads = threads
+        self._pool: ThreadPoolExecutor | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the RSGI protocol ----------------------------------------------------------------------
+
+    def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sts-request")
+
+    def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=False)
+
+    async def __rsgi__(self, scope: Any, protocol: Any) -> None:
+        if scope.proto != "http":
+            return  # no websockets: granian closes the connection
+        headers = scope.headers
+        try:
+            body = await asyncio.wait_for(_read_body(protocol, headers), BODY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            protocol.response_bytes(408, _TIMEOUT_HEADERS, _TIMEOUT_BODY)
+            return
+        environ = _environ(scope, headers, body)
+        loop = self._loop or asyncio.get_running_loop()
+        if self._pool is None:
+            self.__rsgi_init__(loop)
+        assert self._pool is not None
+        try:
+            status, response_headers, content = await loop.run_in_executor(
+                self._pool, self._call, environ
+            )
+        except Exception:
+            # The application answers every error itself; this is a bug below it.
+            log.error("unhandled error", exc_info=True)
+            status, response_headers, content = 500, list(_ERROR_HEADERS), _ERROR_BODY
+        # A client that went away has nobody left to answer.
+        with contextlib.suppress(Exception):
+            protocol.response_bytes(status, response_headers, content)
+
+    # -- the WSGI side --------------------------------------------------------------------------
+
+    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+        response = _Response()
+        result: Iterable[bytes] = self._wsgi(environ, response.start_response)
+        try:
+            content = b"".join(result)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+        return response.status, response.headers, content
+
+
+async def _read_body(protocol: Any, headers: Any) -> bytes:
+    """The body, at most ``MAX_BODY_BYTES + 1`` bytes of it: enough for the application to
+    refuse a larger one, never more in memory. A declared length over the limit is not read."""
+    declared = headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > MAX_BODY_BYTES:
+                return b""
+        except ValueError:
+            return b""  # the application answers "malformed request body"
+    elif "chunked" not in headers.get("transfer-encoding", "").lower():
+        return b""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in protocol:
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            break
+    return b"".join(chunks)
+
+
+def _environ(scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
+    """PEP 3333 environ for one request, as granian's WSGI interface builds it."""
+    server_host, _, server_port = scope.server.rpartition(":")
+    client_host, _, client_port = scope.client.rpartition(":")
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": scope.method,
+        "SCRIPT_NAME": "",
+        # PEP 3333: the path as bytes, decoded as latin-1.
+        "PATH_INFO": scope.path.encode("utf-8", "surrogateescape").decode("latin-1"),
+        "QUERY_STRING": scope.query_string,
+        "SERVER_NAME": server_host,
+        "SERVER_PORT": server_port,
+        "SERVER_PROTOCOL": f"HTTP/{scope.http_version}",
+        "REMOTE_ADDR": client_host,
+        "REMOTE_PORT": client_port,
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": scope.scheme,
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    declared = headers.get("content-length")
+    if declared is None:
+        # A chunked body was read to its end (or to the limit): the stream ends there.
+        environ["wsgi.input_terminated"] = True
+    for name, value in headers.items():
+        key = name.upper().replace("-", "_")
+        if key == "CONTENT_TYPE":
+            environ["CONTENT_TYPE"] = value
+        elif key == "CONTENT_LENGTH":
+            environ["CONTENT_LENGTH"] = value
+        else:
+            key = "HTTP_" + key
+            environ[key] = f"{environ[key]},{value}" if key in environ else value
+    return environ
+
+
+def _build() -> RsgiBridge:
+    from sts.wsgi import app as wsgi_app
+
+    return RsgiBridge(wsgi_app, int(os.environ.get(THREADS_VARIABLE, "4")))
+
+
+app = _build()
