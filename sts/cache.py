@@ -244,6 +244,19 @@ class CredentialCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
+    def peek(self, key: CacheKey) -> Credentials | None:
+        """Credentials for ``key`` that need nothing done now: in this process's tier and not
+        yet due for renewal. Never waits, never asks the shared tier: safe on an event loop.
+        A remembered refusal of ``key`` is raised, as :meth:`get_or_issue` would."""
+        now = self._clock()
+        entry = self._entry(key, now)
+        if entry is None:
+            refused = self._refused(key, now)
+            if refused is not None:
+                raise refused
+            return None
+        return entry.credentials if now < entry.refresh_at else None
+
     # -- the exchange path ---------------------------------------------------------------------
 
     def get_or_issue(

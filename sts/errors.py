@@ -121,3 +121,7 @@ class ServerError(OAuthError):
     error = "server_error"
     status = 500
     default_description = "internal error"
+
+
+class WouldWait(Exception):
+    """An operation asked not to wait (on an event loop) would have to: run it on a thread."""

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sts.audit import AuditRecorder
 from sts.broker.mint import BrokerMinter
 from sts.cache import CredentialCache, cache_key
-from sts.errors import OAuthError, ServerError
+from sts.errors import OAuthError, ServerError, WouldWait
 from sts.identity.principal import Principal
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.index import check_request
@@ -66,6 +66,24 @@ class Exchanger:
         # Broker mode (reference section 8): signs the token a ``token: broker`` mapping's
         # cloud receives. None without STS_BROKER_ISSUER.
         self.minter = minter
+
+    def exchange_cached(self, request: TokenRequest) -> Exchanged | None:
+        """The exchange if it needs nothing that may wait, else None (:mod:`sts.rsgi` answers
+        it on the event loop): the mapping index loaded, and credentials in this process's
+        cache. Refusals raise exactly as :meth:`exchange` would; None means "run
+        :meth:`exchange` on a request thread" (a miss, a renewal due, the index not loaded)."""
+        if not self.mappings.loaded:
+            return None
+        try:
+            principal = self.verifier.verify(request.subject_token, may_fetch=False)
+        except WouldWait:
+            return None
+        mapping = self.mappings.current().select(principal, request.audience, request.resource)
+        scopes = check_request(mapping, request.scope, request.requested_token_type)
+        credentials = self.cache.peek(cache_key(mapping, principal, scopes))
+        if credentials is None:
+            return None
+        return Exchanged(principal, mapping, credentials, cache_hit=True)
 
     def exchange(self, request: TokenRequest) -> Exchanged:
         principal = self.verifier.verify(request.subject_token)

@@ -6,8 +6,12 @@ body holds that thread for as long as it likes, and a handful of such clients st
 ``/healthz`` included. Here the body is read on the worker's event loop, where waiting costs
 nothing, within :data:`BODY_TIMEOUT_SECONDS` of the headers (else 408 and the connection is
 closed), and at most 64 KiB of it (the limit ``POST /token`` enforces). Only a request whose body
-is complete reaches a request thread, which runs the WSGI application (:mod:`sts.wsgi`) exactly
-as before: the hot path and every answer are unchanged.
+is complete reaches a request thread, which runs the WSGI application (:mod:`sts.wsgi`).
+
+A ``POST /token`` that needs no wait (its token verified or its key held, the mapping index
+loaded, credentials in this process's cache) is answered on the loop by the same code
+(``TokenEndpoint.respond``, same answers, headers and access line): no thread hop, and no
+contention with requests that wait on a cloud. Everything else runs on a request thread.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from sts.api.token import MAX_BODY_BYTES
+from sts.api.token import MAX_BODY_BYTES, TokenEndpoint
 from sts.serve import THREADS_VARIABLE
 
 #: Seconds a request body may take to arrive after its headers.
@@ -73,6 +77,9 @@ class RsgiBridge:
 
     def __init__(self, wsgi_app: Any, threads: int) -> None:
         self._wsgi = wsgi_app
+        # The /token middleware, whose cached answers need no thread (sts.api.token).
+        inner = getattr(wsgi_app, "wsgi_app", None)
+        self._token: TokenEndpoint | None = inner if isinstance(inner, TokenEndpoint) else None
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -92,11 +99,23 @@ class RsgiBridge:
             return  # no websockets: granian closes the connection
         headers = scope.headers
         try:
-            body = await asyncio.wait_for(_read_body(protocol, headers), BODY_TIMEOUT_SECONDS)
+            # asyncio.timeout, not wait_for: no task of its own per request.
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                body = await _read_body(protocol, headers)
         except TimeoutError:
             protocol.response_bytes(408, _TIMEOUT_HEADERS, _TIMEOUT_BODY)
             return
         environ = _environ(scope, headers, body)
+        token = self._token
+        if token is not None and scope.method == "POST" and environ["PATH_INFO"] == "/token":
+            # The cached path, on the loop: no thread hop, no wait (a miss returns None).
+            token.services.start()
+            answer = token.respond(environ, may_wait=False)
+            if answer is not None:
+                with contextlib.suppress(Exception):
+                    protocol.response_bytes(*answer)
+                return
+            environ["wsgi.input"] = io.BytesIO(body)
         loop = self._loop or asyncio.get_running_loop()
         if self._pool is None:
             self.__rsgi_init__(loop)
@@ -133,11 +152,15 @@ async def _read_body(protocol: Any, headers: Any) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > MAX_BODY_BYTES:
-                return b""
+            length = int(declared)
         except ValueError:
             return b""  # the application answers "malformed request body"
-    elif "chunked" not in headers.get("transfer-encoding", "").lower():
+        if length > MAX_BODY_BYTES:
+            return b""
+        # At most the declared length arrives (the HTTP layer stops there): one read.
+        body: bytes = await protocol() if length else b""
+        return body
+    if "chunked" not in headers.get("transfer-encoding", "").lower():
         return b""
     chunks: list[bytes] = []
     size = 0

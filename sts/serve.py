@@ -132,6 +132,7 @@ def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
         port=port,
         interface=Interfaces.RSGI,
         http=HTTPModes.http1,
+        websockets=False,
         backlog=LISTEN_BACKLOG,
         backpressure=CONNECTIONS_PER_WORKER,
         workers=workers,

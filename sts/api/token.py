@@ -242,15 +242,25 @@ class _BodyCache:
 _bodies = _BodyCache()
 
 
-def token_answer(services: Services, environ: WSGIEnvironment, fields: dict[str, Any]) -> Answer:
+def token_answer(
+    services: Services, environ: WSGIEnvironment, fields: dict[str, Any], *, may_wait: bool = True
+) -> Answer | None:
     """``POST /token``: RFC 8693 section 2.1 request in, section 2.2.1 response out.
 
     Plain WSGI (no Flask objects): the hot path of every gateway request. ``fields`` collects
-    what the access log line says about the outcome.
+    what the access log line says about the outcome. With ``may_wait`` false (the event loop,
+    :mod:`sts.rsgi`) only what needs no wait is answered; None means "answer it on a thread".
     """
     started = time.perf_counter()
     try:
-        result = services.exchanger.exchange(parse_token_request(environ))
+        request = parse_token_request(environ)
+        if may_wait:
+            result = services.exchanger.exchange(request)
+        else:
+            cached = services.exchanger.exchange_cached(request)
+            if cached is None:
+                return None
+            result = cached
     except OAuthError as error:
         EXCHANGES.labels(error.error, "none", "none").inc()
         fields.update(outcome=error.error, reason=error.description, cause=error.cause)
@@ -304,13 +314,29 @@ class TokenEndpoint:
         self.services.start()
         if environ.get("PATH_INFO") != "/token":
             return self.app(environ, start_response)
+        answer = self.respond(environ)
+        assert answer is not None
+        status, headers, body = answer
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
+        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
+
+    def respond(self, environ: WSGIEnvironment, *, may_wait: bool = True) -> Answer | None:
+        """The whole answer to one ``/token`` request (headers complete, access line logged).
+
+        With ``may_wait`` false, a ``POST`` that would wait (a cache miss, a key set to fetch)
+        is not answered: None, and nothing logged or counted (:mod:`sts.rsgi` then runs the
+        request on a thread).
+        """
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
-        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
         fields: dict[str, Any] = {}
         try:
             if method == "POST":
-                status, headers, body = token_answer(self.services, environ, fields)
+                answer = token_answer(self.services, environ, fields, may_wait=may_wait)
+                if answer is None:
+                    return None
+                status, headers, body = answer
             else:
                 status, headers, body = other_method_answer(method)
         except Exception as exc:
@@ -320,9 +346,8 @@ class TokenEndpoint:
             EXCHANGES.labels(ServerError.error, "none", "none").inc()
             fields.update(outcome="server_error", cause=type(exc).__name__)
             status, headers, body = error_answer(ServerError())
+        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
         headers.append(("Content-Length", str(len(body))))
         headers.append(("X-Request-Id", request_id))
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
         log_request(request_id, method, "/token", status, started, fields)
-        # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
-        return [b""] if method == "HEAD" else [body]
+        return status, headers, body

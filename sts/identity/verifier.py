@@ -23,7 +23,7 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import RSAKey
 
 from sts.config import Settings
-from sts.errors import InvalidRequest, TemporarilyUnavailable
+from sts.errors import InvalidRequest, TemporarilyUnavailable, WouldWait
 from sts.identity.jwks import JWKSCache, JWKSError, JWKSRegistry, decode_b64url, loads_json_object
 from sts.identity.principal import ENVIRONMENT_TYPES, Principal
 
@@ -132,11 +132,13 @@ class TokenVerifier:
         self.signature_checks = 0
         """RSA verifications performed; a repeat token must not add to it."""
 
-    def verify(self, token: str, now: float | None = None) -> Principal:
+    def verify(self, token: str, now: float | None = None, *, may_fetch: bool = True) -> Principal:
         """The :class:`Principal` a valid token proves; ``now`` is Unix time (default: the clock).
 
         Raises :class:`InvalidRequest` for any invalid token and
-        :class:`TemporarilyUnavailable` when the issuer's keys have never been fetched.
+        :class:`TemporarilyUnavailable` when the issuer's keys have never been fetched. With
+        ``may_fetch`` false (an event loop), a token whose ``kid`` is not held raises
+        :class:`sts.errors.WouldWait` instead of (maybe) fetching the key set.
         """
         if len(token) > MAX_TOKEN_BYTES:
             raise _fail(TOKEN_TOO_LARGE, "token over 16 KiB")
@@ -162,7 +164,7 @@ class TokenVerifier:
             # went back): verify afresh.
             self._forget(digest)
 
-        verified = self._verify(token, now)
+        verified = self._verify(token, now, may_fetch=may_fetch)
         with self._lock:
             self._verified[digest] = verified
             while len(self._verified) > self._cache_size:
@@ -178,7 +180,7 @@ class TokenVerifier:
         with self._lock:
             self._verified.pop(digest, None)
 
-    def _verify(self, token: str, now: float) -> _Verified:
+    def _verify(self, token: str, now: float, *, may_fetch: bool = True) -> _Verified:
         parts = token.split(".")
         if len(parts) != 3:
             raise _fail(TOKEN_UNPARSABLE, f"compact JWS has 3 parts, token has {len(parts)}")
@@ -191,6 +193,9 @@ class TokenVerifier:
 
         kid = self._check_header(header)
         keys = self._keys_for(claims)
+        if not may_fetch and keys.thumbprint(kid) is None:
+            # An unknown kid may make this request fetch the key set: not on an event loop.
+            raise WouldWait(f"kid {kid!r} not held")
         key = keys.get_key(kid)
         if key is None:
             if not keys.loaded:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,48 @@ def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
         os.kill(child, signal.SIGKILL)
         os.waitpid(child, 0)
         issuer.jwks_headers = saved_headers
+
+
+def exchange(url: str, token: str) -> requests.Response:
+    return requests.post(
+        url + "/token",
+        data={"grant_type": GRANT, "subject_token": token, "subject_token_type": ID_TOKEN},
+        timeout=30,
+    )
+
+
+def test_cached_answers_never_wait_for_a_request_thread_held_by_a_slow_cloud(
+    env: dict[str, str], tmp_path: Path, issuer: DevIssuer, aws: AwsEmulator
+) -> None:
+    """One worker, one request thread, an AWS that answers after 3 s: while the thread waits on
+    AWS, a request whose credentials are cached is answered at once, on the event loop."""
+    mappings = tmp_path / "mappings.yaml"
+    mappings.write_text(DEFAULT_MAPPINGS)
+    with sts_serve(env, tmp_path / "serve.log", "--workers", "1", "--threads", "1") as url:
+        assert sts("mappings", "apply", str(mappings), env=env).returncode == 0
+        cached = issuer.mint(audience=AUDIENCE, deployment="cached-one")
+        deadline = time.monotonic() + 10
+        while exchange(url, cached).status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        aws.delay = 3.0
+        try:
+            with ThreadPoolExecutor(2) as pool:
+                cold = pool.submit(exchange, url, issuer.mint(audience=AUDIENCE, deployment="cold"))
+                time.sleep(0.5)  # the cold request now holds the only request thread
+                started = time.monotonic()
+                answer = exchange(url, cached)
+                elapsed = time.monotonic() - started
+                assert answer.status_code == 200, answer.text
+                assert elapsed < 0.5, elapsed
+                assert not cold.done()
+                assert cold.result(timeout=30).status_code == 200
+        finally:
+            aws.delay = 0.0
+    lines = [
+        json.loads(line)
+        for line in (tmp_path / "serve.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
+    hits = [line for line in lines if line.get("cache_hit") is True]
+    assert hits, "the cached answers were logged like any other"
