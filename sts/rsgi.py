@@ -37,7 +37,11 @@ _TIMEOUT_BODY = json.dumps(
     {"error": "invalid_request", "error_description": "request body not received in time"},
     separators=(",", ":"),
 ).encode()
-_TIMEOUT_HEADERS = [
+_TRUNCATED_BODY = json.dumps(
+    {"error": "invalid_request", "error_description": "malformed request body"},
+    separators=(",", ":"),
+).encode()
+_CLOSE_HEADERS = [
     ("content-type", "application/json"),
     ("cache-control", "no-store"),
     ("connection", "close"),
@@ -103,7 +107,13 @@ class RsgiBridge:
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 body = await _read_body(protocol, headers)
         except TimeoutError:
-            protocol.response_bytes(408, _TIMEOUT_HEADERS, _TIMEOUT_BODY)
+            protocol.response_bytes(408, _CLOSE_HEADERS, _TIMEOUT_BODY)
+            return
+        except Exception:
+            # The connection ended inside the body (shorter than declared): what POST /token
+            # answers for a truncated body, and the connection closed.
+            with contextlib.suppress(Exception):
+                protocol.response_bytes(400, _CLOSE_HEADERS, _TRUNCATED_BODY)
             return
         environ = _environ(scope, headers, body)
         token = self._token
@@ -211,7 +221,27 @@ def _environ(scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
     return environ
 
 
+def die_with_parent() -> None:
+    """Linux: this worker gets SIGTERM when the server process that forked it dies, even by
+    SIGKILL, so no orphan keeps the port with an old configuration. A worker whose parent is
+    already gone stops at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with the server process")
+        return
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _build() -> RsgiBridge:
+    die_with_parent()
     from sts.wsgi import app as wsgi_app
 
     return RsgiBridge(wsgi_app, int(os.environ.get(THREADS_VARIABLE, "4")))

@@ -9,9 +9,11 @@ its workers would leave locks held in the children.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 
@@ -61,6 +63,26 @@ def check_broker(settings: Settings) -> int:
     return 0
 
 
+def port_taken(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (another server has it), or None.
+
+    granian listens with ``SO_REUSEPORT``, so a second server on the same port would start and
+    the kernel would share the connections between two configurations. A plain bind here
+    (``SO_REUSEADDR`` only, so connections of a previous run in TIME_WAIT do not count) fails
+    while any other socket listens there.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return "the port is in use (is another sts serve running?)"
+            return exc.strerror or type(exc).__name__
+    return None
+
+
 def metrics_directory() -> str:
     """Where worker processes write their metrics; must be set before prometheus_client loads.
 
@@ -96,6 +118,10 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
         code = check_broker(settings)
         if code:
             return code
+    taken = port_taken(host, port)
+    if taken is not None:
+        click.echo(f"error: cannot listen on {host}:{port}: {taken}", err=True)
+        return 1
     owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_directory()
     argv = [sys.executable, "-m", "sts.serve", host, str(port), str(workers), str(threads)]

@@ -3,6 +3,7 @@ real ``sts serve`` with its default two workers, from raw sockets on 127.0.0.1."
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -121,3 +122,58 @@ def test_1200_silent_connections_leave_room_and_are_closed_within_30_s(
     finally:
         for sock in [*silent, *partial]:
             sock.close()
+
+
+def exchange_raw(port: int, request: bytes, *, half_close: bool = False) -> bytes:
+    with connect(port, request) as sock:
+        if half_close:
+            sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(5)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer
+
+
+def body_of(answer: bytes) -> dict[str, str]:
+    doc: dict[str, str] = json.loads(answer.split(b"\r\n\r\n", 1)[1])
+    return doc
+
+
+def test_bodies_through_the_event_loop_keep_the_token_endpoints_answers(
+    server: tuple[str, int],
+) -> None:
+    """What sts/rsgi.py reads is what POST /token refuses or accepts, as before."""
+    _, port = server
+    head = (
+        b"POST /token HTTP/1.1\r\nHost: sts\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+    )
+    # A declared length over 64 KiB: refused without reading the body.
+    started = time.monotonic()
+    answer = exchange_raw(port, head + b"Content-Length: 70000\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert body_of(answer)["error_description"] == "request body too large"
+    assert time.monotonic() - started < 2
+    # A chunked body over 64 KiB: read up to the limit, then refused.
+    chunks = b"".join(b"2000\r\n" + b"a" * 0x2000 + b"\r\n" for _ in range(9)) + b"0\r\n\r\n"
+    answer = exchange_raw(port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert body_of(answer)["error_description"] == "request body too large"
+    # A small chunked body is read whole.
+    form = b"grant_type=password"
+    chunked = f"{len(form):x}\r\n".encode() + form + b"\r\n0\r\n\r\n"
+    answer = exchange_raw(port, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+    assert body_of(answer)["error"] == "unsupported_grant_type"
+    # A body shorter than declared, then the client stops sending: answered or closed at once.
+    started = time.monotonic()
+    answer = exchange_raw(
+        port, head + b"Content-Length: 100\r\n\r\ngrant_type=pass", half_close=True
+    )
+    assert time.monotonic() - started < 2
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    assert body_of(answer) == {
+        "error": "invalid_request",
+        "error_description": "malformed request body",
+    }

@@ -295,3 +295,74 @@ def test_cached_answers_never_wait_for_a_request_thread_held_by_a_slow_cloud(
     ]
     hits = [line for line in lines if line.get("cache_hit") is True]
     assert hits, "the cached answers were logged like any other"
+
+
+def children_of(pid: int) -> set[int]:
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its closing paren.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.add(int(entry.name))
+    return found
+
+
+def test_a_second_server_on_the_same_port_exits_1_in_one_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    with sts_serve(env, tmp_path / "serve.log") as url:
+        port = url.rsplit(":", 1)[1]
+        other = {**env, "STS_AUDIENCE": "https://another.example"}
+        result = sts("serve", "--port", port, env=other)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert lines == [
+            f"error: cannot listen on 127.0.0.1:{port}: "
+            "the port is in use (is another sts serve running?)"
+        ]
+        assert requests.get(url + "/healthz", timeout=5).status_code == 200
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
+def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sts", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = set()
+        while len(workers) < 2:
+            workers = children_of(proc.pid)
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.1)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(Path(f"/proc/{pid}").exists() for pid in workers):
+            assert time.monotonic() < deadline, "workers outlived the server"
+            time.sleep(0.1)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(url + "/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
