@@ -23,10 +23,12 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from sts.api import log_request, request_id_from
 from sts.api.token import MAX_BODY_BYTES, TokenEndpoint
 from sts.serve import THREADS_VARIABLE
 
@@ -102,18 +104,20 @@ class RsgiBridge:
         if scope.proto != "http":
             return  # no websockets: granian closes the connection
         headers = scope.headers
+        started = time.perf_counter()
         try:
             # asyncio.timeout, not wait_for: no task of its own per request.
             async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
                 body = await _read_body(protocol, headers)
         except TimeoutError:
-            protocol.response_bytes(408, _CLOSE_HEADERS, _TIMEOUT_BODY)
+            _refuse(
+                scope, protocol, started, 408, _TIMEOUT_BODY, "request body not received in time"
+            )
             return
         except Exception:
             # The connection ended inside the body (shorter than declared): what POST /token
             # answers for a truncated body, and the connection closed.
-            with contextlib.suppress(Exception):
-                protocol.response_bytes(400, _CLOSE_HEADERS, _TRUNCATED_BODY)
+            _refuse(scope, protocol, started, 400, _TRUNCATED_BODY, "malformed request body")
             return
         environ = _environ(scope, headers, body)
         token = self._token
@@ -154,6 +158,19 @@ class RsgiBridge:
             if close is not None:
                 close()
         return response.status, response.headers, content
+
+
+def _refuse(  # noqa: PLR0917 - one refusal's parts
+    scope: Any, protocol: Any, started: float, status: int, body: bytes, reason: str
+) -> None:
+    """Answer a request whose body never arrived whole, close its connection, and log it like
+    every other request (so a flood of withheld bodies shows in the access log)."""
+    request_id = request_id_from(scope.headers.get("x-request-id"))
+    headers = [*_CLOSE_HEADERS, ("x-request-id", request_id)]
+    with contextlib.suppress(Exception):  # the client may be gone already
+        protocol.response_bytes(status, headers, body)
+    fields = {"outcome": "invalid_request", "reason": reason}
+    log_request(request_id, scope.method, scope.path, status, started, fields)
 
 
 async def _read_body(protocol: Any, headers: Any) -> bytes:

@@ -24,6 +24,13 @@ WITHHELD = (
 )
 
 
+def logged(tmp_path: Path, status: int) -> list[dict[str, object]]:
+    time.sleep(0.5)  # the log flusher writes every 0.1 s
+    lines = (tmp_path / "serve.log").read_text().splitlines()
+    docs = [json.loads(line) for line in lines if line.startswith("{")]
+    return [doc for doc in docs if doc.get("logger") == "sts.access" and doc["status"] == status]
+
+
 @pytest.fixture
 def server(tmp_path: Path, issuer: DevIssuer) -> Iterator[tuple[str, int]]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
@@ -69,7 +76,7 @@ def ends(sock: socket.socket, within: float) -> tuple[float, bytes]:
 
 
 def test_sixty_four_withheld_bodies_hold_no_request_thread_and_get_408_within_10_s(
-    server: tuple[str, int],
+    server: tuple[str, int], tmp_path: Path
 ) -> None:
     url, port = server
     sent_at = time.monotonic()
@@ -97,6 +104,11 @@ def test_sixty_four_withheld_bodies_hold_no_request_thread_and_get_408_within_10
             assert data.startswith(b"HTTP/1.1 408"), data[:80]
             assert b"request body not received in time" in data
         answered_at_once(url)
+        # Each is in the access log, as every request is: a flood shows.
+        refused = logged(tmp_path, 408)
+        assert len(refused) == 65
+        assert {doc["reason"] for doc in refused} == {"request body not received in time"}
+        assert {doc["path"] for doc in refused} == {"/token"}
     finally:
         stop.set()
         for sock in [*withheld, trickling]:
