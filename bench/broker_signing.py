@@ -27,12 +27,10 @@ import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +47,7 @@ from sts.broker.mint import BrokerMinter  # noqa: E402
 from sts.db import Database  # noqa: E402
 from sts.dev.aws_emulator import AwsEmulator  # noqa: E402
 from sts.dev.issuer import DevIssuer  # noqa: E402
+from sts.dev.serving import free_port, sts_serve_process  # noqa: E402
 from sts.identity.principal import Principal  # noqa: E402
 from sts.protocol import AWS_BROKER_AUDIENCE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE  # noqa: E402
 
@@ -96,48 +95,6 @@ def principal(i: int) -> Principal:
         environment_type="production",
         audiences=frozenset({AUDIENCE}),
     )
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextmanager
-def serve(env: dict[str, str], port: int, log: Path) -> Iterator[str]:
-    url = f"http://127.0.0.1:{port}"
-    with open(log, "wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if process.poll() is not None:
-                    raise SystemExit(f"sts serve exited: see {log}")
-                try:
-                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"sts serve not ready in 60 s: see {log}")
-                time.sleep(0.1)
-            yield url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def cold_exchanges(url: str, issuer: DevIssuer, count: int, tag: str) -> list[float]:
@@ -242,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
                 env = {**base_env, "STS_DATABASE_URL": url_db, **extra}
                 if extra:
                     env["STS_BROKER_ISSUER"] = f"http://127.0.0.1:{port}"
-                with serve(env, port, workdir / f"{name}.log") as url:
+                with sts_serve_process(env, port, workdir / f"{name}.log") as url:
                     samples = cold_exchanges(url, issuer, args.exchanges, name.replace("_", ""))
                 results[name] = {"count": args.exchanges, **percentiles(samples)}
                 print(f"{name}: {results[name]}", flush=True)

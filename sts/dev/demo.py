@@ -16,19 +16,16 @@ import base64
 import json
 import os
 import secrets
-import socket
-import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import click
 import requests
 
+from sts.dev.serving import free_port, sts_serve_process
 from sts.protocol import AWS_BROKER_AUDIENCE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
 DEMO_AUDIENCE = "https://sts.demo.localhost"
@@ -109,13 +106,6 @@ def _mask(secret: str | None, keep: int = 4) -> str:
     return f"{secret[:keep]}…{secret[-keep:]} ({len(secret)} chars)"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _step(text: str) -> None:
     click.echo(click.style("▸ ", fg="cyan", bold=True) + text)
 
@@ -126,40 +116,6 @@ def _ok(text: str) -> None:
 
 def _detail(label: str, value: str) -> None:
     click.echo(f"    {click.style(f'{label:<26}', dim=True)} {value}")
-
-
-@contextmanager
-def _service(env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
-    url = f"http://127.0.0.1:{port}"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
-                    raise click.ClickException("sts serve exited early:\n" + "\n".join(tail))
-                try:
-                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
-                except requests.RequestException:
-                    pass
-                if time.monotonic() > deadline:
-                    raise click.ClickException("sts serve did not become ready in 60 s")
-                time.sleep(0.2)
-            yield url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
@@ -205,7 +161,7 @@ def run_demo() -> int:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sts-demo-")))
 
         # The service's own URL is the broker issuer the clouds trust (reference section 8).
-        port = _free_port()
+        port = free_port()
         broker_issuer = f"http://127.0.0.1:{port}"
 
         _step("Starting the outside world")
@@ -260,7 +216,7 @@ def run_demo() -> int:
             env.pop(name, None)
 
         _step("Starting `sts serve` in broker mode (granian, 1 worker)")
-        url = stack.enter_context(_service(env, port, workdir / "serve.log"))
+        url = stack.enter_context(sts_serve_process(env, port, workdir / "serve.log"))
         _ok(f"ready at {url}, issuer of its own")
         jwks = requests.get(url + "/.well-known/jwks.json", timeout=10).json()
         _detail("signing keys published", ", ".join(key["kid"][:12] + "…" for key in jwks["keys"]))

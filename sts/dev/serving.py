@@ -1,13 +1,23 @@
-"""The start/stop plumbing the local emulators share: a socket server on a daemon thread."""
+"""The start/stop plumbing the local emulators share (a socket server on a daemon thread), and
+``sts serve`` as a child process for the demo and the benchmarks."""
 
 from __future__ import annotations
 
+import socket
 import socketserver
+import subprocess
 import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+import click
+import requests
 
 
 @dataclass
@@ -102,3 +112,47 @@ class BackgroundServer:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def sts_serve_process(env: dict[str, str], port: int, log_path: Path) -> Iterator[str]:
+    """``sts serve --port PORT --workers 1`` with its output in ``log_path``: yields its URL
+    once ``/readyz`` answers 200 (at most 60 s), stops it on the way out."""
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                if proc.poll() is not None:
+                    tail = log_path.read_text(errors="replace").strip().splitlines()[-5:]
+                    raise click.ClickException("sts serve exited early:\n" + "\n".join(tail))
+                try:
+                    if requests.get(url + "/readyz", timeout=1).status_code == 200:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    raise click.ClickException("sts serve did not become ready in 60 s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

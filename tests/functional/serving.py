@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,12 +13,9 @@ from pathlib import Path
 
 import requests
 
+from sts.dev.serving import free_port
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+__all__ = ["free_port", "sts_serve", "sts_serve_on_a_pipe"]
 
 
 def _wait_ready(proc: subprocess.Popen[bytes], url: str, describe: Callable[[], str]) -> None:

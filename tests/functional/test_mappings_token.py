@@ -17,6 +17,7 @@ from sts.db import Database
 from sts.mappings import store
 from sts.mappings.document import parse_document
 from sts.mappings.models import RoleMapping
+from tests.functional.test_mappings_cli import assert_refused
 
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 WIP = (
@@ -102,14 +103,7 @@ def test_bad_token_fields_exit_2_with_the_line(
     database: Database, run: Any, tmp_path: Path, by: str, where: str, problem: str
 ) -> None:
     text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n{by}\n", 1)
-    path = write(tmp_path, text)
-    result = run("mappings", "apply", path)
-    assert result.exit_code == 2, result.output
-    assert result.stdout == ""
-    assert result.stderr.startswith(f"error: {path}:{where}"), result.stderr
-    assert problem in result.stderr
-    assert result.stderr.count("\n") == 1
-    assert store.load(database) == (0, [])
+    assert_refused(run, database, write(tmp_path, text), where, problem)
 
 
 def test_gcp_token_is_checked_and_session_tags_is_aws_only(
