@@ -95,6 +95,10 @@ class RsgiBridge:
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sts-request")
+        if self._token is not None:
+            # The refreshers (mapping index, key sets, broker keys) start with the worker, not
+            # with its first request: that request would wait for the first load.
+            self._token.services.start()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._pool is not None:

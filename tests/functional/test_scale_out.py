@@ -49,7 +49,9 @@ class Replica:
         while True:
             assert self.proc.poll() is None, self.log.read_text()
             try:
-                if requests.get(self.url + "/readyz", timeout=1).status_code == 200:
+                ready = requests.get(self.url + "/readyz", timeout=1).status_code == 200
+                # /readyz is answered by one worker: wait until both have built their index.
+                if ready and self.log.read_text().count('"msg":"mapping index loaded"') >= 2:
                     return
             except requests.RequestException:
                 pass
