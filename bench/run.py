@@ -33,6 +33,7 @@ import secrets
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,7 @@ from sts.db import Database  # noqa: E402
 from sts.dev.aws_emulator import AwsEmulator  # noqa: E402
 from sts.dev.gcp_emulator import GcpEmulator  # noqa: E402
 from sts.dev.issuer import DevIssuer  # noqa: E402
+from sts.identity.verifier import VERIFIED_CACHE_SIZE  # noqa: E402
 from sts.mappings import store  # noqa: E402
 from sts.mappings.document import spec_from_dict  # noqa: E402
 from sts.mappings.spec import MappingSpec  # noqa: E402
@@ -81,6 +83,9 @@ MAPPINGS_PER_ACCOUNT = 8
 SERVER_WORKERS = 2
 # What each worker logs when its selection index is built (sts/mappings/live.py).
 INDEX_LOADED = '"msg":"mapping index loaded"'
+#: Distinct tokens of the fresh-token head-to-head: more than the verified-token cache holds.
+FRESH_TOKENS = VERIFIED_CACHE_SIZE + 2_000
+FRESH = "head-to-head fresh"
 GRANIAN_4 = "sts serve --threads 4 (granian)"
 GRANIAN_1 = "sts serve --threads 1 (granian)"
 GRANIAN_WSGI = "granian WSGI, 2 workers x 4 blocking threads (sts serve before RSGI)"
@@ -507,14 +512,27 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def find(self, scenario: str, server: str, mappings: int | None = None) -> Row | None:
-        for row in self.rows:
-            if (
-                row.scenario == scenario
-                and row.server == server
-                and (mappings is None or row.mappings == mappings)
-            ):
-                return row
-        return None
+        rows = self.find_all(scenario, server, mappings)
+        return rows[0] if rows else None
+
+    def find_all(self, scenario: str, server: str, mappings: int | None = None) -> list[Row]:
+        return [
+            row
+            for row in self.rows
+            if row.scenario == scenario
+            and row.server == server
+            and (mappings is None or row.mappings == mappings)
+        ]
+
+    def median(self, scenario: str, server: str) -> tuple[float, float] | None:
+        """Median req/s and median p99 (ms) over the rounds of one configuration."""
+        rows = self.find_all(scenario, server)
+        if not rows:
+            return None
+        return (
+            statistics.median(row.load.rps for row in rows),
+            statistics.median(row.load.p99_ms for row in rows),
+        )
 
 
 def machine() -> dict[str, str]:
@@ -855,12 +873,25 @@ class Bench:
             finally:
                 self.procs.stop(server)
 
-    def cached_identity(self, count: int, tag: str) -> str:
-        """The cached path's one token: bound to an AWS mapping in the middle of the table."""
+    def cached_claims(self, count: int, tag: str) -> dict[str, str]:
+        """The cached path's identity: bound to an AWS mapping in the middle of the table."""
         i = count // 2
         if "aws" not in mapping_document(i) or i >= count:
             i = (i + 1) % count if count > 1 else 0
-        return form_body(mint(self.issuer_, caller_claims(i, f"c{tag}")))
+        return caller_claims(i, f"c{tag}")
+
+    def cached_identity(self, count: int, tag: str) -> str:
+        """The cached path's one token."""
+        return form_body(mint(self.issuer_, self.cached_claims(count, tag)))
+
+    def fresh_tokens(self, claims: dict[str, str]) -> list[str]:
+        """Bodies of :data:`FRESH_TOKENS` distinct tokens for one identity. More than the
+        service's verified-token cache holds: walked in a cycle, every one is verified (RS256)
+        again, as the comparators verify every request; the credentials stay cached."""
+        return [
+            form_body(mint(self.issuer_, {**claims, "jti": f"fresh-{k}"}))
+            for k in range(FRESH_TOKENS)
+        ]
 
     @contextlib.contextmanager
     def database(self, name: str) -> Iterator[str]:
@@ -949,17 +980,38 @@ class Bench:
             configs.append(("express", EXPRESS))
         with self.database(f"head-to-head-{count}") as database_url:
             load_mappings(database_url, generate_specs(count))
-            body = self.cached_identity(count, secrets.token_hex(3))
+            claims = self.cached_claims(count, secrets.token_hex(3))
+            body = form_body(mint(self.issuer_, claims))
             path = self.write_bodies("head-to-head", [body])
-            for kind, label in configs:
-                self.head_to_head_one(
-                    kind, label, count, database_url=database_url, body=body, path=path
-                )
+            fresh = self.write_bodies("head-to-head-fresh", self.fresh_tokens(claims))
+            # Rounds interleave the configurations (A B C, A B C, ...): a machine that slows
+            # down for a while slows every configuration, not one.
+            for round_ in range(1, self.args.rounds + 1):
+                for kind, label in configs:
+                    self.head_to_head_one(
+                        kind,
+                        label,
+                        count,
+                        database_url=database_url,
+                        body=body,
+                        path=path,
+                        fresh=fresh,
+                        round_=round_ if self.args.rounds > 1 else None,
+                    )
 
     def head_to_head_one(
-        self, kind: str, label: str, count: int, *, database_url: str, body: str, path: Path
+        self,
+        kind: str,
+        label: str,
+        count: int,
+        *,
+        database_url: str,
+        body: str,
+        path: Path,
+        fresh: Path,
+        round_: int | None = None,
     ) -> None:
-        log(f"  {label}")
+        log(f"  {label}" + (f" (round {round_})" if round_ else ""))
         env = self.sts_env(database_url, redis=not self.args.no_redis)
         server, url = self.start_server(
             kind, f"h2h-{kind}", env, ready_timeout=READY_TIMEOUT_SECONDS
@@ -971,12 +1023,16 @@ class Bench:
             if kind == "granian":
                 # The comparators answer with a body of this size.
                 self.cached_response_bytes = len(response.content)
-            note = f"{len(response.content)}-byte body"
+            note = f"{len(response.content)}-byte body" + (f", round {round_}" if round_ else "")
             self.measure(url, path, duration=self.args.warmup)
             load, calls = self.measure(url, path)
             node = kind in ("fastify", "express")
             self.add(Row("head-to-head", label, count, load, None if node else calls, note))
-            if self.args.profile and kind == "granian":
+            # A new token per request for the same identity: one RS256 verification each.
+            self.measure(url, fresh, duration=self.args.warmup)
+            load, calls = self.measure(url, fresh)
+            self.add(Row(FRESH, label, count, load, None if node else calls, note))
+            if self.args.profile and kind == "granian" and (round_ or 1) == 1:
                 # A run of its own: the samplers take CPU from the 2 cores being measured.
                 self.profiled(server, url, path)
         finally:
@@ -1181,18 +1237,24 @@ def summary(report: Report) -> list[str]:
             if ready is not None
             else f"apply of {count:,} mappings (one transaction): {seconds:.2f} s"
         )
-    ours = report.find("head-to-head", GRANIAN_4)
-    bt1 = report.find("head-to-head", GRANIAN_1)
-    for name in (FASTIFY, EXPRESS):
-        other = report.find("head-to-head", name)
-        if other is None or not other.load.rps:
-            continue
-        for label, row in ((GRANIAN_4, ours), (GRANIAN_1, bt1)):
-            if row is not None:
-                lines.append(
-                    f"cached path, {label} / {name}: {row.load.rps / other.load.rps:.2f}x "
-                    f"requests/s; p99 {row.load.p99_ms:.2f} ms vs {other.load.p99_ms:.2f} ms"
-                )
+    rounds = len(report.find_all("head-to-head", GRANIAN_4))
+    medians = " (medians of the rounds)" if rounds > 1 else ""
+    for scenario, path in (
+        ("head-to-head", "cached path"),
+        (FRESH, "fresh token, cached credentials"),
+    ):
+        for name in (FASTIFY, EXPRESS):
+            other = report.median(scenario, name)
+            if other is None or not other[0]:
+                continue
+            for label in (GRANIAN_4, GRANIAN_1):
+                row = report.median(scenario, label)
+                if row is not None:
+                    lines.append(
+                        f"{path}, {label} / {name}{medians}: {row[0] / other[0]:.2f}x "
+                        f"requests/s, p99 {row[1] / other[1]:.2f}x ({row[1]:.2f} ms vs "
+                        f"{other[1]:.2f} ms)"
+                    )
     counts = sorted(report.apply_seconds)
     if len(counts) > 1:
         low = report.find("cached", GRANIAN_4, counts[0])
@@ -1269,6 +1331,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-servers", action="store_true", help="no gunicorn/granian variants")
     parser.add_argument("--skip-multiprocess", action="store_true")
     parser.add_argument("--profile", action="store_true", help="py-spy one worker (cached path)")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="head-to-head rounds, interleaved; medians reported"
+    )
     parser.add_argument("--out", type=Path, help="directory for logs and results")
     args = parser.parse_args(argv)
     if args.duration is None:

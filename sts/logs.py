@@ -26,14 +26,14 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _last_second: list[Any] = [-1, ""]
 
 
-def _timestamp(created: float, msecs: float) -> str:
+def _timestamp(created: float) -> str:
     """ISO 8601 UTC with milliseconds; the seconds part is formatted once per second."""
     second = int(created)
     cached = _last_second
     if cached[0] != second:
         cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         cached[0] = second
-    return f"{cached[1]}.{int(msecs):03d}Z"
+    return f"{cached[1]}.{int((created - second) * 1000):03d}Z"
 
 
 # What a token or credential looks like, wherever it turns up in text we did not write
@@ -125,12 +125,14 @@ def _fit(fields: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> str
     """``render(fields)`` in at most :data:`MAX_LINE_BYTES` - 1 bytes: the longest text fields
     are cut as little as needed (ending ``[shortened]``) and ``shortened`` names them."""
     limit = MAX_LINE_BYTES - 1
+    line = render(fields)
+    # Characters are at most 4 bytes in UTF-8: most lines need no encoding to be measured.
+    if len(line) * 4 <= limit or len(line.encode("utf-8", "replace")) <= limit:
+        return line
 
     def size(candidate: dict[str, Any]) -> int:
         return len(render(candidate).encode("utf-8", "replace"))
 
-    if size(fields) <= limit:
-        return render(fields)
     fields = {
         name: value if isinstance(value, str | int | float | bool | None) else str(value)
         for name, value in fields.items()
@@ -170,48 +172,64 @@ def _fit(fields: dict[str, Any], render: Callable[[dict[str, Any]], str]) -> str
     return render(kept)
 
 
-class JsonFormatter(logging.Formatter):
+class LineFormatter(logging.Formatter):
+    """A record as one line of at most :data:`MAX_LINE_BYTES`: the fixed fields, then the
+    record's own (``extra``), then its traceback. :meth:`line` renders the same line from the
+    fields alone, for :func:`write_line`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        fields = {
+            name: value
+            for name, value in record.__dict__.items()
+            if name not in _STANDARD and not name.startswith("_")
+        }
+        if record.exc_info and record.exc_info[0] is not None:
+            fields["exc_type"] = record.exc_info[0].__name__
+            fields["traceback"] = traceback_field(self, record)
+        return self.line(record.created, record.levelname, record.name, record.getMessage(), fields)
+
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]
+    ) -> str:
+        raise NotImplementedError
+
+
+class JsonFormatter(LineFormatter):
     """One JSON object per line (``ensure_ascii``: control characters are escaped by
     construction), at most :data:`MAX_LINE_BYTES` long."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]
+    ) -> str:
         doc: dict[str, Any] = {
-            "ts": _timestamp(record.created, record.msecs),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
+            "ts": _timestamp(created),
+            "level": level.lower(),
+            "logger": logger,
+            "msg": msg,
+            **fields,
         }
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
-                doc[name] = value
-        if record.exc_info and record.exc_info[0] is not None:
-            doc["exc_type"] = record.exc_info[0].__name__
-            doc["traceback"] = traceback_field(self, record)
         return _fit(doc, _render_json)
 
 
-def _render_json(doc: dict[str, Any]) -> str:
-    return json.dumps(doc, default=str, separators=(",", ":"))
+# One encoder for every line: json.dumps with options builds a new one per call.
+_render_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 
-class TextFormatter(logging.Formatter):
+class TextFormatter(LineFormatter):
     """``HH:MM:SS LEVEL logger: message key=value ...`` for people; every field escaped
     (:func:`escape_control`), one line, at most :data:`MAX_LINE_BYTES` long."""
 
-    def format(self, record: logging.LogRecord) -> str:
-        fields: dict[str, Any] = {
-            "ts": time.strftime("%H:%M:%S", time.localtime(record.created)),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
+    def line(
+        self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]
+    ) -> str:
+        doc: dict[str, Any] = {
+            "ts": time.strftime("%H:%M:%S", time.localtime(created)),
+            "level": level,
+            "logger": logger,
+            "msg": msg,
+            **fields,
         }
-        for name, value in record.__dict__.items():
-            if name not in _STANDARD and not name.startswith("_"):
-                fields[name] = value
-        trace = traceback_field(self, record)
-        if trace is not None:
-            fields["traceback"] = trace
-        return _fit(fields, _render_text)
+        return _fit(doc, _render_text)
 
 
 def _render_text(fields: dict[str, Any]) -> str:
@@ -257,13 +275,18 @@ class DirectHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self._pending.append(self.format(record))
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
+        self.add(line, record.levelno)
+
+    def add(self, line: str, level: int) -> None:
+        """Queue one formatted line (written at once from WARNING up)."""
+        self._pending.append(line)
         if self._pid != os.getpid():
             self._start_flusher()
-        if record.levelno >= logging.WARNING or len(self._pending) > 1000:
+        if level >= logging.WARNING or len(self._pending) > 1000:
             self.flush()
 
     def _start_flusher(self) -> None:
@@ -309,6 +332,37 @@ class DirectHandler(logging.Handler):
 
 
 _handler: DirectHandler | None = None
+
+
+def write_line(logger: logging.Logger, level: int, msg: str, fields: dict[str, Any]) -> None:
+    """``logger.log(level, msg, extra=fields)``, the same line, without building a record
+    when nothing but the configured handler would see it (the access line of every request:
+    a record, its dict and the handler chain cost more than the exchange on the cached path).
+    The caller has checked ``logger.isEnabledFor(level)``."""
+    handler = _handler
+    parent = logger.parent
+    formatter = handler.formatter if handler is not None else None
+    if (
+        handler is None
+        or not isinstance(formatter, LineFormatter)
+        or logger.handlers
+        or logger.filters
+        or parent is None
+        or parent.handlers != [handler]
+        or parent.filters
+        or parent.propagate
+        or handler.filters
+        or level < handler.level
+    ):
+        # Someone else listens (a test's capture, an embedding application): a real record.
+        logger.log(level, msg, extra=fields)
+        return
+    try:
+        line = formatter.line(time.time(), logging.getLevelName(level), logger.name, msg, fields)
+    except Exception:
+        logger.log(level, msg, extra=fields)  # logging reports what went wrong
+        return
+    handler.add(line, level)
 
 
 def configure(log_format: str, level: int = logging.INFO) -> None:

@@ -7,6 +7,9 @@ aggregates them; in a single process the default registry is used.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 EXCHANGES = Counter(
@@ -71,3 +74,11 @@ AUDIT_LATE_WRITES = Counter(
     "Issuance events whose row was committed after they were logged as not written "
     "(a duplicate of that log line).",
 )
+
+
+@functools.cache
+def answered(outcome: str, provider: str, cache: str) -> tuple[Any, Any]:
+    """The ``EXCHANGES`` and ``EXCHANGE_SECONDS`` children of one answer's labels: the same
+    objects ``labels()`` returns (each worker's values follow its pid), without its lock and
+    checks on every request. The label values are a handful of fixed words."""
+    return EXCHANGES.labels(outcome, provider, cache), EXCHANGE_SECONDS.labels(provider, cache)

@@ -34,6 +34,8 @@ from sts.serve import THREADS_VARIABLE
 
 #: Seconds a request body may take to arrive after its headers.
 BODY_TIMEOUT_SECONDS = 10.0
+#: How often the late bodies are looked for: a request is refused at most this much later.
+SWEEP_SECONDS = 0.5
 
 _TIMEOUT_BODY = json.dumps(
     {"error": "invalid_request", "error_description": "request body not received in time"},
@@ -78,6 +80,54 @@ class _Response:
         return None
 
 
+class BodyDeadlines:
+    """The requests whose body is being read, and when each must have arrived by.
+
+    One sweep every :data:`SWEEP_SECONDS` cancels the late ones, where ``asyncio.timeout``
+    would schedule and cancel a timer per request: almost every body arrives with its
+    headers, and the timer cost more than the read.
+    """
+
+    def __init__(self) -> None:
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is None:
+            self._loop = loop
+            loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    async def read(self, protocol: Any, headers: Any) -> bytes:
+        """The body (:func:`_read_body`); TimeoutError when it is late."""
+        task = asyncio.current_task()
+        loop = self._loop
+        if task is None or loop is None:  # not granian's loop (a test's): a timer of its own
+            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                return await _read_body(protocol, headers)
+        self._reading[task] = loop.time() + BODY_TIMEOUT_SECONDS
+        try:
+            return await _read_body(protocol, headers)
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise  # cancelled by someone else (the worker stopping)
+            self._late.discard(task)
+            task.uncancel()
+            raise TimeoutError from None
+        finally:
+            del self._reading[task]
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for task, deadline in list(self._reading.items()):
+            if deadline <= now and task not in self._late:
+                self._late.add(task)
+                task.cancel()
+        loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
 class RsgiBridge:
     """Runs a WSGI application behind granian's RSGI interface, bodies read on the loop."""
 
@@ -89,12 +139,14 @@ class RsgiBridge:
         self._threads = threads
         self._pool: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._deadlines = BodyDeadlines()
 
     # -- the RSGI protocol ----------------------------------------------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sts-request")
+        self._deadlines.start(loop)
         if self._token is not None:
             # The refreshers (mapping index, key sets, broker keys) start with the worker, not
             # with its first request: that request would wait for the first load.
@@ -110,9 +162,7 @@ class RsgiBridge:
         headers = scope.headers
         started = time.perf_counter()
         try:
-            # asyncio.timeout, not wait_for: no task of its own per request.
-            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-                body = await _read_body(protocol, headers)
+            body = await self._deadlines.read(protocol, headers)
         except TimeoutError:
             _refuse(
                 scope, protocol, started, 408, _TIMEOUT_BODY, "request body not received in time"
@@ -268,4 +318,11 @@ def _build() -> RsgiBridge:
     return RsgiBridge(wsgi_app, int(os.environ.get(THREADS_VARIABLE, "4")))
 
 
-app = _build()
+def __getattr__(name: str) -> Any:
+    """``app``, built when granian (in a worker) first asks for it: importing this module for
+    its parts (a test of :class:`BodyDeadlines`) builds no application and starts no thread."""
+    if name == "app":
+        built = _build()
+        globals()["app"] = built
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -144,7 +144,7 @@ CONNECTIONS_PER_WORKER = 16384
 def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
     """Run granian until it is told to stop (the body of the server process)."""
     from granian import Granian
-    from granian.constants import HTTPModes, Interfaces
+    from granian.constants import HTTPModes, Interfaces, Loops
 
     settings = Settings.from_env()
     logs.configure(settings.log_format)
@@ -157,6 +157,9 @@ def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
         address=host,
         port=port,
         interface=Interfaces.RSGI,
+        # Pinned: granian's "auto" would take rloop or uvloop whenever one happens to be
+        # installed; neither measured outside the noise here (docs/benchmarks.md).
+        loop=Loops.asyncio,
         http=HTTPModes.http1,
         websockets=False,
         backlog=LISTEN_BACKLOG,

@@ -15,6 +15,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Rule
 
+from sts import logs
 from sts.config import Settings
 from sts.errors import OAuthError, ServerError
 from sts.services import Services
@@ -53,10 +54,11 @@ def log_request(  # noqa: PLR0917 - the fields of one log line
     """The one access log line of a request; probes that succeed are logged at DEBUG only."""
     level = logging.DEBUG if path in QUIET_PATHS and status == 200 else logging.INFO
     if access_log.isEnabledFor(level):
-        access_log.log(
+        logs.write_line(
+            access_log,
             level,
             "request",
-            extra={
+            {
                 "request_id": request_id,
                 "method": method,
                 "path": path,
@@ -104,7 +106,6 @@ def render_error(error: OAuthError) -> Response:
 
 
 def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    from sts import logs
     from sts.api import broker, health, metrics, openapi, token
 
     if services is None:

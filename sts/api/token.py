@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl
+from urllib.parse import unquote
 
 from sts.api import (
     JSON_HEADERS,
@@ -25,7 +25,7 @@ from sts.api import (
 )
 from sts.errors import InvalidRequest, OAuthError, ServerError, UnsupportedGrantType
 from sts.exchange import Exchanged, TokenRequest
-from sts.metrics import EXCHANGE_SECONDS, EXCHANGES
+from sts.metrics import EXCHANGES, answered
 from sts.protocol import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
 # Re-exported (the "as" form) for modules that still import it from here.
@@ -105,18 +105,26 @@ def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _parse_form(body: bytes) -> dict[str, str]:
+    """``application/x-www-form-urlencoded``, read exactly as ``parse_qsl`` reads it with
+    ``keep_blank_values`` and strict UTF-8, at most :data:`MAX_FORM_FIELDS` fields (one
+    split, and only what is encoded is decoded: a JWT has nothing to decode)."""
     try:
         text = body.decode("ascii")
-        pairs = parse_qsl(
-            text,
-            keep_blank_values=True,
-            encoding="utf-8",
-            errors="strict",
-            max_num_fields=MAX_FORM_FIELDS,
-        )
-    except (UnicodeDecodeError, ValueError):
+        if text.count("&") >= MAX_FORM_FIELDS:
+            raise ValueError("too many fields")
+        pairs = [
+            (_form_decode(name), _form_decode(value))
+            for name, _, value in (part.partition("=") for part in text.split("&") if part)
+        ]
+    except ValueError:  # UnicodeDecodeError included
         raise InvalidRequest("malformed request body") from None
-    return _reject_duplicates(list(pairs))
+    return _reject_duplicates(pairs)
+
+
+def _form_decode(text: str) -> str:
+    if "%" in text or "+" in text:
+        return unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
+    return text
 
 
 class _Members(list[tuple[str, Any]]):
@@ -268,8 +276,9 @@ def token_answer(
     body = _bodies.render(result, time.time()).encode()
     cache = "hit" if result.cache_hit else "miss"
     provider = result.mapping.provider
-    EXCHANGES.labels("ok", provider, cache).inc()
-    EXCHANGE_SECONDS.labels(provider, cache).observe(time.perf_counter() - started)
+    counted, timed = answered("ok", provider, cache)
+    counted.inc()
+    timed.observe(time.perf_counter() - started)
     fields.update(
         outcome="ok",
         mapping=result.mapping.name,
