@@ -24,6 +24,7 @@ ZUPLO_ISSUER = "https://dev.zuplo.com/v1/client-auth/auth_o8PUdhKxSTOiB794GWPwLQ
 DEFAULT_DATABASE_URL = "sqlite:///sts.db"
 DEFAULT_GCP_STS_URL = "https://sts.googleapis.com/v1/token"
 DEFAULT_GCP_IAM_CREDENTIALS_URL = "https://iamcredentials.googleapis.com"
+DEFAULT_AZURE_AUTHORITY_URL = "https://login.microsoftonline.com"
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -204,6 +205,7 @@ class Settings:
     aws_endpoint_url: str | None = None
     gcp_sts_url: str = DEFAULT_GCP_STS_URL
     gcp_iam_credentials_url: str = DEFAULT_GCP_IAM_CREDENTIALS_URL
+    azure_authority_url: str = DEFAULT_AZURE_AUTHORITY_URL
     redis_url: str | None = None
     cache_encryption_key: bytes | None = field(default=None, repr=False)
     log_format: Literal["json", "text"] = "json"
@@ -255,6 +257,8 @@ class Settings:
         check_url("STS_GCP_STS_URL", gcp_sts, allow_http_loopback=allow_http)
         gcp_iam = env.get("STS_GCP_IAM_CREDENTIALS_URL", DEFAULT_GCP_IAM_CREDENTIALS_URL).strip()
         check_url("STS_GCP_IAM_CREDENTIALS_URL", gcp_iam, allow_http_loopback=allow_http)
+        azure = env.get("STS_AZURE_AUTHORITY_URL", DEFAULT_AZURE_AUTHORITY_URL).strip()
+        check_url("STS_AZURE_AUTHORITY_URL", azure, allow_http_loopback=allow_http)
 
         redis_url = env.get("STS_REDIS_URL", "").strip() or None
         if redis_url is not None and urlsplit(redis_url).scheme not in {"redis", "rediss", "unix"}:
@@ -319,6 +323,7 @@ class Settings:
             aws_endpoint_url=aws_endpoint,
             gcp_sts_url=gcp_sts,
             gcp_iam_credentials_url=gcp_iam.rstrip("/"),
+            azure_authority_url=azure.rstrip("/"),
             redis_url=redis_url,
             cache_encryption_key=key,
             log_format="json" if log_format == "json" else "text",

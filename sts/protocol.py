@@ -5,6 +5,8 @@
 - RFC 8693 section 3: the token type URIs, including ``access_token``, the ``issued_token_type``
   of a GCP answer; GCP's STS ``token`` method takes the same grant type, a ``jwt`` subject token
   and ``access_token`` as its ``requested_token_type``.
+- RFC 7523 section 2.2: the client assertion type of Entra's client credentials grant with a
+  federated credential (Azure, docs/reference.md section 9).
 - ``urn:zuplo-sts:token-type:aws-credentials``: this service's ``issued_token_type`` for an
   AWS ``credential_process`` document (README, "Run it").
 """
@@ -33,11 +35,22 @@ AWS_BROKER_AUDIENCE: Final = "sts.amazonaws.com"
 #: For GCP the broker token's ``aud`` is this prefix + the provider name (``//iam...``): the
 #: audience a workload identity provider allows by default.
 GCP_BROKER_AUDIENCE_PREFIX: Final = "https:"
+#: The audience of a Microsoft Entra federated identity credential: the broker token's ``aud``
+#: for Azure (docs/reference.md section 9).
+AZURE_BROKER_AUDIENCE: Final = "api://AzureADTokenExchange"
+#: RFC 7523 section 2.2: ``client_assertion_type`` of a JWT used for client authentication,
+#: what Entra's client credentials grant takes with a federated credential.
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: RFC 6749 section 4.4: the client credentials grant.
+CLIENT_CREDENTIALS_GRANT_TYPE: Final = "client_credentials"
 
 __all__ = [
     "ACCESS_TOKEN_TYPE",
     "AWS_BROKER_AUDIENCE",
     "AWS_CREDENTIALS_TOKEN_TYPE",
+    "AZURE_BROKER_AUDIENCE",
+    "CLIENT_ASSERTION_TYPE",
+    "CLIENT_CREDENTIALS_GRANT_TYPE",
     "GCP_BROKER_AUDIENCE_PREFIX",
     "GCP_REQUESTED_TOKEN_TYPE",
     "GCP_SUBJECT_TOKEN_TYPE",

@@ -20,6 +20,7 @@ from sts.identity.verifier import TokenVerifier
 from sts.mappings.live import LiveMappings
 from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED
 from sts.providers.aws import AwsProvider
+from sts.providers.azure import AzureProvider
 from sts.providers.base import CredentialProvider
 from sts.providers.gcp import GcpProvider
 
@@ -110,6 +111,7 @@ class Services:
         providers: dict[str, CredentialProvider] = {
             "aws": AwsProvider(settings),
             "gcp": GcpProvider(settings),
+            "azure": AzureProvider(settings),
         }
         broker = Broker(settings, database) if settings.broker_issuer is not None else None
         exchanger = Exchanger(

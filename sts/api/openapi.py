@@ -56,12 +56,14 @@ def _token_request(optional: dict[str, Any]) -> dict[str, Any]:
         "audience": "Name of the mapping to use, or a GCP workload identity provider name "
         "(//iam.googleapis.com/projects/.../providers/...). Needed only when several mappings "
         "bind the caller.",
-        "resource": "The target itself: an AWS role ARN, a GCP service-account email, or the "
-        "workload identity provider name of a GCP mapping without a service account.",
-        "scope": "GCP only: space-separated OAuth scopes, each allowed by the mapping. An empty "
-        "value counts as absent.",
+        "resource": "The target itself: an AWS role ARN, a GCP service-account email, the "
+        "workload identity provider name of a GCP mapping without a service account, or an "
+        "Azure mapping's client_id.",
+        "scope": "GCP and Azure only: space-separated OAuth scopes, each allowed by the mapping "
+        "(an Azure mapping allows its one <resource>/.default scope). An empty value counts as "
+        "absent.",
         "requested_token_type": "If given, must be the token type the mapping issues: "
-        f"{AWS_CREDENTIALS_TOKEN_TYPE} (AWS) or {ACCESS_TOKEN_TYPE} (GCP).",
+        f"{AWS_CREDENTIALS_TOKEN_TYPE} (AWS) or {ACCESS_TOKEN_TYPE} (GCP, Azure).",
     }
     return {
         "type": "object",
@@ -149,6 +151,7 @@ _SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
     },
     "GcpTokenResponse": {
+        "description": "A GCP or Azure mapping's answer: an OAuth access token.",
         "type": "object",
         "required": ["access_token", "issued_token_type", "token_type", "expires_in", "mapping"],
         "properties": {
@@ -168,7 +171,7 @@ _SCHEMAS: dict[str, Any] = {
         TOKEN_ERRORS_400,
         "RFC 6749 section 5.2 / RFC 8693 section 2.2.2 error. A subject token that fails "
         "validation for any reason is invalid_request; a provider refusal is invalid_target "
-        "with a description starting 'aws: ' or 'gcp: '.",
+        "with a description starting 'aws: ', 'gcp: ' or 'azure: AADSTS<number>'.",
     ),
     "TemporarilyUnavailable": _error(
         ("temporarily_unavailable",),
@@ -313,7 +316,8 @@ _PATHS: dict[str, Any] = {
     "/token": {
         "post": {
             "operationId": "exchangeToken",
-            "summary": "RFC 8693 token exchange: a Zuplo ID token for AWS or GCP credentials",
+            "summary": "RFC 8693 token exchange: a Zuplo ID token for AWS, GCP or Azure "
+            "credentials",
             "description": "The body is form-encoded (RFC 8693) or JSON with the same fields; "
             f"media-type parameters such as charset are accepted. Bodies over {MAX_BODY_BYTES} "
             f"bytes and subject tokens over {MAX_TOKEN_BYTES} bytes are invalid_request.",
@@ -469,7 +473,7 @@ DOCUMENT: dict[str, Any] = {
     "info": {
         "title": "zuplo-sts",
         "version": __version__,
-        "summary": "Exchange Zuplo ID tokens for short-lived AWS and GCP credentials",
+        "summary": "Exchange Zuplo ID tokens for short-lived AWS, GCP and Azure credentials",
         "license": {"name": "Apache-2.0", "identifier": "Apache-2.0"},
     },
     "paths": _PATHS,

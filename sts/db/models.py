@@ -78,7 +78,7 @@ class IssuanceEvent(Base):
     """
 
     __tablename__ = "issuance_events"
-    __table_args__ = (sa.CheckConstraint("provider IN ('aws', 'gcp')", name="provider"),)
+    __table_args__ = (sa.CheckConstraint("provider IN ('aws', 'gcp', 'azure')", name="provider"),)
 
     id: Mapped[int] = mapped_column(EventId, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -1,9 +1,10 @@
 """``sts demo``: one complete exchange on embedded defaults, everything on 127.0.0.1.
 
 Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode, with the IAM
-OIDC checks of :mod:`sts.dev.aws_iam`), the project's GCP STS + IAM Credentials emulator and
-``sts serve`` in broker mode on a throw-away SQLite database; applies example mappings;
-exchanges one ID token for AWS credentials and one for a GCP access token over real HTTP. The
+OIDC checks of :mod:`sts.dev.aws_iam`), the project's GCP STS + IAM Credentials and Microsoft
+Entra emulators and ``sts serve`` in broker mode on a throw-away SQLite database; applies example
+mappings; exchanges one ID token for AWS credentials, a GCP access token and an Azure access
+token over real HTTP. The
 clouds trust only the service's own issuer (docs/reference.md section 8) and verify its broker
 tokens through its discovery document, as AWS and Google would; the demo shows the claims and
 session tags they received, that AWS refuses the Zuplo token presented directly, and uses the
@@ -35,6 +36,8 @@ WIP = (
 )
 SERVICE_ACCOUNT = "reader@demo-project.iam.gserviceaccount.com"
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
+AZURE_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
+AZURE_CLIENT = "9b2a4c1e-3f5d-4e6a-8b7c-0d1e2f3a4b5c"
 
 MAPPINGS = f"""\
 mappings:
@@ -54,6 +57,14 @@ mappings:
       workload_identity_provider: {WIP}
       service_account: {SERVICE_ACCOUNT}
       scopes: [https://www.googleapis.com/auth/cloud-platform]
+  - name: billing-azure
+    description: Billing manages its Azure resources through an app registration
+    account: my-account
+    project: my-project
+    azure:
+      tenant_id: {AZURE_TENANT}
+      client_id: {AZURE_CLIENT}
+      scopes: [https://management.azure.com/.default]
 """
 
 
@@ -148,6 +159,7 @@ def run_demo() -> int:
         )
         return 1
     from sts.db import Database
+    from sts.dev.entra_emulator import EntraEmulator
     from sts.dev.gcp_emulator import GcpEmulator
     from sts.dev.issuer import DevIssuer
     from sts.mappings.document import parse_document
@@ -179,6 +191,14 @@ def run_demo() -> int:
         gcp.allow_service_account(SERVICE_ACCOUNT, WIP)
         _ok(f"GCP STS + IAM emulator   {gcp.iam_url}")
         _detail("pool provider issuer", broker_issuer)
+        entra = stack.enter_context(EntraEmulator())
+        entra.add_tenant(AZURE_TENANT)
+        entra.add_application(AZURE_TENANT, AZURE_CLIENT)
+        entra.add_federated_credential(
+            AZURE_TENANT, AZURE_CLIENT, issuer=broker_issuer, subject="mapping:billing-azure"
+        )
+        _ok(f"Microsoft Entra emulator {entra.authority_url}")
+        _detail("federated credential", f"issuer {broker_issuer}, subject mapping:billing-azure")
 
         _step("Preparing the mapping database (SQLite)")
         database_url = f"sqlite:///{workdir / 'sts.db'}"
@@ -206,6 +226,7 @@ def run_demo() -> int:
             "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
             "STS_GCP_STS_URL": gcp.sts_url,
             "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+            "STS_AZURE_AUTHORITY_URL": entra.authority_url,
             "STS_LOG_FORMAT": "json",
             "STS_BROKER_ISSUER": broker_issuer,
             "STS_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32))
@@ -283,7 +304,16 @@ def run_demo() -> int:
         _ok("GCP received a broker token for its provider's default audience:")
         _show_broker_token(str(exchanged.body["subject_token"]))
 
-        _step("Exchange 3: the same token again  →  served from the cache")
+        _step("Exchange 3: POST /token, audience=billing-azure  →  Azure")
+        azure_body = _exchange(url, token, "billing-azure")
+        _ok(f"mapping {azure_body['mapping']}, expires in {azure_body['expires_in']} s")
+        _detail("access_token", _mask(azure_body["access_token"], 6))
+        _detail("scope", azure_body.get("scope", "-"))
+        asked = next(r for r in entra.requests if r.path.endswith("/oauth2/v2.0/token"))
+        _ok("Entra received a broker token, matched to the app's federated credential:")
+        _show_broker_token(str(asked.body["client_assertion"]))
+
+        _step("Exchange 4: the same token again  →  served from the cache")
         aws_calls = len(aws.requests)
         again = _exchange(url, token, "orders-prod")
         same = again["aws_credentials"]["AccessKeyId"] == creds["AccessKeyId"]
@@ -307,8 +337,8 @@ def run_demo() -> int:
         _step("Shutting down")
     click.echo(
         click.style("\nDone", fg="green", bold=True)
-        + f" in {time.monotonic() - started:.1f} s: one AWS and one GCP exchange over real HTTP,"
-        " in broker mode."
+        + f" in {time.monotonic() - started:.1f} s: one AWS, one GCP and one Azure exchange over"
+        " real HTTP, in broker mode."
     )
-    click.echo("Next: README.md shows how to point zuplo-sts at real AWS and GCP accounts.")
+    click.echo("Next: README.md shows how to point zuplo-sts at real AWS, GCP and Azure accounts.")
     return 0

@@ -24,11 +24,13 @@ import yaml
 
 from sts.mappings.spec import (
     AWS_DURATION_RANGE,
+    DEFAULT_AZURE_SCOPE,
     DEFAULT_DURATION_SECONDS,
     DEFAULT_GCP_SCOPE,
     GCP_LIFETIME_RANGE,
     TOKEN_SOURCES,
     AwsTarget,
+    AzureTarget,
     GcpTarget,
     MappingSpec,
     TokenSource,
@@ -47,6 +49,10 @@ WIF_PROVIDER_PATTERN = re.compile(
 SERVICE_ACCOUNT_PATTERN = re.compile(
     r"[a-z0-9][a-z0-9-]{0,62}@[a-z0-9][a-z0-9.:-]{0,127}\.gserviceaccount\.com", re.ASCII
 )
+# A Microsoft Entra directory (tenant) or application (client) id: a GUID, 8-4-4-4-12 hex digits.
+GUID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.ASCII)
+# Entra's client credentials grant takes one scope: a resource's identifier + "/.default".
+AZURE_SCOPE_SUFFIX = "/.default"
 ENVIRONMENT_TYPES = ("production", "preview", "development", "*")
 # STS AssumeRoleWithWebIdentity: "The plain text that you use for both inline and managed
 # session policies can't exceed 2,048 characters."
@@ -65,9 +71,12 @@ MAPPING_KEYS = (
     "enabled",
     "aws",
     "gcp",
+    "azure",
 )
+PROVIDERS = ("aws", "gcp", "azure")
 AWS_KEYS = ("role_arn", "duration_seconds", "session_policy", "token", "session_tags")
 GCP_KEYS = ("workload_identity_provider", "service_account", "scopes", "lifetime_seconds", "token")
+AZURE_KEYS = ("tenant_id", "client_id", "scopes", "token")
 SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
 _GLOB_CHARS = frozenset("*?[]")
 # Controls (newlines and tabs too) and format characters (bidi overrides, zero-width joiners)
@@ -386,11 +395,14 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
         check.fail(check.line_of(doc, "enabled"), f"{where}.enabled", "must be true or false")
     description = check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
 
-    has_aws, has_gcp = doc.get("aws") is not None, doc.get("gcp") is not None
-    if has_aws == has_gcp:
-        check.fail(line, where, "exactly one of aws, gcp is required")
-    aws = _aws(check, doc["aws"], check.line_of(doc, "aws"), f"{where}.aws") if has_aws else None
-    gcp = _gcp(check, doc["gcp"], check.line_of(doc, "gcp"), f"{where}.gcp") if has_gcp else None
+    present = [key for key in PROVIDERS if doc.get(key) is not None]
+    if len(present) != 1:
+        check.fail(line, where, "exactly one of aws, gcp, azure is required")
+    (provider,) = present
+    part, part_line, part_path = doc[provider], check.line_of(doc, provider), f"{where}.{provider}"
+    aws = _aws(check, part, part_line, part_path) if provider == "aws" else None
+    gcp = _gcp(check, part, part_line, part_path) if provider == "gcp" else None
+    azure = _azure(check, part, part_line, part_path) if provider == "azure" else None
     return MappingSpec(
         name=name,
         account=account,
@@ -401,6 +413,7 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
         description=description,
         aws=aws,
         gcp=gcp,
+        azure=azure,
     )
 
 
@@ -512,6 +525,58 @@ def _gcp(check: _Checker, doc: Any, line: int | None, path: str) -> GcpTarget:
         lifetime_seconds=lifetime,
         token=check.token(doc, path),
     )
+
+
+def _azure(check: _Checker, doc: Any, line: int | None, path: str) -> AzureTarget:
+    check.mapping(doc, line, path, AZURE_KEYS)
+    ids = []
+    for key in ("tenant_id", "client_id"):
+        value = check.text(doc, key, path)
+        # Entra shows GUIDs in lower case; an upper-case copy is the same id.
+        if not GUID_PATTERN.fullmatch(value.lower()):
+            check.fail(
+                check.line_of(doc, key),
+                f"{path}.{key}",
+                "must be a GUID (8-4-4-4-12 hexadecimal digits, as the Azure portal shows it)",
+            )
+        ids.append(value.lower())
+    scopes: tuple[str, ...] = (DEFAULT_AZURE_SCOPE,)
+    if doc.get("scopes") is not None:
+        scopes = _azure_scopes(check, doc["scopes"], check.line_of(doc, "scopes"), f"{path}.scopes")
+    return AzureTarget(
+        tenant_id=ids[0], client_id=ids[1], scopes=scopes, token=check.token(doc, path)
+    )
+
+
+def _azure_scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[str, ...]:
+    """One resource's ``/.default`` scope: Entra's client credentials grant takes no other."""
+    if not isinstance(value, list) or not value:
+        check.fail(line, path, "must be a list of one <resource>/.default scope")
+    for index, scope in enumerate(value):
+        item_line = value.item_lines[index] if isinstance(value, _LList) else line
+        where = f"{path}[{index}]"
+        if not isinstance(scope, str):
+            check.fail(item_line, where, "must be a string")
+        check.printable(scope, item_line, where)
+        resource = scope.removesuffix(AZURE_SCOPE_SUFFIX)
+        if (
+            resource == scope
+            or not resource
+            or len(scope) > 2048
+            or any(char.isspace() for char in scope)
+        ):
+            check.fail(
+                item_line,
+                where,
+                "must be a resource followed by /.default (https://management.azure.com/.default)",
+            )
+        if index:
+            check.fail(
+                item_line,
+                where,
+                "one scope only: Entra issues a client credentials token for one resource",
+            )
+    return tuple(value)
 
 
 def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[str, ...]:

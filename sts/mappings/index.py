@@ -412,7 +412,8 @@ def check_request(
     """Check ``scope`` and ``requested_token_type`` against ``mapping``; return granted scopes.
 
     RFC 8693 section 2.1 and docs/reference.md section 2: ``scope`` is space-delimited
-    (RFC 6749 section 3.3); empty counts as absent. AWS mappings take no scope. A GCP mapping
+    (RFC 6749 section 3.3); empty counts as absent. AWS mappings take no scope; an Azure
+    mapping only its own (section 9). A GCP mapping
     grants what was asked if its scopes allow every token (plus the IAM scope when it
     impersonates nothing), or its own scopes when nothing was asked. An empty
     ``requested_token_type`` counts as absent.
@@ -422,6 +423,11 @@ def check_request(
     if requested_token_type and requested_token_type != issued:
         raise InvalidTarget(TOKEN_TYPE_NOT_AVAILABLE)
     requested = tuple(dict.fromkeys(t for t in (scope or "").split(" ") if t))
+    if mapping.azure is not None:
+        # Azure: what was asked must be the mapping's scope (one resource's /.default).
+        if any(token not in mapping.azure.scopes for token in requested):
+            raise InvalidScope(SCOPE_NOT_ALLOWED)
+        return requested or mapping.azure.scopes
     if mapping.gcp is None:
         if requested:
             raise InvalidScope(SCOPE_NOT_ALLOWED)

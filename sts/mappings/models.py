@@ -22,7 +22,7 @@ class RoleMapping(Base):
 
     __tablename__ = "role_mappings"
     __table_args__ = (
-        sa.CheckConstraint("provider IN ('aws', 'gcp')", name="provider"),
+        sa.CheckConstraint("provider IN ('aws', 'gcp', 'azure')", name="provider"),
         sa.CheckConstraint(
             "environment_type IN ('production', 'preview', 'development', '*')",
             name="environment_type",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
-Provider = Literal["aws", "gcp"]
+Provider = Literal["aws", "gcp", "azure"]
 #: What the cloud receives (docs/reference.md sections 4 and 8): a token zuplo-sts signs
 #: (``broker``) or the Zuplo token itself (``zuplo``, "pass-through").
 TokenSource = Literal["broker", "zuplo"]
@@ -22,6 +22,8 @@ ZUPLO: TokenSource = "zuplo"
 TOKEN_SOURCES: tuple[TokenSource, ...] = (BROKER, ZUPLO)
 
 DEFAULT_GCP_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+#: Azure Resource Manager (docs/reference.md section 9): the default scope of an Azure mapping.
+DEFAULT_AZURE_SCOPE = "https://management.azure.com/.default"
 IAM_SCOPE = "https://www.googleapis.com/auth/iam"
 AWS_DURATION_RANGE = (900, 43200)
 GCP_LIFETIME_RANGE = (600, 43200)
@@ -72,8 +74,34 @@ class GcpTarget:
 
 
 @dataclass(frozen=True)
+class AzureTarget:
+    """An Entra app registration or user-assigned managed identity (docs/reference.md
+    section 9); ``scopes`` name one resource, each ending in ``/.default``."""
+
+    tenant_id: str
+    client_id: str
+    scopes: tuple[str, ...] = (DEFAULT_AZURE_SCOPE,)
+    # None: the service's default, as for AwsTarget.token.
+    token: TokenSource | None = None
+
+    def to_document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {
+            "tenant_id": self.tenant_id,
+            "client_id": self.client_id,
+            "scopes": list(self.scopes),
+        }
+        if self.token is not None:
+            doc["token"] = self.token
+        return doc
+
+
+Target = AwsTarget | GcpTarget | AzureTarget
+
+
+@dataclass(frozen=True)
 class MappingSpec:
-    """One mapping, validated, defaults filled in. Exactly one of ``aws``/``gcp`` is set."""
+    """One mapping, validated, defaults filled in. Exactly one of ``aws``/``gcp``/``azure``
+    is set."""
 
     name: str
     account: str
@@ -84,16 +112,28 @@ class MappingSpec:
     description: str = ""
     aws: AwsTarget | None = None
     gcp: GcpTarget | None = None
+    azure: AzureTarget | None = None
 
     @property
     def provider(self) -> Provider:
-        return "aws" if self.aws is not None else "gcp"
+        if self.aws is not None:
+            return "aws"
+        return "gcp" if self.gcp is not None else "azure"
+
+    @property
+    def target(self) -> Target:
+        """The one cloud target that is set."""
+        target = self.aws or self.gcp or self.azure
+        assert target is not None
+        return target
 
     @property
     def targets(self) -> tuple[str, ...]:
         """Values a caller may name in ``resource`` to pick this mapping (reference section 2)."""
         if self.aws is not None:
             return (self.aws.role_arn,)
+        if self.azure is not None:
+            return (self.azure.client_id,)
         assert self.gcp is not None
         if self.gcp.service_account is not None:
             return (self.gcp.service_account,)
@@ -102,13 +142,13 @@ class MappingSpec:
     @property
     def token(self) -> TokenSource | None:
         """The target's ``token``; None until :meth:`with_default_token` resolved it."""
-        target = self.aws if self.aws is not None else self.gcp
-        assert target is not None
-        return target.token
+        return self.target.token
 
     def with_token(self, token: TokenSource | None) -> MappingSpec:
         if self.aws is not None:
             return replace(self, aws=replace(self.aws, token=token))
+        if self.azure is not None:
+            return replace(self, azure=replace(self.azure, token=token))
         assert self.gcp is not None
         return replace(self, gcp=replace(self.gcp, token=token))
 
@@ -137,6 +177,8 @@ class MappingSpec:
             doc["aws"] = self.aws.to_document()
         if self.gcp is not None:
             doc["gcp"] = self.gcp.to_document()
+        if self.azure is not None:
+            doc["azure"] = self.azure.to_document()
         return doc
 
     @cached_property

@@ -93,7 +93,7 @@ def _flatten(document: dict[str, Any]) -> dict[str, Any]:
     """File form to dotted leaves; a session policy and a scope list are single values."""
     flat: dict[str, Any] = {}
     for key, value in document.items():
-        if key in ("aws", "gcp") and isinstance(value, dict):
+        if key in ("aws", "gcp", "azure") and isinstance(value, dict):
             flat.update({f"{key}.{inner}": item for inner, item in value.items()})
         else:
             flat[key] = value
@@ -111,9 +111,7 @@ def field_changes(before: MappingSpec, after: MappingSpec) -> tuple[FieldChange,
 
 
 def _row_values(spec: MappingSpec) -> dict[str, Any]:
-    options = spec.aws.to_document() if spec.aws is not None else None
-    if spec.gcp is not None:
-        options = spec.gcp.to_document()
+    options = spec.target.to_document()
     return {
         "name": spec.name,
         "description": spec.description,

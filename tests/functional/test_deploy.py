@@ -69,9 +69,7 @@ def variables_in_table(text: str, heading: str) -> set[str]:
     return set(re.findall(r"^\| `(STS_[A-Z0-9_]+)` \|", section, flags=re.MULTILINE))
 
 
-NOT_YET_BUILT = {
-    "STS_AZURE_AUTHORITY_URL",
-}
+NOT_YET_BUILT: set[str] = set()
 
 
 def test_variable_lists_agree() -> None:
@@ -82,7 +80,7 @@ def test_variable_lists_agree() -> None:
     if contract.exists():  # the contract's copy beside the repository, when present
         contracted = variables_in_table(contract.read_text(), "## 5. Configuration")
         assert code <= contracted
-        # Broker mode and Azure are contracted but not built yet: this set shrinks as they land.
+        # What is contracted but not built yet (nothing now: Azure was the last).
         assert contracted - code == NOT_YET_BUILT
 
 

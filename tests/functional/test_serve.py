@@ -119,8 +119,14 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     assert re.search(r"sub +mapping:analytics-gcp\n", result.stdout)
     assert re.search(r"tag zuplo-project +my-project\n", result.stdout)
     assert "refused: InvalidIdentityToken" in result.stdout
-    # The demo shows credentials masked, never whole: no long secret-looking run of characters.
-    assert not re.search(r"[A-Za-z0-9_+-]{30,}", result.stdout), result.stdout
+    assert "billing-azure" in result.stdout
+    assert re.search(r"sub +mapping:billing-azure\n", result.stdout)
+    assert re.search(r"aud +api://AzureADTokenExchange\n", result.stdout)
+    assert "one AWS, one GCP and one Azure exchange" in result.stdout
+    # The demo shows credentials masked, never whole: no long secret-looking run of characters
+    # (the Azure tenant and client ids are GUIDs, not secrets).
+    shown = re.sub(r"\b[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}\b", "<guid>", result.stdout)
+    assert not re.search(r"[A-Za-z0-9_+-]{30,}", shown), result.stdout
     assert list(tmp_path.iterdir()) == []
 
 

@@ -38,6 +38,7 @@ def test_full_environment() -> None:
             "STS_AWS_ENDPOINT_URL": "http://localhost:5000",
             "STS_GCP_STS_URL": "http://[::1]:9000/v1/token",
             "STS_GCP_IAM_CREDENTIALS_URL": "http://127.0.0.2:9000/",
+            "STS_AZURE_AUTHORITY_URL": "http://127.0.0.3:9100/",
             "STS_REDIS_URL": "redis://127.0.0.1:6379/0",
             "STS_CACHE_ENCRYPTION_KEY": KEY.rstrip("="),
             "STS_LOG_FORMAT": "text",
@@ -48,6 +49,7 @@ def test_full_environment() -> None:
     assert settings.clock_skew_seconds == 30
     assert settings.cache_encryption_key == bytes(range(32))
     assert settings.gcp_iam_credentials_url == "http://127.0.0.2:9000"
+    assert settings.azure_authority_url == "http://127.0.0.3:9100"
     assert settings.log_format == "text"
     assert "cache_encryption_key" not in repr(settings)
 
@@ -73,6 +75,8 @@ def test_full_environment() -> None:
         ({"STS_AWS_ENDPOINT_URL": "http://sts.example.com"}, "STS_AWS_ENDPOINT_URL"),
         ({"STS_GCP_STS_URL": "sts.googleapis.com"}, "STS_GCP_STS_URL"),
         ({"STS_GCP_IAM_CREDENTIALS_URL": "http://10.0.0.1"}, "STS_GCP_IAM_CREDENTIALS_URL"),
+        ({"STS_AZURE_AUTHORITY_URL": "http://login.example.com"}, "STS_AZURE_AUTHORITY_URL"),
+        ({"STS_AZURE_AUTHORITY_URL": "login.microsoftonline.com"}, "STS_AZURE_AUTHORITY_URL"),
         ({"STS_REDIS_URL": "http://127.0.0.1:6379"}, "STS_REDIS_URL"),
         ({"STS_REDIS_URL": "redis://127.0.0.1:6379"}, "STS_CACHE_ENCRYPTION_KEY"),
         ({"STS_CACHE_ENCRYPTION_KEY": "short"}, "STS_CACHE_ENCRYPTION_KEY"),
