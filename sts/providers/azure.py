@@ -111,10 +111,11 @@ _CONNECTION = unavailable("azure", "ConnectionError", "could not connect to Entr
 class _UpstreamError(Exception):
     """An upstream failure, classified: the table row and the log-only cause."""
 
-    def __init__(self, outcome: Outcome, cause: str) -> None:
+    def __init__(self, outcome: Outcome, cause: str, request_id: str | None = None) -> None:
         super().__init__(outcome.description)
         self.outcome = outcome
         self.cause = cause
+        self.request_id = request_id
 
 
 class AzureProvider:
@@ -170,7 +171,7 @@ class AzureProvider:
         except _UpstreamError as failure:
             cause = f"Azure exchange failed: mapping={mapping.name} {failure.cause}"
             log.warning("%s", cause)
-            raise failure.outcome.error(cause) from None
+            raise failure.outcome.error(cause, request_id=failure.request_id) from None
         return Credentials(
             provider="azure",
             access_token=token,
@@ -207,7 +208,9 @@ class AzureProvider:
         body = _json(response.content)
         upstream_id = request_id(body.get("correlation_id")) if body else None
         if response.status_code != 200:
-            raise _failure(response, body, assertion)
+            failure = _failure(response, body, assertion)
+            failure.request_id = upstream_id
+            raise failure
         token = body.get("access_token") if body else None
         expires_in = body.get("expires_in") if body else None
         if isinstance(expires_in, str) and expires_in.isdigit():

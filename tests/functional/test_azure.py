@@ -19,14 +19,16 @@ from typing import Any
 import pytest
 import requests
 import sqlalchemy as sa
+from click.testing import CliRunner
 
+from sts.cli import cli
 from sts.db import Database
 from sts.db.models import IssuanceEvent
 from sts.dev.entra_emulator import EntraEmulator
 from sts.metrics import EXCHANGES
 from sts.protocol import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE, CLIENT_ASSERTION_TYPE
 from tests.conftest import AUDIENCE
-from tests.functional.conftest import Stack
+from tests.functional.conftest import Stack, seed
 from tests.functional.serving import free_port
 from tests.functional.test_deploy_azure import rendered_credential
 
@@ -136,24 +138,19 @@ class Azure:
         return self.stack.post(self.stack.token(project=project), **fields)
 
 
-@pytest.fixture
-def azure(stack_factory: Any, database_url: str, entra: EntraEmulator) -> Azure:
-    """The service in broker mode; the Entra tenant trusts its issuer for the mappings above,
-    and the Zuplo issuer for the pass-through one."""
-    port = free_port()
-    issuer = f"http://127.0.0.1:{port}"
+def trust(entra: EntraEmulator, issuer: str) -> None:
+    """The tenant, its apps and their federated credentials for the broker ``issuer``."""
     entra.tenants.pop(TENANT, None)
     entra.add_tenant(TENANT)
     for client in (BILLING, VAULT, OTHER_SUBJECT, WRONG_AUDIENCE, PASSED):
         entra.add_application(TENANT, client)
-    entra.add_federated_credential(TENANT, BILLING, issuer=issuer, subject="mapping:billing-azure")
-    entra.add_federated_credential(
-        TENANT, BILLING, issuer=issuer, subject="mapping:unknown-resource"
-    )
-    entra.add_federated_credential(TENANT, VAULT, issuer=issuer, subject="mapping:vault-azure")
-    entra.add_federated_credential(
-        TENANT, OTHER_SUBJECT, issuer=issuer, subject="mapping:someone-else"
-    )
+    for client, mapping in (
+        (BILLING, "billing-azure"),
+        (BILLING, "unknown-resource"),
+        (VAULT, "vault-azure"),
+        (OTHER_SUBJECT, "someone-else"),
+    ):
+        entra.add_federated_credential(TENANT, client, issuer=issuer, subject=f"mapping:{mapping}")
     entra.add_federated_credential(
         TENANT,
         WRONG_AUDIENCE,
@@ -161,14 +158,35 @@ def azure(stack_factory: Any, database_url: str, entra: EntraEmulator) -> Azure:
         subject="mapping:audience-azure",
         audience="api://SomethingElse",
     )
-    stack = stack_factory(
+
+
+def broker_stack(
+    stack_factory: Any,
+    database_url: str,
+    entra: EntraEmulator,
+    issuer: str,
+    port: int,
+    **extra: Any,
+) -> Stack:
+    stack: Stack = stack_factory(
         document=MAPPINGS,
         database_url=database_url,
         port=port,
         broker_issuer=issuer,
-        key_encryption_key=secrets.token_bytes(32),
         azure_authority_url=entra.authority_url,
+        **{"key_encryption_key": secrets.token_bytes(32), **extra},
     )
+    return stack
+
+
+@pytest.fixture
+def azure(stack_factory: Any, database_url: str, entra: EntraEmulator) -> Azure:
+    """The service in broker mode; the Entra tenant trusts its issuer for the mappings above,
+    and the Zuplo issuer for the pass-through one."""
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    trust(entra, issuer)
+    stack = broker_stack(stack_factory, database_url, entra, issuer, port)
     # The pass-through mapping: the Zuplo token as the assertion, its own issuer and audience.
     entra.add_federated_credential(
         TENANT,
@@ -391,3 +409,53 @@ def test_the_terraform_credential_admits_its_own_mapping_only(azure: Azure) -> N
     refused = azure.post("terraform-other")
     assert refused.status_code == 400
     assert refused.json()["error_description"].startswith("azure: AADSTS700213 - ")
+
+
+def test_two_replicas_on_one_redis_make_one_entra_call(
+    stack_factory: Any, database_url: str, entra: EntraEmulator
+) -> None:
+    """Reuse and single-flight across processes, as for AWS and GCP: both replicas share the
+    database (so the signing keys) and Redis; 12 concurrent requests over both, one call."""
+    port = free_port()
+    issuer = f"http://127.0.0.1:{port}"
+    trust(entra, issuer)
+    shared = {
+        "key_encryption_key": secrets.token_bytes(32),
+        "redis_url": "redis://127.0.0.1:6379/0",
+        "cache_encryption_key": secrets.token_bytes(32),
+    }
+    first = broker_stack(stack_factory, database_url, entra, issuer, port, **shared)
+    second = broker_stack(stack_factory, database_url, entra, issuer, free_port(), **shared)
+    seen = len(entra.requests)
+    # A deployment no earlier run used: a cold key in the shared Redis.
+    token = first.token(project="my-project", deployment=f"replicas-{secrets.token_hex(4)}")
+    with ThreadPoolExecutor(12) as pool:
+        answers = list(pool.map(lambda i: (first if i % 2 else second).post(token), range(12)))
+    assert {answer.status_code for answer in answers} == {200}, [a.text for a in answers]
+    assert len({answer.json()["access_token"] for answer in answers}) == 1
+    calls = [r for r in entra.requests[seen:] if r.path.endswith("/oauth2/v2.0/token")]
+    assert len(calls) == 1
+
+
+def test_explain_and_list_know_azure_mappings(database_url: str) -> None:
+    seed(database_url, MAPPINGS).dispose()
+    runner = CliRunner(env={"STS_DATABASE_URL": database_url})
+    claims = {
+        "account": "my-account",
+        "project": "vault",
+        "deployment": "d",
+        "environment_type": "production",
+    }
+    explained = runner.invoke(cli, ["explain", "--claims", json.dumps(claims)])
+    assert explained.exit_code == 0, explained.output
+    assert explained.output.splitlines()[0] == "chosen: vault-azure"
+    listed = runner.invoke(cli, ["mappings", "list"])
+    assert f"azure {VAULT}" in listed.output
+    as_json = runner.invoke(cli, ["mappings", "list", "--json"])
+    vault = next(doc for doc in json.loads(as_json.output) if doc["name"] == "vault-azure")
+    assert vault["azure"] == {
+        "tenant_id": TENANT,
+        "client_id": VAULT,
+        "scopes": ["https://vault.azure.net/.default"],
+        "token": "zuplo",  # the CLI runs without STS_BROKER_ISSUER
+    }
