@@ -83,6 +83,11 @@ MAPPINGS_PER_ACCOUNT = 8
 SERVER_WORKERS = 2
 # What each worker logs when its selection index is built (sts/mappings/live.py).
 INDEX_LOADED = '"msg":"mapping index loaded"'
+#: The isolation scenario: clients sending cold exchanges while the cached path is measured,
+#: and how long the AWS emulator holds each of their calls.
+ISOLATION_CALLERS = 16
+ISOLATION_DELAY_SECONDS = 1.0
+COLD_BODIES_ISOLATION = 2_000
 #: Distinct tokens of the fresh-token head-to-head: more than the verified-token cache holds.
 FRESH_TOKENS = VERIFIED_CACHE_SIZE + 2_000
 FRESH = "head-to-head fresh"
@@ -1038,6 +1043,82 @@ class Bench:
         finally:
             self.procs.stop(server)
 
+    def isolation(self, count: int) -> None:
+        """The cached path's tail while cold exchanges wait on a slow cloud beside it.
+
+        One ``sts serve`` (2 workers x 4 request threads); the cached load measured alone, then
+        again while :data:`ISOLATION_CALLERS` clients send identities never seen before, each
+        exchange held :data:`ISOLATION_DELAY_SECONDS` by the emulators (the request threads
+        wait on it; the cached answers should not).
+        """
+        assert self.aws is not None
+        log(f"isolation: cached path beside cold exchanges (AWS answering after "
+            f"{ISOLATION_DELAY_SECONDS:g} s)")  # fmt: skip
+        self.allow_service_accounts(count)
+        with self.database(f"isolation-{count}") as database_url:
+            load_mappings(database_url, generate_specs(count))
+            env = self.sts_env(database_url, redis=not self.args.no_redis)
+            server, url = self.start_server(
+                "granian", "isolation", env, ready_timeout=READY_TIMEOUT_SECONDS
+            )
+            try:
+                tag = secrets.token_hex(3)
+                body = self.cached_identity(count, tag)
+                self.warm_up(server, url, body, timeout=READY_TIMEOUT_SECONDS)
+                path = self.write_bodies("isolation", [body])
+                self.measure(url, path, duration=self.args.warmup)
+                alone, _ = self.measure(url, path)
+                self.add(Row("isolation", "cached path alone", count, alone, None))
+                cold = mint_bodies(self.issuer_, count, COLD_BODIES_ISOLATION, f"i{tag}", seed=4)
+                assert self.gcp is not None
+                self.aws.delay = self.gcp.delay = ISOLATION_DELAY_SECONDS
+                stop = threading.Event()
+                sent = Counter[int]()
+                callers = [
+                    threading.Thread(
+                        target=self._cold_caller,
+                        args=(url, cold[n::ISOLATION_CALLERS], stop, sent),
+                        daemon=True,
+                    )
+                    for n in range(ISOLATION_CALLERS)
+                ]
+                for caller in callers:
+                    caller.start()
+                try:
+                    time.sleep(ISOLATION_DELAY_SECONDS * 1.5)  # the request threads are busy
+                    beside, _ = self.measure(url, path)
+                finally:
+                    stop.set()
+                    for caller in callers:
+                        caller.join(timeout=ISOLATION_DELAY_SECONDS * 3)
+                    self.aws.delay = self.gcp.delay = 0.0
+                note = (
+                    f"{ISOLATION_CALLERS} cold callers, AWS answering after "
+                    f"{ISOLATION_DELAY_SECONDS:g} s: {sum(sent.values())} cold exchanges "
+                    f"({dict(sorted(sent.items()))} by status)"
+                )
+                self.add(Row("isolation", "cached path beside cold exchanges", count, beside,
+                             None, note))  # fmt: skip
+            finally:
+                self.procs.stop(server)
+
+    @staticmethod
+    def _cold_caller(
+        url: str, bodies: list[str], stop: threading.Event, sent: Counter[int]
+    ) -> None:
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        with http() as session:
+            for body in bodies:
+                if stop.is_set():
+                    return
+                try:
+                    status = session.post(
+                        url + "/token", data=body, headers=headers, timeout=30
+                    ).status_code
+                except requests.RequestException:
+                    status = 0
+                sent[status] += 1
+
     def profiled(self, server: Process, url: str, path: Path) -> None:
         """Measure while py-spy samples the two workers: collapsed stacks of one (summarised
         into the report) and a flame graph of the other."""
@@ -1158,6 +1239,8 @@ class Bench:
             for count in self.args.mappings:
                 self.run_mapping_count(count)
         self.head_to_head(self.args.head_to_head)
+        if not self.args.skip_isolation:
+            self.isolation(self.args.head_to_head)
         if not self.args.skip_multiprocess:
             self.single_flight()
 
@@ -1255,6 +1338,15 @@ def summary(report: Report) -> list[str]:
                         f"requests/s, p99 {row[1] / other[1]:.2f}x ({row[1]:.2f} ms vs "
                         f"{other[1]:.2f} ms)"
                     )
+    alone = report.find("isolation", "cached path alone")
+    beside = report.find("isolation", "cached path beside cold exchanges")
+    if alone is not None and beside is not None:
+        lines.append(
+            f"isolation: cached-path p99 {alone.load.p99_ms:.2f} ms alone, "
+            f"{beside.load.p99_ms:.2f} ms beside cold exchanges "
+            f"({beside.load.p99_ms - alone.load.p99_ms:+.2f} ms); req/s "
+            f"{beside.load.rps / alone.load.rps:.2f}x"
+        )
     counts = sorted(report.apply_seconds)
     if len(counts) > 1:
         low = report.find("cached", GRANIAN_4, counts[0])
@@ -1333,6 +1425,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true", help="py-spy one worker (cached path)")
     parser.add_argument(
         "--rounds", type=int, default=1, help="head-to-head rounds, interleaved; medians reported"
+    )
+    parser.add_argument(
+        "--skip-isolation", action="store_true", help="no cached-beside-cold measurement"
     )
     parser.add_argument("--out", type=Path, help="directory for logs and results")
     args = parser.parse_args(argv)

@@ -459,3 +459,32 @@ def test_explain_and_list_know_azure_mappings(database_url: str) -> None:
         "scopes": ["https://vault.azure.net/.default"],
         "token": "zuplo",  # the CLI runs without STS_BROKER_ISSUER
     }
+
+
+@pytest.mark.parametrize(
+    ("change", "line", "problem"),
+    [
+        ((TENANT, "72f988bf-86f1-41af-91ab"), 6, "tenant_id: must be a GUID"),
+        ((BILLING, "billing-app"), 7, "client_id: must be a GUID"),
+        ("      scopes: []\n", 8, "scopes: must be a list of one <resource>/.default scope"),
+        ("      scopes: [https://management.azure.com]\n", 8, "must be a resource followed by"),
+    ],
+)
+def test_bad_azure_values_are_exit_2_with_the_line_and_nothing_written(
+    database_url: str, tmp_path: Any, change: Any, line: int, problem: str
+) -> None:
+    text = MAPPINGS.split("  - name: vault-azure", maxsplit=1)[
+        0
+    ]  # billing-azure only, azure: on line 5
+    text = text.replace(*change) if isinstance(change, tuple) else text + change
+    path = tmp_path / "mappings.yaml"
+    path.write_text(text.removeprefix("\n"))
+    runner = CliRunner(env={"STS_DATABASE_URL": database_url})
+    assert runner.invoke(cli, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(cli, ["mappings", "apply", str(path)])
+    assert result.exit_code == 2, result.output
+    (message,) = result.output.strip().splitlines()
+    assert message.startswith(f"error: {path}:{line}: mappings[0].azure."), message
+    assert problem in message
+    listed = runner.invoke(cli, ["mappings", "list", "--json"])
+    assert json.loads(listed.output) == []
