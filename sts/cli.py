@@ -202,10 +202,52 @@ def _token_claims(value: str) -> dict[str, Any]:
 
 @cli.command()
 def demo() -> None:
-    """Run a complete local exchange (dev issuer, AWS and GCP emulators, SQLite), then exit."""
+    """Run a complete local exchange (dev issuer, AWS, GCP and Entra emulators, SQLite), then
+    exit. Reads no STS_* variable: everything is embedded."""
     from sts.dev.demo import run_demo
 
     sys.exit(run_demo())
+
+
+@cli.group(invoke_without_command=True)
+@click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
+@click.pass_context
+def dev(context: click.Context, port: int) -> None:
+    """A local sandbox that stays up until Ctrl-C: a Zuplo-like issuer, the AWS, GCP and Entra
+    emulators and `sts serve` in broker mode on 127.0.0.1:PORT with example mappings; prints
+    the URLs and a curl to paste. `sts dev token` prints a token it accepts.
+
+    Reads no STS_* variable (ZUPLO_STS_DEV_STATE: where the running sandbox leaves its state)."""
+    if context.invoked_subcommand is None:
+        from sts.dev.sandbox import run_sandbox
+
+        sys.exit(run_sandbox(port))
+
+
+@dev.command("token")
+@click.option("--account", default="my-account", show_default=True)
+@click.option("--project", default="my-project", show_default=True)
+@click.option("--deployment", default="copper-bedbug-main-53c4947", show_default=True)
+@click.option(
+    "--environment-type",
+    type=click.Choice(["production", "preview", "development"]),
+    default="production",
+    show_default=True,
+)
+@click.option("--audience", default=None, help="default: the sandbox's STS_AUDIENCE")
+@click.option("--lifetime", type=click.IntRange(60, 86400), default=3600, show_default=True)
+def dev_token(  # noqa: PLR0917 - one option each
+    account: str,
+    project: str,
+    deployment: str,
+    environment_type: str,
+    audience: str | None,
+    lifetime: int,
+) -> None:
+    """Print an ID token from the running sandbox's issuer (exit 1 when none is running)."""
+    from sts.dev.sandbox import mint_dev_token
+
+    click.echo(mint_dev_token(account, project, deployment, environment_type, audience, lifetime))
 
 
 def main() -> None:

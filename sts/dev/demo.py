@@ -20,14 +20,21 @@ import secrets
 import tempfile
 import time
 from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import requests
 
 from sts.dev.serving import free_port, sts_serve_process
 from sts.protocol import AWS_BROKER_AUDIENCE, ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+
+if TYPE_CHECKING:
+    from sts.dev.aws_emulator import AwsEmulator
+    from sts.dev.entra_emulator import EntraEmulator
+    from sts.dev.gcp_emulator import GcpEmulator
+    from sts.dev.issuer import DevIssuer
 
 DEMO_AUDIENCE = "https://sts.demo.localhost"
 WIP = (
@@ -149,8 +156,88 @@ def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
     return body
 
 
+@dataclass
+class World:
+    """What ``sts demo`` and ``sts dev`` start before the service: the issuer, the emulators
+    trusting only the service's own broker issuer, a migrated SQLite database with
+    :data:`MAPPINGS`, and the service's environment."""
+
+    issuer: DevIssuer
+    aws: AwsEmulator
+    gcp: GcpEmulator
+    entra: EntraEmulator
+    env: dict[str, str]
+    database_url: str
+    diff: str
+    mapping_names: list[str] = field(default_factory=list)
+
+
+def start_world(
+    stack: ExitStack,
+    emulator: type[AwsEmulator],
+    *,
+    broker_issuer: str,
+    audience: str,
+    workdir: Path,
+) -> World:
+    """Start everything but the service, each stopped by ``stack``."""
+    from sts.db import Database
+    from sts.dev.entra_emulator import EntraEmulator
+    from sts.dev.gcp_emulator import GcpEmulator
+    from sts.dev.issuer import DevIssuer
+    from sts.mappings.document import parse_document
+    from sts.mappings.store import apply_specs
+
+    issuer = stack.enter_context(DevIssuer())
+    aws = stack.enter_context(emulator())
+    provider = aws.iam.add_oidc_provider(broker_issuer, [AWS_BROKER_AUDIENCE])
+    aws.iam.set_trust_policy(ROLE_ARN, _trust_policy(provider.arn, provider.url))
+    gcp = stack.enter_context(GcpEmulator())
+    # Google's default audience; keys through the issuer's discovery document.
+    gcp.add_provider(WIP, broker_issuer, None, [])
+    gcp.allow_service_account(SERVICE_ACCOUNT, WIP)
+    entra = stack.enter_context(EntraEmulator())
+    entra.add_tenant(AZURE_TENANT)
+    entra.add_application(AZURE_TENANT, AZURE_CLIENT)
+    entra.add_federated_credential(
+        AZURE_TENANT, AZURE_CLIENT, issuer=broker_issuer, subject="mapping:billing-azure"
+    )
+
+    database_url = f"sqlite:///{workdir / 'sts.db'}"
+    database = Database(database_url)
+    try:
+        database.upgrade()
+        specs = parse_document(MAPPINGS, "demo-mappings.yaml")
+        with database.session() as session:
+            diff = apply_specs(
+                session, specs, prune=False, dry_run=False, actor="demo", source="demo"
+            )
+    finally:
+        database.dispose()
+    env = {
+        **os.environ,
+        "STS_DATABASE_URL": database_url,
+        "STS_AUDIENCE": audience,
+        "STS_TRUSTED_ISSUERS": issuer.url,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
+        "STS_GCP_STS_URL": gcp.sts_url,
+        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
+        "STS_AZURE_AUTHORITY_URL": entra.authority_url,
+        "STS_LOG_FORMAT": "json",
+        "STS_BROKER_ISSUER": broker_issuer,
+        "STS_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32))
+        .decode()
+        .rstrip("="),
+    }
+    for name in ("STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY", "STS_SIGNING_KMS_KEY_IDS"):
+        env.pop(name, None)
+    names = [spec.name for spec in specs]
+    return World(issuer, aws, gcp, entra, env, database_url, diff.render(), names)
+
+
 def run_demo() -> int:
-    """Run the demonstration; 0 when both exchanges succeeded."""
+    """Run the demonstration; 0 when every exchange succeeded."""
     try:
         from sts.dev.aws_emulator import AwsEmulator
     except ImportError:
@@ -159,11 +246,6 @@ def run_demo() -> int:
         )
         return 1
     from sts.db import Database
-    from sts.dev.entra_emulator import EntraEmulator
-    from sts.dev.gcp_emulator import GcpEmulator
-    from sts.dev.issuer import DevIssuer
-    from sts.mappings.document import parse_document
-    from sts.mappings.store import apply_specs
 
     started = time.monotonic()
     click.echo(
@@ -177,64 +259,23 @@ def run_demo() -> int:
         broker_issuer = f"http://127.0.0.1:{port}"
 
         _step("Starting the outside world")
-        issuer = stack.enter_context(DevIssuer())
+        world = start_world(
+            stack, AwsEmulator, broker_issuer=broker_issuer, audience=DEMO_AUDIENCE, workdir=workdir
+        )
+        issuer, aws, gcp, entra = world.issuer, world.aws, world.gcp, world.entra
         _ok(f"Zuplo-like issuer        {issuer.url}")
-        aws = stack.enter_context(AwsEmulator())
-        provider = aws.iam.add_oidc_provider(broker_issuer, [AWS_BROKER_AUDIENCE])
-        aws.iam.set_trust_policy(ROLE_ARN, _trust_policy(provider.arn, provider.url))
         _ok(f"AWS STS emulator (moto)  {aws.endpoint_url}")
         _detail("IAM OIDC provider", f"{broker_issuer} (client ID {AWS_BROKER_AUDIENCE})")
         _detail("role trusts", "sub mapping:orders-prod, tag zuplo-account my-account")
-        gcp = stack.enter_context(GcpEmulator())
-        # Google's default audience; keys through the issuer's discovery document.
-        gcp.add_provider(WIP, broker_issuer, None, [])
-        gcp.allow_service_account(SERVICE_ACCOUNT, WIP)
         _ok(f"GCP STS + IAM emulator   {gcp.iam_url}")
         _detail("pool provider issuer", broker_issuer)
-        entra = stack.enter_context(EntraEmulator())
-        entra.add_tenant(AZURE_TENANT)
-        entra.add_application(AZURE_TENANT, AZURE_CLIENT)
-        entra.add_federated_credential(
-            AZURE_TENANT, AZURE_CLIENT, issuer=broker_issuer, subject="mapping:billing-azure"
-        )
         _ok(f"Microsoft Entra emulator {entra.authority_url}")
         _detail("federated credential", f"issuer {broker_issuer}, subject mapping:billing-azure")
 
         _step("Preparing the mapping database (SQLite)")
-        database_url = f"sqlite:///{workdir / 'sts.db'}"
-        database = Database(database_url)
-        database.upgrade()
-        with database.session() as session:
-            diff = apply_specs(
-                session,
-                parse_document(MAPPINGS, "demo-mappings.yaml"),
-                prune=False,
-                dry_run=False,
-                actor="demo",
-                source="demo",
-            )
-        database.dispose()
-        for line in diff.render().splitlines():
+        for line in world.diff.splitlines():
             _ok(line)
-
-        env = {
-            **os.environ,
-            "STS_DATABASE_URL": database_url,
-            "STS_AUDIENCE": DEMO_AUDIENCE,
-            "STS_TRUSTED_ISSUERS": issuer.url,
-            "STS_ALLOW_HTTP_LOOPBACK": "true",
-            "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-            "STS_GCP_STS_URL": gcp.sts_url,
-            "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-            "STS_AZURE_AUTHORITY_URL": entra.authority_url,
-            "STS_LOG_FORMAT": "json",
-            "STS_BROKER_ISSUER": broker_issuer,
-            "STS_KEY_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32))
-            .decode()
-            .rstrip("="),
-        }
-        for name in ("STS_REDIS_URL", "STS_CACHE_ENCRYPTION_KEY", "STS_SIGNING_KMS_KEY_IDS"):
-            env.pop(name, None)
+        env, database_url = world.env, world.database_url
 
         _step("Starting `sts serve` in broker mode (granian, 1 worker)")
         url = stack.enter_context(sts_serve_process(env, port, workdir / "serve.log"))

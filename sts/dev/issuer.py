@@ -163,20 +163,7 @@ class DevIssuer:
         **overrides: Any,
     ) -> dict[str, Any]:
         """Claims like a Zuplo ID token's; ``overrides`` replace or add claims."""
-        now = int(time.time())
-        claims: dict[str, Any] = {
-            "iss": self.url,
-            "sub": "atcl_" + "8GLgIDYRw38Jqg0tHR8tiZfh",
-            "aud": audience,
-            "iat": now,
-            "exp": now + lifetime,
-            "account": "my-account",
-            "project": "my-project",
-            "deployment": "copper-bedbug-main-53c4947",
-            "environment_type": "production",
-        }
-        claims.update(overrides)
-        return claims
+        return dev_claims(self.url, audience, lifetime=lifetime, **overrides)
 
     def mint(
         self,
@@ -192,11 +179,10 @@ class DevIssuer:
         payload = dict(claims) if claims is not None else self.claims(**overrides)
         for name in drop:
             payload.pop(name, None)
-        hdr = {"alg": "RS256", "typ": "JWT", "kid": key.kid}
-        if header is not None:
-            hdr = header
+        if header is None:
+            return compact_rs256(key, payload)
         return self.sign(
-            json.dumps(hdr, separators=(",", ":")).encode(),
+            json.dumps(header, separators=(",", ":")).encode(),
             json.dumps(payload, separators=(",", ":")).encode(),
             key=key,
         )
@@ -206,3 +192,31 @@ class DevIssuer:
         key = key or self.key
         signing_input = f"{b64url(header)}.{b64url(payload)}".encode("ascii")
         return signing_input.decode("ascii") + "." + b64url(key.sign(signing_input))
+
+
+def dev_claims(
+    issuer: str, audience: str | list[str], *, lifetime: int = 36000, **overrides: Any
+) -> dict[str, Any]:
+    """Claims like a Zuplo ID token's from ``issuer``; ``overrides`` replace or add claims."""
+    now = int(time.time())
+    claims: dict[str, Any] = {
+        "iss": issuer,
+        "sub": "atcl_" + "8GLgIDYRw38Jqg0tHR8tiZfh",
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime,
+        "account": "my-account",
+        "project": "my-project",
+        "deployment": "copper-bedbug-main-53c4947",
+        "environment_type": "production",
+    }
+    claims.update(overrides)
+    return claims
+
+
+def compact_rs256(key: SigningKey, claims: dict[str, Any]) -> str:
+    """``claims`` signed with ``key``: a compact JWS, header ``alg`` RS256, ``typ`` JWT, its kid."""
+    header = json.dumps({"alg": "RS256", "typ": "JWT", "kid": key.kid}, separators=(",", ":"))
+    payload = json.dumps(claims, separators=(",", ":"))
+    signing_input = f"{b64url(header.encode())}.{b64url(payload.encode())}".encode("ascii")
+    return signing_input.decode("ascii") + "." + b64url(key.sign(signing_input))

@@ -1,0 +1,236 @@
+"""``sts dev`` and ``sts dev token`` as processes (README "Try it"): the sandbox stays up, the
+printed curl performs a real exchange, every mapping's cloud answers, and Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+from tests.functional.serving import free_port
+
+STS = [sys.executable, "-m", "sts"]
+
+
+@dataclass
+class Sandbox:
+    process: subprocess.Popen[str]
+    url: str
+    env: dict[str, str]
+    state: Path
+    output: list[str] = field(default_factory=list)
+    reader: threading.Thread | None = None
+
+    def text(self) -> str:
+        return "".join(self.output)
+
+    def token(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*STS, "dev", "token", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+
+def clean_env(state: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    return {**env, "ZUPLO_STS_DEV_STATE": str(state)}
+
+
+def start(tmp_path: Path, port: int) -> Sandbox:
+    state = tmp_path / "state.json"
+    env = clean_env(state)
+    process = subprocess.Popen(
+        [*STS, "dev", "--port", str(port)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    sandbox = Sandbox(process, f"http://127.0.0.1:{port}", env, state)
+
+    def read() -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            sandbox.output.append(line)
+
+    sandbox.reader = threading.Thread(target=read, daemon=True)
+    sandbox.reader.start()
+    deadline = time.monotonic() + 60
+    while "--data-urlencode" not in sandbox.text():
+        assert process.poll() is None, sandbox.text()
+        assert time.monotonic() < deadline, sandbox.text()
+        time.sleep(0.1)
+    return sandbox
+
+
+def stop(sandbox: Sandbox) -> int:
+    sandbox.process.send_signal(signal.SIGINT)
+    try:
+        return sandbox.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        sandbox.process.kill()
+        sandbox.process.wait()
+        raise
+    finally:
+        close(sandbox)
+
+
+def close(sandbox: Sandbox) -> None:
+    """The output pipe, once the reader saw its end."""
+    if sandbox.reader is not None:
+        sandbox.reader.join(timeout=10)
+    if sandbox.process.stdout is not None:
+        sandbox.process.stdout.close()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    running = start(tmp_path, free_port())
+    try:
+        yield running
+    finally:
+        if running.process.poll() is None:
+            stop(running)
+        close(running)
+
+
+def the_printed_curl(text: str) -> str:
+    found = re.search(r"^curl -s .*?subject_token=\$\(sts dev token\)\"$", text, re.M | re.S)
+    assert found is not None, text
+    return found.group(0)
+
+
+def test_the_printed_curl_is_a_real_exchange(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = sandbox.text()
+    for name in ("Zuplo-like issuer", "AWS STS emulator", "GCP STS", "Entra emulator"):
+        assert name in text
+    command = the_printed_curl(text)
+    # `sts` as the newcomer has it on PATH: this interpreter's, through a shim.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    shim = bin_dir / "sts"
+    shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sts "$@"\n')
+    shim.chmod(0o755)
+    env = {**sandbox.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(
+        ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert '"mapping":"orders-prod"' in done.stdout, done.stdout
+    assert '"aws_credentials"' in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("audience", "field_name"),
+    [("orders-prod", "aws_credentials"), ("analytics-gcp", "scope"), ("billing-azure", "scope")],
+)
+def test_every_mapping_exchanges_a_dev_token(
+    sandbox: Sandbox, audience: str, field_name: str
+) -> None:
+    minted = sandbox.token("--deployment", f"dev-{audience}")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert token.count(".") == 2
+    answer = requests.post(
+        sandbox.url + "/token",
+        data={
+            "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
+            "subject_token_type": ID_TOKEN_TYPE,
+            "subject_token": token,
+            "audience": audience,
+        },
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["mapping"] == audience
+    assert field_name in answer.json()
+
+
+def test_dev_token_options_shape_the_identity(sandbox: Sandbox) -> None:
+    minted = sandbox.token("--account", "someone-else", "--environment-type", "preview")
+    assert minted.returncode == 0, minted.stderr
+    answer = requests.post(
+        sandbox.url + "/token",
+        data={
+            "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
+            "subject_token_type": ID_TOKEN_TYPE,
+            "subject_token": minted.stdout.strip(),
+        },
+        timeout=30,
+    )
+    # No mapping binds another account: the service says so, as it would in production.
+    assert answer.status_code == 400
+    assert answer.json()["error"] == "unauthorized_client"
+    wrong = sandbox.token("--audience", "https://someone-else.example")
+    assert wrong.returncode == 0
+    refused = requests.post(
+        sandbox.url + "/token",
+        data={
+            "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
+            "subject_token_type": ID_TOKEN_TYPE,
+            "subject_token": wrong.stdout.strip(),
+        },
+        timeout=30,
+    )
+    assert refused.json()["error_description"] == "audience not accepted"
+    bad = sandbox.token("--environment-type", "staging")
+    assert bad.returncode == 2
+
+
+def test_a_second_sandbox_on_the_same_state_is_exit_1(sandbox: Sandbox) -> None:
+    again = subprocess.run(
+        [*STS, "dev", "--port", str(free_port())],
+        env=sandbox.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 1
+    assert "already running" in again.stderr
+
+
+def test_ctrl_c_stops_everything_and_removes_the_state(sandbox: Sandbox) -> None:
+    assert sandbox.state.exists()
+    assert sandbox.state.stat().st_mode & 0o077 == 0  # it holds the issuer's private key
+    assert stop(sandbox) == 0
+    with pytest.raises(requests.ConnectionError):
+        requests.get(sandbox.url + "/healthz", timeout=2)
+    assert not sandbox.state.exists()
+    after = sandbox.token()
+    assert after.returncode == 1
+    assert "no sts dev sandbox is running" in after.stderr
+
+
+def test_a_taken_port_is_exit_1_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run(
+            [*STS, "dev", "--port", str(port)],
+            env=clean_env(tmp_path / "state.json"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}")
