@@ -387,3 +387,19 @@ def configure(log_format: str, level: int = logging.INFO) -> None:
     # At DEBUG these libraries print request bodies, which hold the subject token.
     for noisy in ("botocore", "boto3", "urllib3", "google", "requests"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def granian_config(log_format: str) -> dict[str, Any]:
+    """granian's ``log_dictconfig``: its own lines (start-up, workers, shutdown) in the
+    service's format on stderr, so that with ``json`` every line the server writes is one JSON
+    object (granian's default is plain ``[INFO] ...`` text on stdout)."""
+    formatter = "sts.logs.JsonFormatter" if log_format == "json" else "sts.logs.TextFormatter"
+    handler = {"class": "logging.StreamHandler", "formatter": "sts", "stream": "ext://sys.stderr"}
+    quiet = {"handlers": ["sts"], "level": "INFO", "propagate": False}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"sts": {"()": formatter}},
+        "handlers": {"sts": handler},
+        "loggers": {"_granian": quiet, "granian.access": dict(quiet)},
+    }

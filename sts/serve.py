@@ -21,7 +21,7 @@ import click
 
 from sts import logs
 from sts.config import ConfigError, Settings
-from sts.db import Database
+from sts.db import Database, describe_failure
 
 log = logging.getLogger("sts.serve")
 
@@ -31,11 +31,19 @@ THREADS_VARIABLE = "_ZUPLO_STS_REQUEST_THREADS"
 
 
 def prepare_database(settings: Settings) -> None:
-    """Migrate an SQLite database on first start; other databases are migrated by operators."""
+    """Migrate an SQLite database on first start; other databases are migrated by operators,
+    and one that is not (or cannot be reached) is named in a warning."""
     database = Database(settings.database_url)
     try:
         if database.url.get_backend_name() == "sqlite":
             database.upgrade()
+            return
+        try:
+            database.require_current()
+        except Exception as exc:
+            # The server starts anyway (a migration Job may be on its way); /readyz says the
+            # same until the database is usable.
+            log.warning("%s (/readyz answers 503 until then)", describe_failure(exc))
     finally:
         database.dispose()
 
@@ -166,6 +174,7 @@ def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
         backpressure=CONNECTIONS_PER_WORKER,
         workers=workers,
         log_access=False,
+        log_dictconfig=logs.granian_config(settings.log_format),
         respawn_failed_workers=True,
     )
     server.serve()

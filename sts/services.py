@@ -13,7 +13,7 @@ from sts.audit import AuditRecorder
 from sts.broker.service import Broker
 from sts.cache import CredentialCache, RedisTier
 from sts.config import Settings
-from sts.db import Database
+from sts.db import Database, describe_failure
 from sts.exchange import Exchanger
 from sts.identity.jwks import JWKSRegistry
 from sts.identity.verifier import TokenVerifier
@@ -162,9 +162,9 @@ class Services:
         try:
             self._ping()
         except Exception as exc:
-            return False, f"database unavailable: {type(exc).__name__}"
+            return False, describe_failure(exc)
         if not self.mappings.loaded:
-            return False, "mapping index not loaded yet"
+            return False, self.mappings.last_error or "mapping index not loaded yet"
         if self.broker is not None and not self.broker.ready:
             return False, self.broker.last_error or "signing key not loaded yet"
         return self.registry.ready()

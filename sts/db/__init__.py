@@ -43,6 +43,28 @@ class NotMigratedError(RuntimeError):
         self.head = head
 
 
+def driver_reason(exc: BaseException) -> str:
+    """First line of the driver's message (``database "x" does not exist``): SQLAlchemy's own
+    text adds the SQL and its parameters. Never a password: the drivers do not print them."""
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    return lines[0] if lines else type(cause).__name__
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for ``/readyz`` and the log: what is wrong with the database and what to do."""
+    if isinstance(exc, NotMigratedError):
+        return str(exc)
+    if isinstance(exc, sa.exc.DBAPIError):
+        reason = driver_reason(exc)
+        # A missing table (PostgreSQL's UndefinedTable, SQLite's "no such table"): the schema
+        # was never migrated.
+        if type(exc.orig).__name__ == "UndefinedTable" or reason.startswith("no such table"):
+            return "database not migrated: run sts db upgrade"
+        return f"database unavailable: {reason}"
+    return f"database unavailable: {type(exc).__name__}"
+
+
 def migrations_dir() -> Path:
     """The Alembic scripts, found as the ``sts._migrations`` package.
 

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic.util.exc import CommandError
 
 from sts.config import ConfigError, Settings
-from sts.db import Database, NotMigratedError
+from sts.db import Database, NotMigratedError, driver_reason
 from sts.mappings.document import MappingFileError
 
 SOURCE = "cli"
@@ -28,13 +28,6 @@ T = TypeVar("T")
 def fail(message: str, code: int) -> NoReturn:
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
-
-
-def _reason(exc: BaseException) -> str:
-    """First line of the driver's message: SQLAlchemy's own text adds SQL and parameters."""
-    cause = getattr(exc, "orig", None) or exc
-    lines = str(cause).strip().splitlines()
-    return lines[0] if lines else type(cause).__name__
 
 
 def cli_settings() -> Settings:
@@ -57,7 +50,7 @@ def open_database() -> Iterator[Database]:
         try:
             database.ping()
         except sa.exc.SQLAlchemyError as exc:
-            fail(f"database unreachable: {_reason(exc)}", 1)
+            fail(f"database unreachable: {driver_reason(exc)}", 1)
         yield database
     finally:
         database.dispose()
@@ -70,9 +63,9 @@ def guard(action: Callable[[], T]) -> T:
     except NotMigratedError as exc:
         fail(str(exc), 1)
     except sa.exc.SQLAlchemyError as exc:
-        fail(f"database error: {_reason(exc)}", 1)
+        fail(f"database error: {driver_reason(exc)}", 1)
     except CommandError as exc:
-        fail(f"migration failed: {_reason(exc)}", 1)
+        fail(f"migration failed: {driver_reason(exc)}", 1)
     except MappingFileError as exc:
         # Only a stored row can fail here (files are parsed before the database is touched).
         fail(f"stored mapping invalid: {exc}", 1)

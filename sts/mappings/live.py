@@ -20,7 +20,7 @@ import threading
 import weakref
 from collections.abc import Callable
 
-from sts.db import Database
+from sts.db import Database, describe_failure
 from sts.errors import TemporarilyUnavailable
 from sts.mappings import store
 from sts.mappings.index import MappingIndex
@@ -92,9 +92,9 @@ class LiveMappings:
                     )
                     log.info("mapping index loaded", extra={"revision": revision})
             except Exception as exc:
-                self.last_error = f"database unavailable: {type(exc).__name__}"
+                self.last_error = describe_failure(exc)
                 if not self._failing:
-                    log.warning("mapping refresh failed: %s", type(exc).__name__)
+                    log.warning("mapping refresh failed: %s", self.last_error)
                 self._failing = True
             else:
                 self._failing = False
