@@ -75,7 +75,8 @@ def serve(host: str, port: int, workers: int, threads: int) -> None:
     "--token",
     "token",
     default=None,
-    help="A real ID token (or @FILE, or - for stdin); its claims are read, not its signature.",
+    help="A real ID token (or @FILE, or - for stdin): verified as POST /token verifies it "
+    "(the issuer's JWKS fetched), then its claims explained.",
 )
 @click.option("--audience", default=None, help="Mapping name (or GCP provider) to ask for.")
 @click.option("--resource", default=None, help="Target to ask for (role ARN, SA email, WIP).")
@@ -89,8 +90,13 @@ def explain(
 ) -> None:
     """Which mapping would be chosen for these claims, and why each other one was not.
 
-    Give the claims with --claims, or a token with --token: explain reads the token's claims
-    (strictly parsed, signature NOT verified: this is a diagnosis, not an authorisation).
+    Give the claims with --claims, or a token with --token. A token is first verified as the
+    service verifies it (signature against the issuer's JWKS, issuer, audience, expiry, claims):
+    a token the service would refuse is "chosen: none (invalid_request)" and the reason; when the
+    keys cannot be fetched, explain says the token was not verified and explains its claims.
+
+    Reads STS_DATABASE_URL, and for --token STS_TRUSTED_ISSUERS, STS_AUDIENCE,
+    STS_CLOCK_SKEW_SECONDS and STS_ALLOW_HTTP_LOOPBACK.
     """
     import json
 
@@ -104,7 +110,14 @@ def explain(
         click.echo("error: give exactly one of --claims or --token", err=True)
         sys.exit(2)
     option = "--claims" if token is None else "--token"
-    claims = _token_claims(token) if token is not None else _json_claims(claims_json or "")
+    verdict: dict[str, Any] | None = None
+    if token is not None:
+        token, claims = _token_claims(token)
+        verdict = _verify(settings, token)
+        if verdict["accepted"] is False:
+            _refused(verdict, as_json)
+    else:
+        claims = _json_claims(claims_json or "")
     for name in ("account", "project", "deployment", "environment_type"):
         if not isinstance(claims.get(name), str) or not claims[name]:
             click.echo(f"error: {option}: {name} must be a non-empty string", err=True)
@@ -131,13 +144,56 @@ def explain(
         revision, specs = guard(lambda: store.load(database))
     result = MappingIndex(specs, revision=revision).explain(principal, audience, resource)
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        doc = result.to_dict()
+        if verdict is not None:
+            doc["token"] = verdict
+        click.echo(json.dumps(doc, indent=2))
     else:
         click.echo(result.summary)
+        if verdict is not None:
+            click.echo(f"  token: {verdict['reason']}")
         for candidate in result.candidates:
             mark = "✓" if candidate.matched else "✗"
             click.echo(f"  {mark} {candidate.name}: {candidate.reason}")
     sys.exit(0 if result.chosen is not None else 1)
+
+
+def _verify(settings: Settings, token: str) -> dict[str, Any]:
+    """What ``POST /token`` would make of the token itself: ``accepted`` True (verified),
+    False (refused: ``error`` and the service's ``reason``) or None (could not be verified)."""
+    from sts.errors import OAuthError, TemporarilyUnavailable
+    from sts.identity.jwks import JWKSRegistry
+    from sts.identity.verifier import TokenVerifier
+
+    if not settings.audiences:
+        return {"accepted": None, "error": None, "reason": "not verified: STS_AUDIENCE is not set"}
+    registry = JWKSRegistry(settings)
+    try:
+        for cache in registry.caches():
+            cache.refresh()  # bounded by the fetch's own time-outs
+        TokenVerifier(settings, registry).verify(token)
+    except TemporarilyUnavailable as exc:
+        reason = f"not verified: the issuer's keys could not be fetched ({exc.cause or exc})"
+        return {"accepted": None, "error": None, "reason": reason}
+    except OAuthError as exc:
+        return {"accepted": False, "error": exc.error, "reason": exc.description}
+    finally:
+        registry.stop()
+    return {"accepted": True, "error": None, "reason": "accepted (signature, issuer, audience, "
+            "expiry and claims verified as POST /token verifies them)"}  # fmt: skip
+
+
+def _refused(verdict: dict[str, Any], as_json: bool) -> None:
+    """The token itself would be refused: no mapping is looked at (exit 1)."""
+    import json
+
+    if as_json:
+        doc = {"chosen": None, "error": verdict["error"], "candidates": [], "token": verdict}
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        click.echo(f"chosen: none ({verdict['error']})")
+        click.echo(f"  token refused: {verdict['reason']}")
+    sys.exit(1)
 
 
 def _json_claims(text: str) -> dict[str, Any]:
@@ -176,8 +232,9 @@ def _nesting(value: object) -> int:
     return deepest
 
 
-def _token_claims(value: str) -> dict[str, Any]:
-    """The payload of a compact JWS, decoded as strictly as the service decodes it."""
+def _token_claims(value: str) -> tuple[str, dict[str, Any]]:
+    """The token (read from @FILE or stdin when asked) and its payload, decoded as strictly as
+    the service decodes it."""
     from sts.identity.jwks import JWKSError, decode_b64url, loads_json_object
 
     if value == "-":
@@ -194,7 +251,7 @@ def _token_claims(value: str) -> dict[str, Any]:
         click.echo("error: --token: not a compact JWS (three dot-separated parts)", err=True)
         sys.exit(2)
     try:
-        return loads_json_object(decode_b64url(parts[1]))
+        return value.strip(), loads_json_object(decode_b64url(parts[1]))
     except JWKSError:
         click.echo("error: --token: payload is not base64url-encoded JSON", err=True)
         sys.exit(2)

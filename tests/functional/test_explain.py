@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
 from sts.cli import cli
 from sts.dev.issuer import DevIssuer
+from tests.conftest import AUDIENCE
 from tests.functional.conftest import seed
+from tests.functional.serving import free_port
+from tests.phrases import AUDIENCE_NOT_ACCEPTED, SIGNATURE_INVALID, TOKEN_EXPIRED
 
 CLAIMS = {
     "account": "my-account",
@@ -131,3 +135,81 @@ def test_claims_nested_one_hundred_levels_are_read(runner: CliRunner) -> None:
     result = runner.invoke(cli, ["explain", "--claims", json.dumps(claims)])
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("chosen: orders-prod\n")
+
+
+@pytest.fixture
+def verifying(database_url: str, issuer: DevIssuer) -> CliRunner:
+    """explain with the service's token configuration: it verifies --token as POST /token does."""
+    seed(database_url).dispose()
+    return CliRunner(
+        env={
+            "STS_DATABASE_URL": database_url,
+            "STS_TRUSTED_ISSUERS": issuer.url,
+            "STS_AUDIENCE": AUDIENCE,
+            "STS_ALLOW_HTTP_LOOPBACK": "true",
+        }
+    )
+
+
+def test_a_token_the_service_accepts_is_said_to_be_verified(
+    verifying: CliRunner, issuer: DevIssuer
+) -> None:
+    result = verifying.invoke(cli, ["explain", "--token", issuer.mint(audience=AUDIENCE)])
+    assert result.exit_code == 0, result.output
+    first, second = result.output.splitlines()[:2]
+    assert first == "chosen: orders-prod"
+    assert second.startswith("  token: accepted (signature, issuer, audience, expiry")
+    as_json = verifying.invoke(
+        cli, ["explain", "--token", issuer.mint(audience=AUDIENCE), "--json"]
+    )
+    assert json.loads(as_json.output)["token"] == {
+        "accepted": True,
+        "error": None,
+        "reason": second.removeprefix("  token: "),
+    }
+
+
+@pytest.mark.parametrize(
+    ("make", "phrase"),
+    [
+        (lambda i: i.mint(audience=AUDIENCE, exp=1_000_000_000, iat=999_999_000), TOKEN_EXPIRED),
+        (lambda i: i.mint(audience="https://someone-else.example"), AUDIENCE_NOT_ACCEPTED),
+        (lambda i: i.mint(audience=AUDIENCE)[:-6] + "AAAAAA", SIGNATURE_INVALID),
+    ],
+)
+def test_a_token_the_service_refuses_is_chosen_none_with_its_reason(
+    verifying: CliRunner, issuer: DevIssuer, make: Any, phrase: str
+) -> None:
+    token = make(issuer)
+    result = verifying.invoke(cli, ["explain", "--token", token])
+    assert result.exit_code == 1, result.output
+    assert result.output.splitlines() == [
+        "chosen: none (invalid_request)",
+        f"  token refused: {phrase}",
+    ]
+    as_json = json.loads(verifying.invoke(cli, ["explain", "--token", token, "--json"]).output)
+    assert as_json["chosen"] is None
+    assert as_json["error"] == "invalid_request"
+    assert as_json["token"] == {"accepted": False, "error": "invalid_request", "reason": phrase}
+
+
+def test_keys_out_of_reach_say_the_token_was_not_verified(
+    database_url: str, issuer: DevIssuer
+) -> None:
+    seed(database_url).dispose()
+    port = free_port()
+    unreachable = f"http://127.0.0.1:{port}/v1/client-auth/auth_dev"
+    runner = CliRunner(
+        env={
+            "STS_DATABASE_URL": database_url,
+            "STS_TRUSTED_ISSUERS": unreachable,
+            "STS_AUDIENCE": AUDIENCE,
+            "STS_ALLOW_HTTP_LOOPBACK": "true",
+        }
+    )
+    token = issuer.mint(issuer.claims(AUDIENCE, iss=unreachable))
+    result = runner.invoke(cli, ["explain", "--token", token])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == "chosen: orders-prod"
+    assert lines[1].startswith("  token: not verified: the issuer's keys could not be fetched")
