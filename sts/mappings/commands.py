@@ -16,6 +16,7 @@ from sts.mappings import store
 from sts.mappings.document import (
     MAX_DOCUMENT_BYTES,
     MappingFileError,
+    MappingFileErrors,
     dump_json,
     parse_document,
 )
@@ -61,7 +62,12 @@ def mappings_apply(file: str, dry_run: bool, prune: bool) -> None:
     try:
         specs = parse_document(text, source)
     except MappingFileError as exc:
-        fail(str(exc), 2)
+        for error in exc.all:
+            click.echo(f"error: {error}", err=True)
+        omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
+        if omitted:
+            click.echo(f"error: {source}: {omitted} more invalid entries not shown", err=True)
+        sys.exit(2)
     broker_mode = cli_settings().broker_issuer is not None
     with open_database() as database:
         guard(database.require_current)

@@ -110,6 +110,30 @@ class MappingFileError(ValueError):
             where = f"line {line}: "
         super().__init__(f"{where}{path}: {problem}" if path else f"{where}{problem}")
 
+    @property
+    def all(self) -> tuple[MappingFileError, ...]:
+        """Every error found (one line each); a single error is itself."""
+        return (self,)
+
+
+#: At most this many entries' errors are reported from one document (then how many more).
+MAX_REPORTED_ERRORS = 50
+
+
+class MappingFileErrors(MappingFileError):
+    """Several entries of a document are invalid: the first error of each, in file order.
+    ``str()`` is the first; :attr:`all` holds every one (and ``omitted`` those not kept)."""
+
+    def __init__(self, errors: list[MappingFileError], omitted: int = 0) -> None:
+        first = errors[0]
+        super().__init__(first.source, first.line, first.path, first.problem)
+        self.errors = tuple(errors)
+        self.omitted = omitted
+
+    @property
+    def all(self) -> tuple[MappingFileError, ...]:
+        return self.errors
+
 
 class _LDict(dict[str, Any]):
     """A mapping from the document, remembering the line of itself and of each key."""
@@ -604,7 +628,8 @@ def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[s
 
 
 def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
-    """Parse and validate a whole mapping document; raises :class:`MappingFileError`.
+    """Parse and validate a whole mapping document; raises :class:`MappingFileError` (one
+    entry wrong) or :class:`MappingFileErrors` (several: the first mistake of each).
 
     Accepts ``{"mappings": [...]}`` (the file format) or a bare list of entries (the output of
     :func:`dump_json`). Names must be unique within the document.
@@ -623,18 +648,32 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
         if not isinstance(entries, list):
             check.fail(check.line_of(root, "mappings"), "mappings", "must be a list")
     specs: list[MappingSpec] = []
+    errors: list[MappingFileError] = []
+    omitted = 0
     first_line: dict[str, int | None] = {}
     for index, entry in enumerate(entries):
-        spec = spec_from_dict(entry, f"mappings[{index}]", source=source)
-        line = _Checker.line_of(entry, "name")
-        if spec.name in first_line:
-            previous = first_line[spec.name]
-            at = f" (first at line {previous})" if previous is not None else ""
-            raise MappingFileError(
-                source, line, f"mappings[{index}].name", f"duplicate name {spec.name!r}{at}"
-            )
+        # Every entry is checked: one run reports the first mistake of each (README).
+        try:
+            spec = spec_from_dict(entry, f"mappings[{index}]", source=source)
+            line = _Checker.line_of(entry, "name")
+            if spec.name in first_line:
+                previous = first_line[spec.name]
+                at = f" (first at line {previous})" if previous is not None else ""
+                raise MappingFileError(
+                    source, line, f"mappings[{index}].name", f"duplicate name {spec.name!r}{at}"
+                )
+        except MappingFileError as exc:
+            if len(errors) < MAX_REPORTED_ERRORS:
+                errors.append(exc)
+            else:
+                omitted += 1
+            continue
         first_line[spec.name] = line
         specs.append(spec)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise MappingFileErrors(errors, omitted)
     return specs
 
 

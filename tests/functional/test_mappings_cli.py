@@ -616,3 +616,57 @@ def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database)
         ("orders-prod", 1),
         ("analytics-gcp", 2),
     ]
+
+
+def test_every_entry_with_a_mistake_is_reported_in_one_run(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    text = """\
+mappings:
+  - name: first-ok
+    account: acc
+    project: proj
+    aws: {role_arn: arn:aws:iam::123456789012:role/ok}
+  - name: Bad-Name
+    account: acc
+    project: proj
+    aws: {role_arn: arn:aws:iam::123456789012:role/ok}
+  - name: bad-duration
+    account: acc
+    project: proj
+    aws: {role_arn: arn:aws:iam::123456789012:role/ok, duration_seconds: 5}
+  - name: first-ok
+    account: acc
+    project: proj
+    aws: {role_arn: arn:aws:iam::123456789012:role/ok}
+  - name: bad-gcp
+    account: acc
+    project: proj
+    gcp: {workload_identity_provider: nope}
+"""
+    path = write(tmp_path, text)
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"error: {path}:6: mappings[1].name: must match [a-z0-9][a-z0-9-]{{0,62}}",
+        f"error: {path}:13: mappings[2].aws.duration_seconds: must be 900..43200",
+        f"error: {path}:14: mappings[3].name: duplicate name 'first-ok' (first at line 2)",
+        f"error: {path}:21: mappings[4].gcp.workload_identity_provider: must be "
+        "//iam.googleapis.com/projects/<number>/locations/global/"
+        "workloadIdentityPools/<pool>/providers/<provider>",
+    ]
+    assert store.load(database) == (0, [])
+
+
+def test_a_flood_of_mistakes_is_cut_short_and_counted(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    entries = "".join(f"  - name: Bad{n}\n    account: a\n    project: p\n" for n in range(80))
+    path = write(tmp_path, "mappings:\n" + entries)
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2
+    lines = result.stderr.splitlines()
+    assert len(lines) == 51
+    assert lines[-1] == f"error: {path}: 30 more invalid entries not shown"
+    assert store.load(database) == (0, [])
