@@ -8,7 +8,9 @@ reported as one line naming what is wrong, with nothing written.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn, TypeVar
@@ -71,8 +73,32 @@ def guard(action: Callable[[], T]) -> T:
         fail(f"stored mapping invalid: {exc}", 1)
 
 
-def actor() -> str:
+#: The variable a Job sets to name who changes mappings (``--actor`` wins over it).
+ACTOR_VARIABLE = "STS_ACTOR"
+MAX_ACTOR_CHARS = 255
+
+
+def actor(given: str | None = None) -> str:
+    """Who makes a change, for ``mapping_changes``: ``--actor``, else ``STS_ACTOR``, else the
+    login name, else ``cli``. A given one that is empty, too long or holds control or format
+    characters is exit 2."""
+    for value, where in ((given, "--actor"), (os.environ.get(ACTOR_VARIABLE), ACTOR_VARIABLE)):
+        if value is None:
+            continue
+        if not value.strip() or len(value) > MAX_ACTOR_CHARS or not _printable(value):
+            fail(f"{where}: must be 1..{MAX_ACTOR_CHARS} printable characters", 2)
+        return value.strip()
     return os.environ.get("USER") or SOURCE
+
+
+def source() -> str:
+    """Where a change comes from: ``cli:<host>`` (the host the command ran on)."""
+    host = socket.gethostname()
+    return f"{SOURCE}:{host}" if host and _printable(host) else SOURCE
+
+
+def _printable(text: str) -> bool:
+    return all(unicodedata.category(char)[0] != "C" for char in text) and text.isprintable()
 
 
 @click.group("db")

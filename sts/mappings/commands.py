@@ -11,7 +11,8 @@ import sys
 
 import click
 
-from sts.db.commands import SOURCE, actor, cli_settings, fail, guard, open_database
+from sts.db.commands import actor, cli_settings, fail, guard, open_database
+from sts.db.commands import source as change_source
 from sts.mappings import store
 from sts.mappings.document import (
     MAX_DOCUMENT_BYTES,
@@ -52,21 +53,31 @@ def _read(file: str) -> tuple[str, str]:
         fail(f"{source}: not UTF-8 text", 2)
 
 
+_ACTOR_HELP = (
+    "Who makes the change, for the history (default: STS_ACTOR, else the login name); "
+    "the host is recorded with it."
+)
+
+
 @mappings.command("apply")
 @click.argument("file", metavar="FILE")
 @click.option("--dry-run", is_flag=True, help="Print the diff; write nothing.")
 @click.option("--prune", is_flag=True, help="Delete stored mappings that FILE does not name.")
-def mappings_apply(file: str, dry_run: bool, prune: bool) -> None:
-    """Make the stored mappings match FILE (YAML or JSON; - for stdin), in one transaction."""
-    text, source = _read(file)
+@click.option("--actor", "who", default=None, help=_ACTOR_HELP)
+def mappings_apply(file: str, dry_run: bool, prune: bool, who: str | None) -> None:
+    """Make the stored mappings match FILE (YAML or JSON; - for stdin), in one transaction.
+
+    Reads STS_DATABASE_URL, STS_BROKER_ISSUER (what an unset token means) and STS_ACTOR."""
+    text, path = _read(file)
+    changed_by = actor(who)
     try:
-        specs = parse_document(text, source)
+        specs = parse_document(text, path)
     except MappingFileError as exc:
         for error in exc.all:
             click.echo(f"error: {error}", err=True)
         omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
         if omitted:
-            click.echo(f"error: {source}: {omitted} more invalid entries not shown", err=True)
+            click.echo(f"error: {path}: {omitted} more invalid entries not shown", err=True)
         sys.exit(2)
     broker_mode = cli_settings().broker_issuer is not None
     with open_database() as database:
@@ -77,8 +88,8 @@ def mappings_apply(file: str, dry_run: bool, prune: bool) -> None:
                 specs,
                 prune=prune,
                 dry_run=dry_run,
-                actor=actor(),
-                source=SOURCE,
+                actor=changed_by,
+                source=change_source(),
                 broker_mode=broker_mode,
             )
         )
@@ -146,11 +157,17 @@ def render_table(specs: list[MappingSpec]) -> str:
 
 @mappings.command("remove")
 @click.argument("name")
-def mappings_remove(name: str) -> None:
-    """Remove one mapping (exit 1 if there is none by that name)."""
+@click.option("--actor", "who", default=None, help=_ACTOR_HELP)
+def mappings_remove(name: str, who: str | None) -> None:
+    """Remove one mapping (exit 1 if there is none by that name).
+
+    Reads STS_DATABASE_URL and STS_ACTOR."""
+    changed_by = actor(who)
     with open_database() as database:
         guard(database.require_current)
-        removed = guard(lambda: store.remove(database, name, actor=actor(), source=SOURCE))
+        removed = guard(
+            lambda: store.remove(database, name, actor=changed_by, source=change_source())
+        )
     if not removed:
         fail(f"no mapping named {name!r}", 1)
     click.echo(f"- delete {name}")

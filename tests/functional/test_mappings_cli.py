@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -111,7 +112,8 @@ def test_apply_creates_then_is_a_no_op(database: Database, run: Any, tmp_path: P
         ("create", "analytics-gcp", 1),
         ("create", "orders-prod", 1),
     ]
-    assert all(r["actor"] == "alice" and r["source"] == "cli" and r["before"] is None for r in rows)
+    host = f"cli:{socket.gethostname()}"
+    assert all(r["actor"] == "alice" and r["source"] == host and r["before"] is None for r in rows)
     assert rows[1]["after"]["aws"]["session_policy"]["Version"] == "2012-10-17"
     assert rows[0]["changed_at"].tzinfo is UTC
 
@@ -670,3 +672,33 @@ def test_a_flood_of_mistakes_is_cut_short_and_counted(
     assert len(lines) == 51
     assert lines[-1] == f"error: {path}: 30 more invalid entries not shown"
     assert store.load(database) == (0, [])
+
+
+def test_the_actor_comes_from_the_option_or_sts_actor_and_the_host_is_recorded(
+    database: Database, database_url: str, tmp_path: Path
+) -> None:
+    path = write(tmp_path, DOCUMENT)
+
+    def invoke(*args: str, **env: str) -> Result:
+        full = {"STS_DATABASE_URL": database_url, "USER": "alice", **env}
+        return CliRunner().invoke(sts, list(args), env=full)
+
+    assert invoke("mappings", "apply", path, STS_ACTOR="deploy-job").exit_code == 0
+    assert invoke("mappings", "remove", "orders-prod", "--actor", "bob@example.com",
+                  STS_ACTOR="deploy-job").exit_code == 0  # fmt: skip
+    rows = history(database)
+    assert [(r["action"], r["actor"]) for r in rows] == [
+        ("create", "deploy-job"),
+        ("create", "deploy-job"),
+        ("delete", "bob@example.com"),
+    ]
+    assert {r["source"] for r in rows} == {f"cli:{socket.gethostname()}"}
+    for value in ("", "   ", "a\nb", "x\u202ey", "z" * 256):
+        for refused in (
+            invoke("mappings", "apply", path, "--actor", value),
+            invoke("mappings", "apply", path, STS_ACTOR=value),
+        ):
+            assert refused.exit_code == 2, refused.output
+            (line,) = refused.stderr.strip().splitlines()
+            assert "must be 1..255 printable characters" in line
+    assert len(history(database)) == 3
