@@ -99,7 +99,7 @@ def audit_list(since: str | None, mapping: str | None, as_json: bool, limit: int
         start = parse_since(since, datetime.now(UTC))
         if start is None:
             fail(f"--since: expected {_DURATION_HELP}, or an ISO-8601 timestamp", 2)
-    with open_database() as database:
+    with open_database(read_only=True) as database:
         guard(database.require_current)
         recorder = AuditRecorder(database)
         records = guard(lambda: recorder.query(since=start, mapping=mapping, limit=limit))

@@ -139,7 +139,7 @@ def explain(
     )
     # The same one-line failures as every other database command: exit 2 for a URL no driver
     # can open, exit 1 for a database that does not answer or is not migrated.
-    with open_database() as database:
+    with open_database(read_only=True) as database:
         guard(database.require_current)
         revision, specs = guard(lambda: store.load(database))
     result = MappingIndex(specs, revision=revision).explain(principal, audience, resource)

@@ -107,6 +107,13 @@ def decode_encryption_key(raw: str, variable: str = "STS_CACHE_ENCRYPTION_KEY") 
     """Decode an AES-256 key given as 32 bytes, base64url, padding optional."""
     value = raw.strip()
     if not re.fullmatch(r"[A-Za-z0-9_-]+={0,2}", value):
+        if re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", value):
+            raise ConfigError(
+                variable,
+                "must be base64url, not standard base64 (openssl rand -base64): write - for +"
+                " and _ for /, or make one with: python -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))'",
+            )
         raise ConfigError(variable, "must be base64url")
     try:
         key = base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
@@ -164,6 +171,10 @@ def _kms_key_ids(env: Mapping[str, str]) -> tuple[str, ...]:
     return key_ids
 
 
+#: The PostgreSQL dialect and driver the package depends on (psycopg 3).
+PSYCOPG = "postgresql+psycopg"
+
+
 def parse_database_url(raw: str) -> URL:
     """An SQLAlchemy URL whose dialect and driver are installed, or :class:`ConfigError`.
 
@@ -177,17 +188,21 @@ def parse_database_url(raw: str) -> URL:
         url = make_url(raw)
     except (ArgumentError, ValueError):
         raise ConfigError("STS_DATABASE_URL", "not a valid SQLAlchemy URL") from None
+    postgres_hint = ""
+    if url.get_backend_name() in ("postgres", "postgresql") and url.drivername != PSYCOPG:
+        postgres_hint = f": write {PSYCOPG}://... (the driver zuplo-sts installs)"
     try:
         dialect = url.get_dialect()
     except ArgumentError:
         raise ConfigError(
-            "STS_DATABASE_URL", f"unknown database dialect {url.drivername!r}"
+            "STS_DATABASE_URL", f"unknown database dialect {url.drivername!r}{postgres_hint}"
         ) from None
     try:
         dialect.import_dbapi()
     except ImportError:
         raise ConfigError(
-            "STS_DATABASE_URL", f"the driver for {url.drivername!r} is not installed"
+            "STS_DATABASE_URL",
+            f"the driver for {url.drivername!r} is not installed{postgres_hint}",
         ) from None
     return url
 

@@ -41,9 +41,16 @@ def cli_settings() -> Settings:
 
 
 @contextmanager
-def open_database() -> Iterator[Database]:
-    """The configured database, answering; exits 2 on bad configuration, 1 if unreachable."""
+def open_database(*, read_only: bool = False) -> Iterator[Database]:
+    """The configured database, answering; exits 2 on bad configuration, 1 if unreachable.
+
+    ``read_only`` (listing, explaining): an SQLite file that does not exist is exit 1, never
+    created (SQLite creates a file on first connect; ``sts.db`` in the working directory is
+    the default URL).
+    """
     settings = cli_settings()
+    if read_only:
+        _require_existing_sqlite(settings.database_url)
     try:
         database = Database(settings.database_url)
     except ConfigError as exc:
@@ -56,6 +63,20 @@ def open_database() -> Iterator[Database]:
         yield database
     finally:
         database.dispose()
+
+
+def _require_existing_sqlite(url: str) -> None:
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
+        return
+    if path.startswith("file:"):
+        return  # a URI filename (mode=ro and the like) says for itself what may happen
+    if not os.path.exists(path):
+        where = "" if "STS_DATABASE_URL" in os.environ else " (STS_DATABASE_URL is not set)"
+        fail(f"database {path} does not exist{where}: run sts db upgrade to create it", 1)
 
 
 def guard(action: Callable[[], T]) -> T:
@@ -144,7 +165,7 @@ def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
 @db.command("current")
 def db_current() -> None:
     """Print the database's migration revision."""
-    with open_database() as database:
+    with open_database(read_only=True) as database:
         current = guard(database.current)
         head = guard(database.head)
     if current is None:

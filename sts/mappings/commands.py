@@ -119,7 +119,7 @@ def pass_through_warning(name: str, broker_mode: bool) -> str:
 def mappings_list(as_json: bool) -> None:
     """List the stored mappings (disabled ones too)."""
     broker_mode = cli_settings().broker_issuer is not None
-    with open_database() as database:
+    with open_database(read_only=True) as database:
         guard(database.require_current)
         _, stored = guard(lambda: store.load(database))
     # Defaults filled in (reference section 6): an unset token as this configuration resolves it.

@@ -159,3 +159,53 @@ def test_serve_on_an_unreachable_database_starts_and_readyz_says_why(
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=15)
     assert "Traceback" not in log.read_text()
+
+
+@pytest.mark.parametrize(
+    "url", ["postgres://u@127.0.0.1/db", "postgresql+psycopg2://u@127.0.0.1/db"]
+)
+def test_postgres_urls_of_other_drivers_say_which_to_write(
+    url: str, tmp_path: Path, issuer: DevIssuer
+) -> None:
+    result = run_sts(["mappings", "list"], url, tmp_path, issuer)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: STS_DATABASE_URL: ")
+    assert line.endswith("write postgresql+psycopg://... (the driver zuplo-sts installs)")
+
+
+READ_ONLY = [
+    ["mappings", "list"],
+    ["explain", "--claims", CLAIMS],
+    ["audit", "list"],
+    ["db", "current"],
+]
+
+
+@pytest.mark.parametrize("args", READ_ONLY, ids=lambda args: " ".join(args[:2]))
+def test_read_only_commands_never_create_a_database(
+    args: list[str], tmp_path: Path, issuer: DevIssuer
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    for unset in (True, False):  # the default ./sts.db, and a URL naming a missing file
+        if not unset:
+            env["STS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'missing.db'}"
+        result = subprocess.run(
+            [sys.executable, "-m", "sts", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 1, result.stderr
+        (line,) = result.stderr.splitlines()
+        assert "does not exist" in line
+        assert "run sts db upgrade to create it" in line
+        assert ("STS_DATABASE_URL is not set" in line) is unset
+        assert list(tmp_path.iterdir()) == []
+    # A command that writes creates it, as before.
+    created = run_sts(["db", "upgrade"], f"sqlite:///{tmp_path / 'missing.db'}", tmp_path, issuer)
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "missing.db").exists()

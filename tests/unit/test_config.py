@@ -113,3 +113,21 @@ def test_jwks_url_rule() -> None:
         Settings().jwks_url("https://x.example/iss")
         == "https://x.example/iss/.well-known/jwks.json"
     )
+
+
+@pytest.mark.parametrize("variable", ["STS_CACHE_ENCRYPTION_KEY", "STS_KEY_ENCRYPTION_KEY"])
+def test_a_standard_base64_key_says_how_to_convert_it(variable: str) -> None:
+    standard = base64.b64encode(bytes([0xFB, 0xFF] * 16)).decode()  # holds + and /
+    assert "+" in standard
+    assert "/" in standard
+    env = {variable: standard, "STS_REDIS_URL": "redis://127.0.0.1:6379"}
+    if variable == "STS_KEY_ENCRYPTION_KEY":
+        env = {variable: standard, "STS_BROKER_ISSUER": "https://sts.example.com"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    assert "not standard base64 (openssl rand -base64): write - for + and _ for /" in str(
+        caught.value
+    )
+    converted = standard.replace("+", "-").replace("/", "_")
+    assert Settings.from_env({**env, variable: converted})
