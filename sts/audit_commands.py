@@ -93,7 +93,9 @@ def audit() -> None:
     help="At most this many events (newest first).",
 )
 def audit_list(since: str | None, mapping: str | None, as_json: bool, limit: int) -> None:
-    """List issuance events, newest first."""
+    """List issuance events, newest first.
+
+    Reads STS_DATABASE_URL."""
     start = None
     if since is not None:
         start = parse_since(since, datetime.now(UTC))
@@ -120,7 +122,9 @@ def audit_list(since: str | None, mapping: str | None, as_json: bool, limit: int
 )
 @click.option("--dry-run", is_flag=True, help="Count what would be deleted; delete nothing.")
 def audit_prune(older_than: str | None, dry_run: bool) -> None:
-    """Delete issuance events past the retention period."""
+    """Delete issuance events past the retention period.
+
+    Reads STS_DATABASE_URL and STS_AUDIT_RETENTION_DAYS (the default of --older-than)."""
     if older_than is not None:
         age = parse_duration(older_than)
         if age is None:

@@ -57,7 +57,10 @@ cli.add_command(keys)
     help="Request threads per worker process.",
 )
 def serve(host: str, port: int, workers: int, threads: int) -> None:
-    """Run the production server (granian, WSGI, several worker processes)."""
+    """Run the production server (granian; bodies read on its event loop, the app on request
+    threads; several worker processes).
+
+    Reads every STS_* variable of README "Configuration"; STS_AUDIENCE is required."""
     from sts.serve import run
 
     settings = load_settings()
@@ -301,7 +304,9 @@ def dev_token(  # noqa: PLR0917 - one option each
     audience: str | None,
     lifetime: int,
 ) -> None:
-    """Print an ID token from the running sandbox's issuer (exit 1 when none is running)."""
+    """Print an ID token from the running sandbox's issuer (exit 1 when none is running).
+
+    Reads no STS_* variable (ZUPLO_STS_DEV_STATE: where the sandbox left its state)."""
     from sts.dev.sandbox import mint_dev_token
 
     click.echo(mint_dev_token(account, project, deployment, environment_type, audience, lifetime))

@@ -104,7 +104,10 @@ def _as_json(info: KeyInfo) -> dict[str, str | None]:
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True, help="A JSON array of objects.")
 def keys_list(as_json: bool) -> None:
-    """The published keys: kid, state (next, signing, previous), when made, when signing."""
+    """The published keys: kid, state (next, signing, previous), when made, when signing.
+
+    Reads STS_DATABASE_URL, STS_BROKER_ISSUER, STS_KEY_ENCRYPTION_KEY, STS_SIGNING_KMS_KEY_IDS,
+    STS_KMS_ENDPOINT_URL and STS_ALLOW_HTTP_LOOPBACK."""
     with _store(_settings()) as store:
         infos = store.list_keys()
     if as_json:
@@ -128,7 +131,10 @@ def keys_list(as_json: bool) -> None:
 @click.option("--now", "at_once", is_flag=True, help="Sign with the new (or next) key at once.")
 def keys_rotate(at_once: bool) -> None:
     """Add a key, published now and signing in 600 s (--now: promote the next key, or add one,
-    signing at once). The keys that signed before stay published as previous."""
+    signing at once). The keys that signed before stay published as previous.
+
+    Reads STS_DATABASE_URL, STS_BROKER_ISSUER, STS_KEY_ENCRYPTION_KEY, STS_SIGNING_KMS_KEY_IDS,
+    STS_KMS_ENDPOINT_URL and STS_ALLOW_HTTP_LOOPBACK."""
     settings = _settings()
     if settings.signing_kms_key_ids:
         fail(KMS_MANAGED, 2)
@@ -147,7 +153,10 @@ def keys_rotate(at_once: bool) -> None:
 @keys.command("retire", context_settings={"ignore_unknown_options": True})
 @click.argument("kid")
 def keys_retire(kid: str) -> None:
-    """Remove a next or previous key from the JWKS at once, for good."""
+    """Remove a next or previous key from the JWKS at once, for good.
+
+    Reads STS_DATABASE_URL, STS_BROKER_ISSUER, STS_KEY_ENCRYPTION_KEY, STS_SIGNING_KMS_KEY_IDS,
+    STS_KMS_ENDPOINT_URL and STS_ALLOW_HTTP_LOOPBACK."""
     settings = _settings()
     if settings.signing_kms_key_ids:
         fail(KMS_MANAGED, 2)
@@ -171,7 +180,10 @@ def keys_retire(kid: str) -> None:
 @click.argument("directory", metavar="DIR", type=click.Path(file_okay=False, path_type=Path))
 def keys_export(directory: Path) -> None:
     """Write DIR/.well-known/openid-configuration and DIR/.well-known/jwks.json for static
-    hosting at STS_BROKER_ISSUER: the same documents the service serves."""
+    hosting at STS_BROKER_ISSUER: the same documents the service serves.
+
+    Reads STS_DATABASE_URL, STS_BROKER_ISSUER, STS_KEY_ENCRYPTION_KEY, STS_SIGNING_KMS_KEY_IDS,
+    STS_KMS_ENDPOINT_URL and STS_ALLOW_HTTP_LOOPBACK."""
     settings = _settings()
     issuer = settings.require_broker()
     with _store(settings) as store:

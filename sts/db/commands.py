@@ -139,7 +139,9 @@ _VERSIONS = click.option(
 @db.command("upgrade")
 @_VERSIONS
 def db_upgrade(versions: tuple[str, ...]) -> None:
-    """Apply all pending migrations (zuplo-sts's own, and yours from --versions)."""
+    """Apply all pending migrations (zuplo-sts's own, and yours from --versions).
+
+    Reads STS_DATABASE_URL."""
     with open_database() as database:
         before = guard(database.current)
         guard(lambda: database.upgrade("heads", version_locations=versions))
@@ -154,7 +156,9 @@ def db_upgrade(versions: tuple[str, ...]) -> None:
 @click.argument("revision")
 @_VERSIONS
 def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
-    """Migrate down to REVISION (for example to undo one of your own mapping revisions)."""
+    """Migrate down to REVISION (for example to undo one of your own mapping revisions).
+
+    Reads STS_DATABASE_URL."""
     with open_database() as database:
         before = guard(database.current)
         guard(lambda: database.downgrade(revision, version_locations=versions))
@@ -164,7 +168,9 @@ def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
 
 @db.command("current")
 def db_current() -> None:
-    """Print the database's migration revision."""
+    """Print the database's migration revision.
+
+    Reads STS_DATABASE_URL."""
     with open_database(read_only=True) as database:
         current = guard(database.current)
         head = guard(database.head)

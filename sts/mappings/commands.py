@@ -117,7 +117,9 @@ def pass_through_warning(name: str, broker_mode: bool) -> str:
 @mappings.command("list")
 @click.option("--json", "as_json", is_flag=True, help="The file format, as a JSON array.")
 def mappings_list(as_json: bool) -> None:
-    """List the stored mappings (disabled ones too)."""
+    """List the stored mappings (disabled ones too).
+
+    Reads STS_DATABASE_URL and STS_BROKER_ISSUER (what an unset token means)."""
     broker_mode = cli_settings().broker_issuer is not None
     with open_database(read_only=True) as database:
         guard(database.require_current)
