@@ -124,6 +124,32 @@ def decode_encryption_key(raw: str, variable: str = "STS_CACHE_ENCRYPTION_KEY") 
     return key
 
 
+#: Every variable :meth:`Settings.from_env` reads (README "Configuration").
+VARIABLES = frozenset(
+    {
+        "STS_ALLOW_HTTP_LOOPBACK",
+        "STS_AUDIENCE",
+        "STS_AUDIT_RETENTION_DAYS",
+        "STS_AWS_ENDPOINT_URL",
+        "STS_AWS_REGION",
+        "STS_AZURE_AUTHORITY_URL",
+        "STS_BROKER_ISSUER",
+        "STS_CACHE_ENCRYPTION_KEY",
+        "STS_CLOCK_SKEW_SECONDS",
+        "STS_DATABASE_URL",
+        "STS_GCP_IAM_CREDENTIALS_URL",
+        "STS_GCP_STS_URL",
+        "STS_KEY_ENCRYPTION_KEY",
+        "STS_KMS_ENDPOINT_URL",
+        "STS_LOG_FORMAT",
+        "STS_REDIS_URL",
+        "STS_SIGNING_KEY_ROTATION_DAYS",
+        "STS_SIGNING_KMS_KEY_IDS",
+        "STS_TRUSTED_ISSUERS",
+    }
+)
+
+
 def _printable(name: str, value: str) -> str:
     """Refuse control and format characters (Unicode Cc, Cf: newlines, bidi overrides)."""
     if any(unicodedata.category(char) in ("Cc", "Cf") for char in value):
@@ -235,6 +261,11 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read and validate settings; raises :class:`ConfigError` on the first bad value."""
         env = os.environ if env is None else env
+        # docs/reference.md section 6: a control or format character inside any value (a
+        # newline that would split one issuer in two, a bidi override) is bad configuration.
+        # Surrounding whitespace, a file's trailing newline included, is stripped as before.
+        for name in sorted(set(env) & VARIABLES):
+            _printable(name, env[name].strip())
         allow_http = _bool(env, "STS_ALLOW_HTTP_LOOPBACK", False)
 
         database_url = env.get("STS_DATABASE_URL", DEFAULT_DATABASE_URL).strip()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import re
+from pathlib import Path
 
 import pytest
 
+from sts import config
 from sts.config import ZUPLO_ISSUER, ConfigError, Settings
 
 KEY = base64.urlsafe_b64encode(bytes(range(32))).decode()
@@ -131,3 +134,24 @@ def test_a_standard_base64_key_says_how_to_convert_it(variable: str) -> None:
     )
     converted = standard.replace("+", "-").replace("/", "_")
     assert Settings.from_env({**env, variable: converted})
+
+
+def test_variables_lists_every_name_the_settings_read() -> None:
+    source = Path(config.__file__).read_text()
+    assert set(re.findall(r'"(STS_[A-Z0-9_]+)"', source)) == config.VARIABLES
+
+
+@pytest.mark.parametrize("variable", sorted(config.VARIABLES))
+@pytest.mark.parametrize("bad", ["\n", "\x07", "\u202e", "\u200b"])
+def test_a_control_or_format_character_in_any_value_names_the_variable(
+    variable: str, bad: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({variable: f"https://a.example{bad}https://b.example"})
+    assert caught.value.variable == variable
+    assert "control or format characters" in str(caught.value)
+
+
+def test_a_trailing_newline_from_a_file_is_still_stripped() -> None:
+    settings = Settings.from_env({"STS_TRUSTED_ISSUERS": "https://a.example\n"})
+    assert settings.trusted_issuers == ("https://a.example",)
