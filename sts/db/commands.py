@@ -65,16 +65,23 @@ def open_database(*, read_only: bool = False) -> Iterator[Database]:
         database.dispose()
 
 
-def _require_existing_sqlite(url: str) -> None:
+def missing_sqlite_file(url: str) -> str | None:
+    """The path of an SQLite database file that does not exist (connecting would create it),
+    else None."""
     from sqlalchemy.engine import make_url
 
     parsed = make_url(url)
     path = parsed.database
     if parsed.get_backend_name() != "sqlite" or not path or path == ":memory:":
-        return
+        return None
     if path.startswith("file:"):
-        return  # a URI filename (mode=ro and the like) says for itself what may happen
-    if not os.path.exists(path):
+        return None  # a URI filename (mode=ro and the like) says for itself what may happen
+    return None if os.path.exists(path) else path
+
+
+def _require_existing_sqlite(url: str) -> None:
+    path = missing_sqlite_file(url)
+    if path is not None:
         where = "" if "STS_DATABASE_URL" in os.environ else " (STS_DATABASE_URL is not set)"
         fail(f"database {path} does not exist{where}: run sts db upgrade to create it", 1)
 
@@ -171,7 +178,11 @@ def db_current() -> None:
     """Print the database's migration revision.
 
     Reads STS_DATABASE_URL."""
-    with open_database(read_only=True) as database:
+    if missing_sqlite_file(cli_settings().database_url) is not None:
+        # Not created by asking: an SQLite file that does not exist holds no revision yet.
+        click.echo("none (not migrated: run sts db upgrade)")
+        return
+    with open_database() as database:
         current = guard(database.current)
         head = guard(database.head)
     if current is None:

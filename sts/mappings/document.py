@@ -201,6 +201,37 @@ _StrictLoader.add_implicit_resolver(
 )
 _StrictLoader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^<<$"), ["<"])
 
+# libyaml (PyYAML's C parser), when PyYAML was built with it: the same grammar, the same node
+# tree and marks, about ten times faster on a large file. The implicit resolvers (YAML 1.2 core
+# scalars) and the checks in _build are this module's either way.
+try:
+    from yaml._yaml import CParser
+except ImportError:  # pragma: no cover - PyYAML built without libyaml
+    CParser = None  # type: ignore[assignment,misc]
+_LIBYAML = CParser is not None
+# What PyYAML's pure-Python reader refuses anywhere in a document (yaml.reader.Reader), and tabs,
+# which its scanner refuses in places libyaml takes them: libyaml is more lenient, so such a
+# document always goes the Python way and gets its error (tests/unit/mappings/test_yaml_paths.py
+# searches for other differences).
+# Also the line breaks and the byte order mark the two read differently (NEL, LS, PS, a BOM
+# inside the text).
+_PYTHON_ONLY = re.compile(
+    "[^\x0a\x0d\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
+)
+
+
+class _StrictCLoader(CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+    """:class:`_StrictLoader`'s resolvers over libyaml's parser and composer (used only when
+    :data:`_LIBYAML`)."""
+
+    yaml_implicit_resolvers = _StrictLoader.yaml_implicit_resolvers
+
+    def __init__(self, stream: str) -> None:
+        CParser.__init__(self, stream)
+        yaml.constructor.SafeConstructor.__init__(self)
+        yaml.resolver.Resolver.__init__(self)
+
+
 _SCALAR_TAGS = frozenset(
     f"tag:yaml.org,2002:{kind}" for kind in ("str", "int", "float", "bool", "null")
 )
@@ -216,7 +247,7 @@ class _LocatedError(Exception):
         self.problem = problem
 
 
-def _build(loader: _StrictLoader, node: yaml.Node) -> Any:
+def _build(loader: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
     line = node.start_mark.line + 1
     if isinstance(node, yaml.ScalarNode):
         if node.tag == "tag:yaml.org,2002:merge":
@@ -260,6 +291,51 @@ def _build(loader: _StrictLoader, node: yaml.Node) -> Any:
 
 
 def _load(text: str, source: str) -> Any:
+    """The document as plain values that remember their lines.
+
+    libyaml reads it when it can; any problem it finds, and anything it would read more
+    leniently, is read again by the pure-Python loader, whose answer (the value or the error)
+    is the one given: the fast path never changes what a document means.
+    """
+    if _LIBYAML and not _PYTHON_ONLY.search(text):
+        try:
+            return _load_fast(text, source)
+        except (MappingFileError, yaml.YAMLError, ValueError):
+            pass
+    return _load_python(text, source)
+
+
+def _load_fast(text: str, source: str) -> Any:
+    # The events first (in C): aliases and nesting are refused before a tree is composed, as
+    # the Python loader refuses them while composing.
+    scanner = CParser(text)
+    try:
+        depth = 0
+        while scanner.check_event():
+            event = scanner.get_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise MappingFileError(source, None, None, "YAML aliases are not allowed")
+            if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                depth += 1
+                if depth > MAX_NESTING:
+                    raise MappingFileError(source, None, None, "nested too deep")
+            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
+                depth -= 1
+    finally:
+        scanner.dispose()
+    loader = _StrictCLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise MappingFileError(source, None, None, "empty document: expected 'mappings:'")
+        return _build(loader, node)
+    except _LocatedError as exc:
+        raise MappingFileError(source, exc.line, None, exc.problem) from None
+    finally:
+        loader.dispose()
+
+
+def _load_python(text: str, source: str) -> Any:
     loader = _StrictLoader(text)
     try:
         node = loader.get_single_node()

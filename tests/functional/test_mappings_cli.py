@@ -494,7 +494,18 @@ def test_bad_configuration_exits_2_naming_the_variable(tmp_path: Path) -> None:
 )
 def test_unreachable_database_exits_1(url: str, args: list[str]) -> None:
     result = CliRunner().invoke(sts, args, env={"STS_DATABASE_URL": url})
+    if url.startswith("sqlite") and args == ["db", "current"]:
+        # Nothing to connect to, and nothing created by asking.
+        assert (result.exit_code, result.stdout) == (0, "none (not migrated: run sts db upgrade)\n")
+        return
     assert result.exit_code == 1
+    if url.startswith("sqlite") and args == ["mappings", "list"]:
+        # A read-only command: the missing file is named, never created.
+        assert result.stderr == (
+            "error: database /nonexistent-directory/sts.db does not exist: "
+            "run sts db upgrade to create it\n"
+        )
+        return
     assert result.stderr.startswith("error: database unreachable: ")
     assert result.stderr.count("\n") == 1
     assert "Traceback" not in result.output
