@@ -176,6 +176,18 @@ def ensure_py_spy() -> str | None:
     return found if Path(found).exists() else shutil.which("py-spy")
 
 
+def ensure_gunicorn() -> bool:
+    """gunicorn, for the head-to-head's gunicorn rows (not a dependency of the service)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gunicorn") is not None:
+        return True
+    log("gunicorn not found: pip install gunicorn")
+    run_quiet([sys.executable, "-m", "pip", "install", "--quiet", "gunicorn"], timeout=300)
+    importlib.invalidate_caches()
+    return importlib.util.find_spec("gunicorn") is not None
+
+
 # -- processes -------------------------------------------------------------------------------
 
 
@@ -975,12 +987,14 @@ class Bench:
             else:
                 self.report.notes.append("comparator skipped: npm ci failed")
         if not self.args.skip_servers:
-            configs += [
-                ("granian-bt1", GRANIAN_1),
-                ("granian-wsgi", GRANIAN_WSGI),
-                ("gunicorn-sync", "gunicorn sync, 2 workers"),
-                ("gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads"),
-            ]
+            configs += [("granian-bt1", GRANIAN_1), ("granian-wsgi", GRANIAN_WSGI)]
+            if ensure_gunicorn():
+                configs += [
+                    ("gunicorn-sync", "gunicorn sync, 2 workers"),
+                    ("gunicorn-gthread", "gunicorn gthread, 2 workers x 4 threads"),
+                ]
+            else:
+                self.report.notes.append("gunicorn rows skipped: pip install gunicorn failed")
         if not self.args.skip_comparator and any(kind == "fastify" for kind, _ in configs):
             configs.append(("express", EXPRESS))
         with self.database(f"head-to-head-{count}") as database_url:

@@ -248,3 +248,15 @@ def test_formatters_redact_tokens_and_credentials_inside_tracebacks(stack: Stack
     assert "test_observability.py" in doc["traceback"]
     assert "\n" not in text
     assert "traceback=Traceback (most recent call last):\\n" in text
+
+
+def test_readme_lists_every_metric() -> None:
+    from pathlib import Path
+
+    import sts.metrics
+
+    root = Path(sts.metrics.__file__).resolve().parents[1]
+    defined = set(re.findall(r'"(sts_[a-z0-9_]+)"', (root / "sts" / "metrics.py").read_text()))
+    readme = (root / "README.md").read_text()
+    section = readme.split("- **Metrics.**", 1)[1].split("\n- **", 1)[0]
+    assert set(re.findall(r"`(sts_[a-z0-9_]+)`", section)) == defined
