@@ -150,6 +150,7 @@ def test_every_manifest_matches_the_kubernetes_schema(
         "Secret",
         "Deployment",
         "Service",
+        "Ingress",
         "HorizontalPodAutoscaler",
         "PodDisruptionBudget",
         "NetworkPolicy",
@@ -794,3 +795,30 @@ def test_examples_use_the_contract_fields() -> None:
     for variable in re.findall(r"environment\.([A-Z_]+)|required\(\"([A-Z_]+)\"\)", aws + client):
         name = variable[0] or variable[1]
         assert f"`{name}`" in readme, name
+
+
+def test_the_ingress_exposes_token_and_the_discovery_documents_only(
+    manifests: dict[str, dict[str, Any]],
+) -> None:
+    """Zuplo's hosted gateways call /token over the internet; in broker mode the clouds read
+    the two discovery paths at STS_BROKER_ISSUER. Nothing else is public, over TLS only."""
+    from sts.api.openapi import DOCUMENT
+
+    ingress = manifests["Ingress/zuplo-sts"]["spec"]
+    (rule,) = ingress["rules"]
+    paths = rule["http"]["paths"]
+    assert {(p["path"], p["pathType"]) for p in paths} == {
+        ("/token", "Exact"),
+        ("/.well-known/openid-configuration", "Exact"),
+        ("/.well-known/jwks.json", "Exact"),
+    }
+    assert set(DOCUMENT["paths"]) >= {p["path"] for p in paths}
+    service = manifests["Service/zuplo-sts"]
+    port_names = {port["name"] for port in service["spec"]["ports"]}
+    for path in paths:
+        backend = path["backend"]["service"]
+        assert backend["name"] == service["metadata"]["name"]
+        assert backend["port"]["name"] in port_names
+    (tls,) = ingress["tls"]
+    assert tls["hosts"] == [rule["host"]]
+    assert tls["secretName"]
