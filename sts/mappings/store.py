@@ -21,7 +21,7 @@ from sts.db import Database
 from sts.db.models import utcnow
 from sts.mappings.document import spec_from_dict
 from sts.mappings.models import MappingChange, MappingRevision, RoleMapping
-from sts.mappings.spec import MappingSpec, default_token
+from sts.mappings.spec import MappingSpec, TokenSource, default_token
 
 
 @dataclass(frozen=True)
@@ -219,24 +219,31 @@ def apply_specs(
         raise ValueError("duplicate mapping names")
     conn = _connection(bind)
     revision = read_revision(conn) if dry_run else _lock_revision(conn)
-    stored = _stored(conn)
+    rows = {row.name: row for row in conn.execute(sa.select(*_SPEC_COLUMNS))}
+    default = default_token(broker_mode)
 
     diff = Diff(revision=revision, dry_run=dry_run)
     for given in sorted(wanted, key=lambda spec: spec.name):
-        current = stored.get(given.name)
-        spec = given if current is None else keep_default_token(given, current, broker_mode)
-        if current is None:
-            diff.created.append(spec)
-        elif current == spec:
+        row = rows.get(given.name)
+        if row is None:
+            diff.created.append(given)
+            continue
+        if _same_as_row(given, row, default):
+            # An unchanged mapping costs a comparison of its stored columns: no spec is built.
+            diff.unchanged.append(given.name)
+            continue
+        current = spec_from_row(row)
+        spec = keep_default_token(given, current, broker_mode)
+        if current == spec:
             diff.unchanged.append(spec.name)
         else:
             diff.updated.append(Update(current, spec, field_changes(current, spec)))
     named = set(names)
-    absent = [spec for name, spec in stored.items() if name not in named]
+    absent = sorted(name for name in rows if name not in named)
     if prune:
-        diff.deleted.extend(absent)
+        diff.deleted.extend(spec_from_row(rows[name]) for name in absent)
     else:
-        diff.kept.extend(spec.name for spec in absent)
+        diff.kept.extend(absent)
 
     if dry_run or not diff.changed:
         return diff
@@ -249,6 +256,33 @@ def apply_specs(
     _record_many(conn, changes, revision=diff.revision, actor=actor, source=source)
     _bump(conn, diff.revision)
     return diff
+
+
+def _same_as_row(spec: MappingSpec, row: sa.Row[Any], default: TokenSource) -> bool:
+    """Whether the stored row already holds ``spec`` (as :func:`keep_default_token` would store
+    it over that row): the columns compared as written, the provider part as a document."""
+    values = _row_values(spec)
+    stored = {key: getattr(row, key) for key in _COMPARED}
+    if stored == {key: values[key] for key in _COMPARED}:
+        return True
+    # An explicit token equal to the default over a row that leaves it unset is no change.
+    options = values["options"]
+    if options.get("token") != default or "token" in (row.options or {}):
+        return False
+    unset = {key: value for key, value in options.items() if key != "token"}
+    return stored == {**{key: values[key] for key in _COMPARED}, "options": unset}
+
+
+_COMPARED = (
+    "description",
+    "account",
+    "project",
+    "deployment",
+    "environment_type",
+    "enabled",
+    "provider",
+    "options",
+)
 
 
 def keep_default_token(spec: MappingSpec, current: MappingSpec, broker_mode: bool) -> MappingSpec:
