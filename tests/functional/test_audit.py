@@ -377,6 +377,13 @@ def test_bad_limit_is_usage_error(seeded: str) -> None:
 
 
 def test_not_migrated_exits_1_with_the_upgrade_hint(database_url: str) -> None:
+    # An empty database that exists (a missing SQLite file is named as missing instead:
+    # tests/functional/test_database_url.py).
+    empty = Database(database_url)
+    try:
+        empty.ping()
+    finally:
+        empty.dispose()
     for args in (("list",), ("prune",), ("prune", "--dry-run")):
         result = run("audit", *args, url=database_url)
         assert result.exit_code == 1
