@@ -71,7 +71,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
@@ -80,7 +80,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from sts.dev.gcp_emulator import RecordedRequest
-from sts.dev.serving import BackgroundServer, Fault, FaultQueue
+from sts.dev.serving import BackgroundServer, Fault, FaultQueue, dispatching_server
 from sts.protocol import AZURE_BROKER_AUDIENCE, CLIENT_ASSERTION_TYPE, CLIENT_CREDENTIALS_GRANT_TYPE
 
 __all__ = [
@@ -684,42 +684,7 @@ class EntraEmulator(BackgroundServer):
         )
 
     def start(self) -> Self:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self) -> None:
-                try:
-                    length = int(self.headers.get("Content-Length") or 0)
-                except ValueError:
-                    length = 0
-                raw = self.rfile.read(length) if length > 0 else b""
-                status, body, headers = emulator._handle(
-                    self.command, self.path, {k.title(): v for k, v in self.headers.items()}, raw
-                )
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    # The client gave up (a timeout test); nothing left to tell it.
-                    self.close_connection = True
-
-            def do_POST(self) -> None:
-                self._serve()
-
-            def do_GET(self) -> None:
-                self._serve()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = dispatching_server(self.host, self.port, self._handle)
         self._serve(self._server)
         return self
 

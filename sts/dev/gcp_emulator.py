@@ -31,7 +31,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs
 
@@ -39,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sts.dev.serving import BackgroundServer, Fault, FaultQueue
+from sts.dev.serving import BackgroundServer, Fault, FaultQueue, dispatching_server
 from sts.protocol import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE
 from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE as GRANT_TYPE
 
@@ -406,39 +406,7 @@ class GcpEmulator(BackgroundServer):
         return 200, json.dumps(answer).encode(), {"Content-Type": "application/json"}
 
     def start(self) -> Self:
-        emulator = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def _serve(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                status, body, headers = emulator._handle(
-                    self.command, self.path, {k.title(): v for k, v in self.headers.items()}, raw
-                )
-                try:
-                    self.send_response(status)
-                    for name, value in headers.items():
-                        self.send_header(name, value)
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except (BrokenPipeError, ConnectionResetError):
-                    # The client gave up (a timeout test); nothing left to tell it.
-                    self.close_connection = True
-
-            def do_POST(self) -> None:
-                self._serve()
-
-            def do_GET(self) -> None:
-                self._serve()
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        self._server = dispatching_server(self.host, self.port, self._handle)
         self._serve(self._server)
         return self
 

@@ -9,9 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -68,6 +69,52 @@ def ignore_disconnects(server: socketserver.BaseServer) -> None:
         report(request, client_address)
 
     server.handle_error = handle_error  # type: ignore[method-assign]
+
+
+#: What an emulator's request handler returns: status, body, headers.
+Reply = tuple[int, bytes, dict[str, str]]
+
+
+def dispatching_server(
+    host: str, port: int, handle: Callable[[str, str, dict[str, str], bytes], Reply]
+) -> ThreadingHTTPServer:
+    """An HTTP/1.1 server whose every GET and POST is ``handle(method, path, headers, body)``
+    (header names in Title-Case, the body read whole by its Content-Length)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _serve(self) -> None:
+            try:
+                length = int(self.headers.get("Content-Length") or 0)
+            except ValueError:
+                length = 0
+            raw = self.rfile.read(length) if length > 0 else b""
+            headers = {name.title(): value for name, value in self.headers.items()}
+            status, body, reply_headers = handle(self.command, self.path, headers, raw)
+            try:
+                self.send_response(status)
+                for name, value in reply_headers.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                # The client gave up (a timeout test); nothing left to tell it.
+                self.close_connection = True
+
+        def do_POST(self) -> None:
+            self._serve()
+
+        def do_GET(self) -> None:
+            self._serve()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    return server
 
 
 class BackgroundServer:
