@@ -306,33 +306,77 @@ def _load(text: str, source: str) -> Any:
 
 
 def _load_fast(text: str, source: str) -> Any:
-    # The events first (in C): aliases and nesting are refused before a tree is composed, as
-    # the Python loader refuses them while composing.
-    scanner = CParser(text)
+    """libyaml's event stream built straight into the values :func:`_build` makes (no node
+    tree): aliases and nesting are refused as the Python loader refuses them. Anything
+    irregular raises, and :func:`_load` then asks the Python loader."""
+    # The stubs type libyaml's events loosely (a mark may be None): Any here.
+    loader: Any = _StrictCLoader(text)
     try:
-        depth = 0
-        while scanner.check_event():
-            event = scanner.get_event()
-            if isinstance(event, yaml.AliasEvent):
-                raise MappingFileError(source, None, None, "YAML aliases are not allowed")
-            if isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
-                depth += 1
-                if depth > MAX_NESTING:
-                    raise MappingFileError(source, None, None, "nested too deep")
-            elif isinstance(event, yaml.SequenceEndEvent | yaml.MappingEndEvent):
-                depth -= 1
-    finally:
-        scanner.dispose()
-    loader = _StrictCLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise MappingFileError(source, None, None, "empty document: expected 'mappings:'")
-        return _build(loader, node)
+        loader.get_event()  # StreamStartEvent
+        if not loader.check_event(yaml.DocumentStartEvent):
+            raise ValueError("no document")
+        loader.get_event()
+        value = _from_events(loader, 0)
+        loader.get_event()  # DocumentEndEvent
+        if not loader.check_event(yaml.StreamEndEvent):
+            raise ValueError("more than one document")
+        return value
     except _LocatedError as exc:
         raise MappingFileError(source, exc.line, None, exc.problem) from None
     finally:
         loader.dispose()
+
+
+def _from_events(loader: Any, depth: int) -> Any:
+    """One value from the event stream; ``depth`` collections enclose it."""
+    event: Any = loader.get_event()
+    line = event.start_mark.line + 1
+    if getattr(event, "anchor", None) is not None:
+        # Anchors (unused without aliases, refused when repeated): the Python loader's call.
+        raise ValueError("anchor")
+    if isinstance(event, yaml.ScalarEvent):
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+        marks: tuple[Any, Any] = (event.start_mark, event.end_mark)
+        node = yaml.ScalarNode(tag, event.value, *marks, event.style)
+        return _build(loader, node)
+    if isinstance(event, yaml.AliasEvent):
+        raise _LocatedError(line, "YAML aliases are not allowed")
+    if not isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+        raise ValueError(f"unexpected {type(event).__name__}")
+    if depth + 1 > MAX_NESTING:
+        raise _LocatedError(line, f"nested deeper than {MAX_NESTING} levels")
+    if isinstance(event, yaml.SequenceStartEvent):
+        tag = event.tag
+        if tag is None or tag == "!":
+            tag = loader.resolve(yaml.SequenceNode, None, event.implicit)
+        if tag != "tag:yaml.org,2002:seq":
+            raise _LocatedError(line, f"unsupported YAML tag {tag}")
+        items = _LList(line)
+        while not loader.check_event(yaml.SequenceEndEvent):
+            items.item_lines.append(loader.peek_event().start_mark.line + 1)
+            items.append(_from_events(loader, depth + 1))
+        loader.get_event()
+        return items
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(yaml.MappingNode, None, event.implicit)
+    if tag != "tag:yaml.org,2002:map":
+        raise _LocatedError(line, f"unsupported YAML tag {tag}")
+    mapping = _LDict(line)
+    while not loader.check_event(yaml.MappingEndEvent):
+        key_line = loader.peek_event().start_mark.line + 1
+        key = _from_events(loader, depth + 1)
+        if not isinstance(key, str):
+            raise _LocatedError(key_line, "mapping keys must be strings")
+        if key in mapping:
+            first = mapping.key_lines[key]
+            raise _LocatedError(key_line, f"duplicate key {key!r} (first at line {first})")
+        mapping.key_lines[key] = key_line
+        mapping[key] = _from_events(loader, depth + 1)
+    loader.get_event()
+    return mapping
 
 
 def _load_python(text: str, source: str) -> Any:

@@ -89,7 +89,7 @@ PIECES = [
 ]
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=2000, deadline=None)
 @given(st.lists(st.sampled_from(PIECES), min_size=1, max_size=10))
 def test_generated_documents_mean_the_same_on_both_paths(pieces: list[str]) -> None:
     assert_same_meaning("".join(pieces))
