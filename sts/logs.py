@@ -347,6 +347,7 @@ def write_line(logger: logging.Logger, level: int, msg: str, fields: dict[str, A
         or not isinstance(formatter, LineFormatter)
         or logger.handlers
         or logger.filters
+        or not logger.propagate
         or parent is None
         or parent.handlers != [handler]
         or parent.filters
