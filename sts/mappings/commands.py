@@ -77,7 +77,7 @@ def mappings_apply(file: str, dry_run: bool, prune: bool, who: str | None) -> No
             click.echo(f"error: {error}", err=True)
         omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
         if omitted:
-            click.echo(f"error: {path}: {omitted} more invalid entries not shown", err=True)
+            click.echo(f"error: {path}: {omitted} more mistakes not shown", err=True)
         sys.exit(2)
     broker_mode = cli_settings().broker_issuer is not None
     with open_database() as database:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
-from typing import Any, NoReturn
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NoReturn, TypeVar, cast
 from urllib.parse import urlsplit
 
 import yaml
@@ -35,6 +35,8 @@ from sts.mappings.spec import (
     MappingSpec,
     TokenSource,
 )
+
+T = TypeVar("T")
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # IAM role ARN: partition (aws, aws-cn, aws-us-gov, ...), 12-digit account, optional path.
@@ -116,13 +118,13 @@ class MappingFileError(ValueError):
         return (self,)
 
 
-#: At most this many entries' errors are reported from one document (then how many more).
+#: At most this many mistakes are reported from one document (then how many more).
 MAX_REPORTED_ERRORS = 50
 
 
 class MappingFileErrors(MappingFileError):
-    """Several entries of a document are invalid: the first error of each, in file order.
-    ``str()`` is the first; :attr:`all` holds every one (and ``omitted`` those not kept)."""
+    """Several mistakes in a document (in one entry or several), in file order. ``str()`` is
+    the first; :attr:`all` holds every one kept (``omitted``: how many more there were)."""
 
     def __init__(self, errors: list[MappingFileError], omitted: int = 0) -> None:
         first = errors[0]
@@ -507,46 +509,38 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
 
     Used for document entries and for rows read back from the database alike, so both pass the
     same rules. ``where`` is the path printed in errors (``mappings[3]``); ``source`` the file.
-    Raises :class:`MappingFileError`.
+    Raises :class:`MappingFileError`, or :class:`MappingFileErrors` with every field's mistake
+    when there are several.
     """
     check = _Checker(source)
     line = check.line_of(doc)
-    check.mapping(doc, line, where, MAPPING_KEYS)
+    if not isinstance(doc, Mapping):
+        check.fail(line, where, "must be a mapping")
+    errors: list[MappingFileError] = []
 
-    name = check.text(doc, "name", where, max_chars=63)
-    if not NAME_PATTERN.fullmatch(name):
-        check.fail(
-            check.line_of(doc, "name"), f"{where}.name", "must match [a-z0-9][a-z0-9-]{0,62}"
-        )
-    account = check.text(doc, "account", where)
-    if _GLOB_CHARS & set(account):
-        check.fail(check.line_of(doc, "account"), f"{where}.account", "must be exact (no glob)")
-    project = check.text(doc, "project", where)
-    if project != "*" and _GLOB_CHARS & set(project):
-        check.fail(check.line_of(doc, "project"), f"{where}.project", 'must be exact or "*"')
-    deployment = check.text(doc, "deployment", where, default="*")
-    if not deployment:
-        check.fail(check.line_of(doc, "deployment"), f"{where}.deployment", "must not be empty")
-    environment_type = check.text(doc, "environment_type", where, default="*")
-    if environment_type not in ENVIRONMENT_TYPES:
-        check.fail(
-            check.line_of(doc, "environment_type"),
-            f"{where}.environment_type",
-            'must be production, preview, development or "*"',
-        )
-    enabled = doc.get("enabled", True)
-    if not isinstance(enabled, bool):
-        check.fail(check.line_of(doc, "enabled"), f"{where}.enabled", "must be true or false")
-    description = check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
+    def attempt(field: Callable[[], T]) -> T:
+        """The field's value; its mistake is kept (and a placeholder returned) so that the
+        other fields are checked too."""
+        try:
+            return field()
+        except MappingFileError as exc:
+            errors.append(exc)
+            return cast(T, None)
 
-    present = [key for key in PROVIDERS if doc.get(key) is not None]
-    if len(present) != 1:
-        check.fail(line, where, "exactly one of aws, gcp, azure is required")
-    (provider,) = present
-    part, part_line, part_path = doc[provider], check.line_of(doc, provider), f"{where}.{provider}"
-    aws = _aws(check, part, part_line, part_path) if provider == "aws" else None
-    gcp = _gcp(check, part, part_line, part_path) if provider == "gcp" else None
-    azure = _azure(check, part, part_line, part_path) if provider == "azure" else None
+    attempt(lambda: check.mapping(doc, line, where, MAPPING_KEYS))
+    name = attempt(lambda: _name(check, doc, where))
+    account = attempt(lambda: _account(check, doc, where))
+    project = attempt(lambda: _project(check, doc, where))
+    deployment = attempt(lambda: _deployment(check, doc, where))
+    environment_type = attempt(lambda: _environment_type(check, doc, where))
+    enabled = attempt(lambda: _enabled(check, doc, where))
+    description = attempt(
+        lambda: check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
+    )
+    targets = attempt(lambda: _target(check, doc, line, where))
+    if errors:
+        raise errors[0] if len(errors) == 1 else MappingFileErrors(errors)
+    aws, gcp, azure = targets
     return MappingSpec(
         name=name,
         account=account,
@@ -558,6 +552,69 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
         aws=aws,
         gcp=gcp,
         azure=azure,
+    )
+
+
+def _name(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    name = check.text(doc, "name", where, max_chars=63)
+    if not NAME_PATTERN.fullmatch(name):
+        check.fail(
+            check.line_of(doc, "name"), f"{where}.name", "must match [a-z0-9][a-z0-9-]{0,62}"
+        )
+    return name
+
+
+def _enabled(check: _Checker, doc: Mapping[str, Any], where: str) -> bool:
+    enabled = doc.get("enabled", True)  # null is not a boolean here
+    if not isinstance(enabled, bool):
+        check.fail(check.line_of(doc, "enabled"), f"{where}.enabled", "must be true or false")
+    return enabled
+
+
+def _account(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    account = check.text(doc, "account", where)
+    if _GLOB_CHARS & set(account):
+        check.fail(check.line_of(doc, "account"), f"{where}.account", "must be exact (no glob)")
+    return account
+
+
+def _project(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    project = check.text(doc, "project", where)
+    if project != "*" and _GLOB_CHARS & set(project):
+        check.fail(check.line_of(doc, "project"), f"{where}.project", 'must be exact or "*"')
+    return project
+
+
+def _deployment(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    deployment = check.text(doc, "deployment", where, default="*")
+    if not deployment:
+        check.fail(check.line_of(doc, "deployment"), f"{where}.deployment", "must not be empty")
+    return deployment
+
+
+def _environment_type(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    environment_type = check.text(doc, "environment_type", where, default="*")
+    if environment_type not in ENVIRONMENT_TYPES:
+        check.fail(
+            check.line_of(doc, "environment_type"),
+            f"{where}.environment_type",
+            'must be production, preview, development or "*"',
+        )
+    return environment_type
+
+
+def _target(
+    check: _Checker, doc: Mapping[str, Any], line: int | None, where: str
+) -> tuple[AwsTarget | None, GcpTarget | None, AzureTarget | None]:
+    present = [key for key in PROVIDERS if doc.get(key) is not None]
+    if len(present) != 1:
+        check.fail(line, where, "exactly one of aws, gcp, azure is required")
+    (provider,) = present
+    part, part_line, part_path = doc[provider], check.line_of(doc, provider), f"{where}.{provider}"
+    return (
+        _aws(check, part, part_line, part_path) if provider == "aws" else None,
+        _gcp(check, part, part_line, part_path) if provider == "gcp" else None,
+        _azure(check, part, part_line, part_path) if provider == "azure" else None,
     )
 
 
@@ -749,7 +806,7 @@ def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[s
 
 def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
     """Parse and validate a whole mapping document; raises :class:`MappingFileError` (one
-    entry wrong) or :class:`MappingFileErrors` (several: the first mistake of each).
+    mistake) or :class:`MappingFileErrors` (several: every field's, of every entry).
 
     Accepts ``{"mappings": [...]}`` (the file format) or a bare list of entries (the output of
     :func:`dump_json`). Names must be unique within the document.
@@ -772,7 +829,7 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
     omitted = 0
     first_line: dict[str, int | None] = {}
     for index, entry in enumerate(entries):
-        # Every entry is checked: one run reports the first mistake of each (README).
+        # Every entry is checked: one run reports every mistake (README).
         try:
             spec = spec_from_dict(entry, f"mappings[{index}]", source=source)
             line = _Checker.line_of(entry, "name")
@@ -783,10 +840,11 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
                     source, line, f"mappings[{index}].name", f"duplicate name {spec.name!r}{at}"
                 )
         except MappingFileError as exc:
-            if len(errors) < MAX_REPORTED_ERRORS:
-                errors.append(exc)
-            else:
-                omitted += 1
+            for error in exc.all:
+                if len(errors) < MAX_REPORTED_ERRORS:
+                    errors.append(error)
+                else:
+                    omitted += 1
             continue
         first_line[spec.name] = line
         specs.append(spec)

@@ -323,13 +323,17 @@ def with_condition(condition: str) -> str:
     return DOCUMENT.replace(statement, statement[:-2] + f", Condition: {condition}}}]", 1)
 
 
-def assert_refused(run: Any, database: Database, path: str, where: str, problem: str) -> None:
+def assert_refused(
+    run: Any, database: Database, path: str, where: str, problem: str, lines: int = 1
+) -> None:
     result = run("mappings", "apply", path)
     assert result.exit_code == 2, result.output
     assert result.stdout == ""
-    assert result.stderr.startswith(f"error: {path}:{where}"), result.stderr
-    assert problem in result.stderr
-    assert result.stderr.count("\n") == 1
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"error: {path}:{where}"), result.stderr
+    assert problem in first
+    assert result.stderr.count("\n") == lines, result.stderr
+    assert all(line.startswith(f"error: {path}:") for line in result.stderr.splitlines())
     assert store.load(database) == (0, [])
 
 
@@ -441,7 +445,10 @@ def test_control_and_format_characters_exit_2_with_the_line(
 ) -> None:
     assert replace in DOCUMENT
     text = DOCUMENT.replace(replace, by, 1)
-    assert_refused(run, database, write(tmp_path, text), where, f"U+{char}")
+    # The deployment case also moves the old deployment value under environment_type: a second
+    # mistake in the same entry, reported too.
+    lines = 2 if replace == "    deployment:" else 1
+    assert_refused(run, database, write(tmp_path, text), where, f"U+{char}", lines)
 
 
 def test_one_bad_entry_writes_nothing(database: Database, run: Any, tmp_path: Path) -> None:
@@ -631,9 +638,7 @@ def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database)
     ]
 
 
-def test_every_entry_with_a_mistake_is_reported_in_one_run(
-    database: Database, run: Any, tmp_path: Path
-) -> None:
+def test_every_mistake_is_reported_in_one_run(database: Database, run: Any, tmp_path: Path) -> None:
     text = """\
 mappings:
   - name: first-ok
@@ -681,7 +686,8 @@ def test_a_flood_of_mistakes_is_cut_short_and_counted(
     assert result.exit_code == 2
     lines = result.stderr.splitlines()
     assert len(lines) == 51
-    assert lines[-1] == f"error: {path}: 30 more invalid entries not shown"
+    # Two mistakes an entry (the name, and no cloud): 160 in all, 50 shown.
+    assert lines[-1] == f"error: {path}: 110 more mistakes not shown"
     assert store.load(database) == (0, [])
 
 
@@ -713,3 +719,30 @@ def test_the_actor_comes_from_the_option_or_sts_actor_and_the_host_is_recorded(
             (line,) = refused.stderr.strip().splitlines()
             assert "must be 1..255 printable characters" in line
     assert len(history(database)) == 3
+
+
+def test_several_mistakes_in_one_entry_are_each_reported(
+    database: Database, run: Any, tmp_path: Path
+) -> None:
+    text = """\
+mappings:
+  - name: Bad
+    account: "acc*"
+    project: p
+    environment_type: staging
+    enabled: "yes"
+    aws: {role_arn: nope}
+"""
+    path = write(tmp_path, text)
+    result = run("mappings", "apply", path)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        f"error: {path}:2: mappings[0].name: must match [a-z0-9][a-z0-9-]{{0,62}}",
+        f"error: {path}:3: mappings[0].account: must be exact (no glob)",
+        f"error: {path}:5: mappings[0].environment_type: must be production, preview, "
+        'development or "*"',
+        f"error: {path}:6: mappings[0].enabled: must be true or false",
+        f"error: {path}:7: mappings[0].aws.role_arn: must be an IAM role ARN "
+        "(arn:aws:iam::<account>:role/…)",
+    ]
+    assert store.load(database) == (0, [])
