@@ -349,23 +349,21 @@ def _from_events(loader: Any, depth: int) -> Any:
         raise ValueError(f"unexpected {type(event).__name__}")
     if depth + 1 > MAX_NESTING:
         raise _LocatedError(line, f"nested deeper than {MAX_NESTING} levels")
-    if isinstance(event, yaml.SequenceStartEvent):
-        tag = event.tag
-        if tag is None or tag == "!":
-            tag = loader.resolve(yaml.SequenceNode, None, event.implicit)
-        if tag != "tag:yaml.org,2002:seq":
-            raise _LocatedError(line, f"unsupported YAML tag {tag}")
+    sequence = isinstance(event, yaml.SequenceStartEvent)
+    tag = event.tag
+    if tag is None or tag == "!":
+        tag = loader.resolve(
+            yaml.SequenceNode if sequence else yaml.MappingNode, None, event.implicit
+        )
+    if tag != ("tag:yaml.org,2002:seq" if sequence else "tag:yaml.org,2002:map"):
+        raise _LocatedError(line, f"unsupported YAML tag {tag}")
+    if sequence:
         items = _LList(line)
         while not loader.check_event(yaml.SequenceEndEvent):
             items.item_lines.append(loader.peek_event().start_mark.line + 1)
             items.append(_from_events(loader, depth + 1))
         loader.get_event()
         return items
-    tag = event.tag
-    if tag is None or tag == "!":
-        tag = loader.resolve(yaml.MappingNode, None, event.implicit)
-    if tag != "tag:yaml.org,2002:map":
-        raise _LocatedError(line, f"unsupported YAML tag {tag}")
     mapping = _LDict(line)
     while not loader.check_event(yaml.MappingEndEvent):
         key_line = loader.peek_event().start_mark.line + 1
