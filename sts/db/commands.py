@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import socket
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import NoReturn, TypeVar
@@ -113,7 +112,7 @@ def actor(given: str | None = None) -> str:
     for value, where in ((given, "--actor"), (os.environ.get(ACTOR_VARIABLE), ACTOR_VARIABLE)):
         if value is None:
             continue
-        if not value.strip() or len(value) > MAX_ACTOR_CHARS or not _printable(value):
+        if not value.strip() or len(value) > MAX_ACTOR_CHARS or not value.isprintable():
             fail(f"{where}: must be 1..{MAX_ACTOR_CHARS} printable characters", 2)
         return value.strip()
     return os.environ.get("USER") or SOURCE
@@ -122,11 +121,7 @@ def actor(given: str | None = None) -> str:
 def source() -> str:
     """Where a change comes from: ``cli:<host>`` (the host the command ran on)."""
     host = socket.gethostname()
-    return f"{SOURCE}:{host}" if host and _printable(host) else SOURCE
-
-
-def _printable(text: str) -> bool:
-    return all(unicodedata.category(char)[0] != "C" for char in text) and text.isprintable()
+    return f"{SOURCE}:{host}" if host and host.isprintable() else SOURCE
 
 
 @click.group("db")

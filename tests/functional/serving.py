@@ -18,12 +18,14 @@ from sts.dev.serving import free_port
 __all__ = ["free_port", "sts_serve", "sts_serve_on_a_pipe"]
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, describe: Callable[[], str]) -> None:
+def _wait_ready(
+    proc: subprocess.Popen[bytes], url: str, describe: Callable[[], str], path: str = "/readyz"
+) -> None:
     deadline = time.monotonic() + 30
     while True:
         assert proc.poll() is None, describe()
         try:
-            if requests.get(url + "/readyz", timeout=1).status_code == 200:
+            if requests.get(url + path, timeout=1).status_code == 200:
                 return
         except requests.RequestException:
             pass
@@ -41,16 +43,19 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def sts_serve(env: dict[str, str], log_path: Path, *options: str) -> Iterator[str]:
+def sts_serve(
+    env: dict[str, str], log_path: Path, *options: str, ready: str = "/readyz"
+) -> Iterator[str]:
     """``sts serve --port <free> OPTIONS`` with its output in ``log_path``; yields its URL once
-    ``/readyz`` answers 200 (at most 30 s), and stops it with SIGTERM (SIGKILL after 15 s)."""
+    ``ready`` (``/readyz``; ``/healthz`` for a server that is meant not to be ready) answers 200
+    (at most 30 s), and stops it with SIGTERM (SIGKILL after 15 s)."""
     port = free_port()
     command = [sys.executable, "-m", "sts", "serve", "--port", str(port), *options]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_ready(proc, url, log_path.read_text)
+            _wait_ready(proc, url, log_path.read_text, ready)
             yield url
         finally:
             _stop(proc)

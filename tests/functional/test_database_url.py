@@ -181,6 +181,18 @@ READ_ONLY = [
 ]
 
 
+def sts_in(directory: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sts", *args],
+        env=env,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 @pytest.mark.parametrize("args", READ_ONLY, ids=lambda args: " ".join(args[:2]))
 def test_read_only_commands_never_create_a_database(
     args: list[str], tmp_path: Path, issuer: DevIssuer
@@ -189,25 +201,14 @@ def test_read_only_commands_never_create_a_database(
     for unset in (True, False):  # the default ./sts.db, and a URL naming a missing file
         if not unset:
             env["STS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'missing.db'}"
-        result = subprocess.run(
-            [sys.executable, "-m", "sts", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = sts_in(tmp_path, env, *args)
         assert result.returncode == 1, result.stderr
         (line,) = result.stderr.splitlines()
         assert "does not exist" in line
         assert "run sts db upgrade to create it" in line
         assert ("STS_DATABASE_URL is not set" in line) is unset
         assert list(tmp_path.iterdir()) == []
-    current = subprocess.run(
-        [sys.executable, "-m", "sts", "db", "current"], env=env, cwd=tmp_path,
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+    current = sts_in(tmp_path, env, "db", "current")
     assert (current.returncode, current.stdout) == (0, "none (not migrated: run sts db upgrade)\n")
     assert list(tmp_path.iterdir()) == []
     # A command that writes creates it, as before.

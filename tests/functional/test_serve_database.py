@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,11 +17,12 @@ from click.testing import CliRunner
 from sts.cli import cli
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE, POSTGRES_URL
-from tests.functional.serving import free_port
+from tests.functional.serving import sts_serve
 
 
 @contextmanager
 def serving(database_url: str, issuer: DevIssuer, log: Path) -> Iterator[str]:
+    """One worker on ``database_url``, yielded once it is alive (not ready: that is the test)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
     env.update(
         STS_DATABASE_URL=database_url,
@@ -32,30 +30,8 @@ def serving(database_url: str, issuer: DevIssuer, log: Path) -> Iterator[str]:
         STS_TRUSTED_ISSUERS=issuer.url,
         STS_ALLOW_HTTP_LOOPBACK="true",
     )
-    port = free_port()
-    with log.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "sts", "serve", "--port", str(port), "--workers", "1"],
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+    with sts_serve(env, log, "--workers", "1", ready="/healthz") as url:
         yield url
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=15)
 
 
 def messages(log: Path) -> str:
