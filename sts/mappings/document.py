@@ -249,21 +249,36 @@ class _LocatedError(Exception):
         self.problem = problem
 
 
-def _build(loader: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
-    line = node.start_mark.line + 1
-    if isinstance(node, yaml.ScalarNode):
-        if node.tag == "tag:yaml.org,2002:merge":
-            raise _LocatedError(line, "YAML merge keys (<<) are not allowed")
-        if node.tag not in _SCALAR_TAGS:
-            raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
-        if node.tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
-            raise _LocatedError(line, f"number has too many digits (at most {MAX_NUMBER_CHARS})")
-        value = loader.construct_object(node)
-        if isinstance(value, str) and any("\ud800" <= char <= "\udfff" for char in value):
+_STR_TAG = "tag:yaml.org,2002:str"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _scalar(loader: yaml.constructor.SafeConstructor, node: yaml.ScalarNode) -> Any:
+    """A scalar's value, checked; built by the tag's constructor directly, never through
+    ``construct_object``, which keeps every node it has seen (and its marks) until the end of
+    the document: a gigabyte for a 100,000-mapping file."""
+    tag = node.tag
+    if tag == _STR_TAG:
+        value: Any = node.value
+        if _SURROGATE.search(value):
             # JSON writes characters beyond U+FFFF as \uD83D\uDE00; YAML readers do not join
             # the pair. Join it here; a lone half stays and is refused as unprintable.
             value = value.encode("utf-16", "surrogatepass").decode("utf-16", "surrogatepass")
         return value
+    line = node.start_mark.line + 1
+    if tag == "tag:yaml.org,2002:merge":
+        raise _LocatedError(line, "YAML merge keys (<<) are not allowed")
+    if tag not in _SCALAR_TAGS:
+        raise _LocatedError(line, f"unsupported YAML tag {tag}")
+    if tag in _NUMBER_TAGS and len(node.value) > MAX_NUMBER_CHARS:
+        raise _LocatedError(line, f"number has too many digits (at most {MAX_NUMBER_CHARS})")
+    return loader.yaml_constructors[tag](loader, node)
+
+
+def _build(loader: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
+    line = node.start_mark.line + 1
+    if isinstance(node, yaml.ScalarNode):
+        return _scalar(loader, node)
     if isinstance(node, yaml.SequenceNode):
         if node.tag != "tag:yaml.org,2002:seq":
             raise _LocatedError(line, f"unsupported YAML tag {node.tag}")
@@ -292,22 +307,27 @@ def _build(loader: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
     )  # pragma: no cover - PyYAML has no other kind
 
 
-def _load(text: str, source: str) -> Any:
+def _load(text: str, source: str, entries: _Entries | None = None) -> Any:
     """The document as plain values that remember their lines.
 
     libyaml reads it when it can; any problem it finds, and anything it would read more
     leniently, is read again by the pure-Python loader, whose answer (the value or the error)
     is the one given: the fast path never changes what a document means.
+
+    With ``entries``, the fast path hands each entry of the mappings list to it as soon as the
+    entry is read and leaves the list empty (``entries.streamed``), so a large file is never
+    held as a tree; the Python path always returns the whole tree.
     """
     if _LIBYAML and not _PYTHON_ONLY.search(text):
         try:
-            return _load_fast(text, source)
+            return _load_fast(text, source, entries)
         except (MappingFileError, yaml.YAMLError, ValueError):
-            pass
+            if entries is not None:
+                entries.reset()
     return _load_python(text, source)
 
 
-def _load_fast(text: str, source: str) -> Any:
+def _load_fast(text: str, source: str, entries: _Entries | None = None) -> Any:
     """libyaml's event stream built straight into the values :func:`_build` makes (no node
     tree): aliases and nesting are refused as the Python loader refuses them. Anything
     irregular raises, and :func:`_load` then asks the Python loader."""
@@ -318,7 +338,7 @@ def _load_fast(text: str, source: str) -> Any:
         if not loader.check_event(yaml.DocumentStartEvent):
             raise ValueError("no document")
         loader.get_event()
-        value = _from_events(loader, 0)
+        value = _from_events(loader, 0, entries)
         loader.get_event()  # DocumentEndEvent
         if not loader.check_event(yaml.StreamEndEvent):
             raise ValueError("more than one document")
@@ -329,20 +349,23 @@ def _load_fast(text: str, source: str) -> Any:
         loader.dispose()
 
 
-def _from_events(loader: Any, depth: int) -> Any:
-    """One value from the event stream; ``depth`` collections enclose it."""
+def _from_events(loader: Any, depth: int, entries: _Entries | None = None) -> Any:
+    """One value from the event stream; ``depth`` collections enclose it. ``entries`` (from
+    the root only) takes the items of the mappings list: the root list, or the root's
+    ``mappings``."""
     event: Any = loader.get_event()
-    line = event.start_mark.line + 1
     if getattr(event, "anchor", None) is not None:
         # Anchors (unused without aliases, refused when repeated): the Python loader's call.
         raise ValueError("anchor")
     if isinstance(event, yaml.ScalarEvent):
-        tag = event.tag
+        tag, value = event.tag, event.value
         if tag is None or tag == "!":
-            tag = loader.resolve(yaml.ScalarNode, event.value, event.implicit)
+            tag = loader.resolve(yaml.ScalarNode, value, event.implicit)
+        if tag == _STR_TAG and not _SURROGATE.search(value):
+            return value  # most scalars: no node needed
         marks: tuple[Any, Any] = (event.start_mark, event.end_mark)
-        node = yaml.ScalarNode(tag, event.value, *marks, event.style)
-        return _build(loader, node)
+        return _scalar(loader, yaml.ScalarNode(tag, value, *marks, event.style))
+    line = event.start_mark.line + 1
     if isinstance(event, yaml.AliasEvent):
         raise _LocatedError(line, "YAML aliases are not allowed")
     if not isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
@@ -360,8 +383,15 @@ def _from_events(loader: Any, depth: int) -> Any:
     if sequence:
         items = _LList(line)
         while not loader.check_event(yaml.SequenceEndEvent):
-            items.item_lines.append(loader.peek_event().start_mark.line + 1)
-            items.append(_from_events(loader, depth + 1))
+            item_line = loader.peek_event().start_mark.line + 1
+            item = _from_events(loader, depth + 1)
+            if entries is None:
+                items.item_lines.append(item_line)
+                items.append(item)
+            else:
+                entries.add(item)
+        if entries is not None:
+            entries.streamed = True
         loader.get_event()
         return items
     mapping = _LDict(line)
@@ -374,7 +404,8 @@ def _from_events(loader: Any, depth: int) -> Any:
             first = mapping.key_lines[key]
             raise _LocatedError(key_line, f"duplicate key {key!r} (first at line {first})")
         mapping.key_lines[key] = key_line
-        mapping[key] = _from_events(loader, depth + 1)
+        streams = entries is not None and depth == 0 and key == "mappings"
+        mapping[key] = _from_events(loader, depth + 1, entries if streams else None)
     loader.get_event()
     return mapping
 
@@ -455,6 +486,9 @@ class _Checker:
         return value
 
     def printable(self, value: str, line: int | None, path: str) -> None:
+        if value.isprintable():
+            # No Cc, Cf, Cs, Cn, Zl or Zp character is printable: the common case in one call.
+            return
         for char in value:
             if unicodedata.category(char) in _BAD_CATEGORIES:
                 self.fail(line, path, f"must not contain the character U+{ord(char):04X}")
@@ -802,6 +836,56 @@ def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[s
     return tuple(value)
 
 
+class _Entries:
+    """The entries of a document, each checked as it comes: every mistake is kept (the first
+    :data:`MAX_REPORTED_ERRORS`, then a count) and only the specs, never the entries' trees."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.reset()
+
+    def reset(self) -> None:
+        self.specs: list[MappingSpec] = []
+        self.errors: list[MappingFileError] = []
+        self.omitted = 0
+        self.count = 0
+        self.first_line: dict[str, int | None] = {}
+        # Whether the loader handed every entry over (the document's list is then empty).
+        self.streamed = False
+
+    def add(self, entry: Any) -> None:
+        index = self.count
+        self.count += 1
+        try:
+            spec = spec_from_dict(entry, f"mappings[{index}]", source=self.source)
+            line = _Checker.line_of(entry, "name")
+            if spec.name in self.first_line:
+                previous = self.first_line[spec.name]
+                at = f" (first at line {previous})" if previous is not None else ""
+                raise MappingFileError(
+                    self.source,
+                    line,
+                    f"mappings[{index}].name",
+                    f"duplicate name {spec.name!r}{at}",
+                )
+        except MappingFileError as exc:
+            for error in exc.all:
+                if len(self.errors) < MAX_REPORTED_ERRORS:
+                    self.errors.append(error)
+                else:
+                    self.omitted += 1
+            return
+        self.first_line[spec.name] = line
+        self.specs.append(spec)
+
+    def result(self) -> list[MappingSpec]:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            raise MappingFileErrors(self.errors, self.omitted)
+        return self.specs
+
+
 def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
     """Parse and validate a whole mapping document; raises :class:`MappingFileError` (one
     mistake) or :class:`MappingFileErrors` (several: every field's, of every entry).
@@ -809,9 +893,10 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
     Accepts ``{"mappings": [...]}`` (the file format) or a bare list of entries (the output of
     :func:`dump_json`). Names must be unique within the document.
     """
-    root = _load(text, source)
+    entries = _Entries(source)
+    root = _load(text, source, entries)
     if isinstance(root, list):
-        entries: Any = root
+        listed: Any = root
     else:
         check = _Checker(source)
         if not isinstance(root, Mapping):
@@ -819,38 +904,14 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
         check.mapping(root, check.line_of(root), "", ("mappings",))
         if "mappings" not in root:
             check.fail(check.line_of(root), "mappings", "required")
-        entries = root["mappings"]
-        if not isinstance(entries, list):
+        listed = root["mappings"]
+        if not isinstance(listed, list):
             check.fail(check.line_of(root, "mappings"), "mappings", "must be a list")
-    specs: list[MappingSpec] = []
-    errors: list[MappingFileError] = []
-    omitted = 0
-    first_line: dict[str, int | None] = {}
-    for index, entry in enumerate(entries):
+    if not entries.streamed:
         # Every entry is checked: one run reports every mistake (README).
-        try:
-            spec = spec_from_dict(entry, f"mappings[{index}]", source=source)
-            line = _Checker.line_of(entry, "name")
-            if spec.name in first_line:
-                previous = first_line[spec.name]
-                at = f" (first at line {previous})" if previous is not None else ""
-                raise MappingFileError(
-                    source, line, f"mappings[{index}].name", f"duplicate name {spec.name!r}{at}"
-                )
-        except MappingFileError as exc:
-            for error in exc.all:
-                if len(errors) < MAX_REPORTED_ERRORS:
-                    errors.append(error)
-                else:
-                    omitted += 1
-            continue
-        first_line[spec.name] = line
-        specs.append(spec)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise MappingFileErrors(errors, omitted)
-    return specs
+        for entry in listed:
+            entries.add(entry)
+    return entries.result()
 
 
 def dump_json(specs: Iterable[MappingSpec]) -> str:

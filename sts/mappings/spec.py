@@ -30,7 +30,7 @@ GCP_LIFETIME_RANGE = (600, 43200)
 DEFAULT_DURATION_SECONDS = 3600
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AwsTarget:
     role_arn: str
     duration_seconds: int = DEFAULT_DURATION_SECONDS
@@ -53,7 +53,7 @@ class AwsTarget:
         return doc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class GcpTarget:
     workload_identity_provider: str
     service_account: str | None = None
@@ -73,7 +73,7 @@ class GcpTarget:
         return doc
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AzureTarget:
     """An Entra app registration or user-assigned managed identity (docs/reference.md
     section 9); ``scopes`` name one resource, each ending in ``/.default``."""

@@ -213,23 +213,32 @@ def apply_specs(
     the ``token`` that ``list --json`` spells out, so taking that output back is no change
     (:func:`keep_default_token`).
     """
-    wanted = list(specs)
-    names = [spec.name for spec in wanted]
-    if len(set(names)) != len(names):
-        raise ValueError("duplicate mapping names")
+    wanted: dict[str, MappingSpec] = {}
+    for spec in specs:
+        if spec.name in wanted:
+            raise ValueError("duplicate mapping names")
+        wanted[spec.name] = spec
     conn = _connection(bind)
     revision = read_revision(conn) if dry_run else _lock_revision(conn)
-    rows = {row.name: row for row in conn.execute(sa.select(*_SPEC_COLUMNS))}
     default = default_token(broker_mode)
 
     diff = Diff(revision=revision, dry_run=dry_run)
-    for given in sorted(wanted, key=lambda spec: spec.name):
-        row = rows.get(given.name)
-        if row is None:
-            diff.created.append(given)
+    # The stored rows are read in batches and compared as they come: an unchanged mapping
+    # costs a comparison of its columns, and only the rows that change are kept (memory in
+    # proportion to the change, not to the table).
+    stored: set[str] = set()
+    # On the statement: Connection.execution_options would stream every later statement too.
+    rows = conn.execute(sa.select(*_SPEC_COLUMNS).execution_options(yield_per=_BATCH))
+    for row in rows:
+        given = wanted.get(row.name)
+        if given is None:
+            if prune:
+                diff.deleted.append(spec_from_row(row))
+            else:
+                diff.kept.append(row.name)
             continue
+        stored.add(row.name)
         if _same_as_row(given, row, default):
-            # An unchanged mapping costs a comparison of its stored columns: no spec is built.
             diff.unchanged.append(given.name)
             continue
         current = spec_from_row(row)
@@ -238,12 +247,12 @@ def apply_specs(
             diff.unchanged.append(spec.name)
         else:
             diff.updated.append(Update(current, spec, field_changes(current, spec)))
-    named = set(names)
-    absent = sorted(name for name in rows if name not in named)
-    if prune:
-        diff.deleted.extend(spec_from_row(rows[name]) for name in absent)
-    else:
-        diff.kept.extend(absent)
+    diff.created.extend(spec for name, spec in wanted.items() if name not in stored)
+    diff.created.sort(key=lambda spec: spec.name)
+    diff.updated.sort(key=lambda update: update.after.name)
+    diff.deleted.sort(key=lambda spec: spec.name)
+    diff.unchanged.sort()
+    diff.kept.sort()
 
     if dry_run or not diff.changed:
         return diff
