@@ -339,28 +339,29 @@ def _record_many(
                 .where(RoleMapping.name == name)
                 .values(**_row_values(after), updated_at=now)
             )
-    created = [
-        {**_row_values(after), "created_at": now, "updated_at": now}
-        for action, _, _, after in changes
-        if action == "create" and after is not None
-    ]
+    created = [after for action, _, _, after in changes if action == "create" and after is not None]
     for start in range(0, len(created), _BATCH):
-        conn.execute(sa.insert(RoleMapping), created[start : start + _BATCH])
-    history = [
-        {
-            "changed_at": now,
-            "actor": actor,
-            "source": source,
-            "action": action,
-            "name": name,
-            "before": before.to_document() if before is not None else None,
-            "after": after.to_document() if after is not None else None,
-            "revision": revision,
-        }
-        for action, name, before, after in changes
-    ]
-    for start in range(0, len(history), _BATCH):
-        conn.execute(sa.insert(MappingChange), history[start : start + _BATCH])
+        rows = [
+            {**_row_values(spec), "created_at": now, "updated_at": now}
+            for spec in created[start : start + _BATCH]
+        ]
+        conn.execute(sa.insert(RoleMapping), rows)
+    # The rows of each statement are built for it alone: never every change's documents at once.
+    for start in range(0, len(changes), _BATCH):
+        history = [
+            {
+                "changed_at": now,
+                "actor": actor,
+                "source": source,
+                "action": action,
+                "name": name,
+                "before": before.to_document() if before is not None else None,
+                "after": after.to_document() if after is not None else None,
+                "revision": revision,
+            }
+            for action, name, before, after in changes[start : start + _BATCH]
+        ]
+        conn.execute(sa.insert(MappingChange), history)
 
 
 def set_mapping(
