@@ -101,3 +101,33 @@ def test_a_plain_document_takes_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
 
     monkeypatch.setattr(document, "_load_python", refuse)
     assert document._load(CONTRACT_EXAMPLE, "f.yaml")["mappings"][0]["name"] == "orders-prod"
+
+
+def parsed(text: str) -> Any:
+    try:
+        return document.parse_document(text, "f.yaml")
+    except MappingFileError as exc:
+        return [str(error) for error in exc.all]
+
+
+@pytest.mark.parametrize("text", CORPUS)
+def test_entries_checked_as_they_are_read_give_the_same_specs_and_errors(
+    text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fast path hands entries over while reading; the Python path checks them from the
+    whole tree afterwards: the same specs, or the same mistakes in the same order."""
+    fast = parsed(text)
+    monkeypatch.setattr(document, "_LIBYAML", False)
+    assert fast == parsed(text)
+
+
+def test_a_document_refused_late_by_the_fast_path_is_checked_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An anchor after valid entries sends the document to the Python loader: the entries the
+    fast path had already checked are dropped, not counted twice (which would make every
+    name a duplicate)."""
+    text = CONTRACT_EXAMPLE + "  - &x {name: late, account: a, project: p, aws: {role_arn: r}}\n"
+    specs = parsed(text)
+    monkeypatch.setattr(document, "_LIBYAML", False)
+    assert parsed(text) == specs
