@@ -145,6 +145,16 @@ class _LDict(dict[str, Any]):
         self.line = line
         self.key_lines: dict[str, int] = {}
 
+    def new_key(self, key: Any, line: int) -> str:
+        """``key`` on ``line``, recorded; a key that is not a string, or repeated, is refused."""
+        if not isinstance(key, str):
+            raise _LocatedError(line, "mapping keys must be strings")
+        if key in self:
+            first = self.key_lines[key]
+            raise _LocatedError(line, f"duplicate key {key!r} (first at line {first})")
+        self.key_lines[key] = line
+        return key
+
 
 class _LList(list[Any]):
     """A sequence from the document, remembering the line of itself and of each item."""
@@ -293,13 +303,7 @@ def _build(loader: yaml.constructor.SafeConstructor, node: yaml.Node) -> Any:
         mapping = _LDict(line)
         for key_node, value_node in node.value:
             key_line = key_node.start_mark.line + 1
-            key = _build(loader, key_node)
-            if not isinstance(key, str):
-                raise _LocatedError(key_line, "mapping keys must be strings")
-            if key in mapping:
-                first = mapping.key_lines[key]
-                raise _LocatedError(key_line, f"duplicate key {key!r} (first at line {first})")
-            mapping.key_lines[key] = key_line
+            key = mapping.new_key(_build(loader, key_node), key_line)
             mapping[key] = _build(loader, value_node)
         return mapping
     raise _LocatedError(
@@ -397,13 +401,7 @@ def _from_events(loader: Any, depth: int, entries: _Entries | None = None) -> An
     mapping = _LDict(line)
     while not loader.check_event(yaml.MappingEndEvent):
         key_line = loader.peek_event().start_mark.line + 1
-        key = _from_events(loader, depth + 1)
-        if not isinstance(key, str):
-            raise _LocatedError(key_line, "mapping keys must be strings")
-        if key in mapping:
-            first = mapping.key_lines[key]
-            raise _LocatedError(key_line, f"duplicate key {key!r} (first at line {first})")
-        mapping.key_lines[key] = key_line
+        key = mapping.new_key(_from_events(loader, depth + 1), key_line)
         streams = entries is not None and depth == 0 and key == "mappings"
         mapping[key] = _from_events(loader, depth + 1, entries if streams else None)
     loader.get_event()
