@@ -1,4 +1,5 @@
-"""``sts serve`` as a real process for functional tests: start it, wait until ready, stop it."""
+"""``sts`` as a real process for functional tests: a command run to its end, or ``sts serve``
+started, waited for until ready, and stopped."""
 
 from __future__ import annotations
 
@@ -15,7 +16,22 @@ import requests
 
 from sts.dev.serving import free_port
 
-__all__ = ["free_port", "sts_serve", "sts_serve_on_a_pipe"]
+__all__ = ["free_port", "run_sts", "sts_serve", "sts_serve_on_a_pipe"]
+
+
+def run_sts(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """``sts ARGS`` run to its end in ``env``, its output captured as text."""
+    return subprocess.run(
+        [sys.executable, "-m", "sts", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def _wait_ready(

@@ -21,7 +21,7 @@ import requests
 
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
-from tests.functional.serving import free_port
+from tests.functional.serving import free_port, run_sts
 
 UNKNOWN_DIALECT = "nosuchdb://x/y"
 UNKNOWN_DRIVER = "mysql+nosuchdriver://u@127.0.0.1/db"
@@ -55,7 +55,7 @@ COMMANDS = [
 ]
 
 
-def run_sts(
+def sts_with_mappings(
     args: list[str], url: str, tmp_path: Path, issuer: DevIssuer
 ) -> subprocess.CompletedProcess[str]:
     mapping_file = tmp_path / "mappings.yaml"
@@ -67,14 +67,8 @@ def run_sts(
         STS_TRUSTED_ISSUERS=issuer.url,
         STS_ALLOW_HTTP_LOOPBACK="true",
     )
-    return subprocess.run(
-        [sys.executable, "-m", "sts", *(arg.replace("{file}", str(mapping_file)) for arg in args)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    return run_sts(
+        *(arg.replace("{file}", str(mapping_file)) for arg in args), env=env, cwd=tmp_path
     )
 
 
@@ -88,7 +82,7 @@ def test_the_mysql_dbapi_is_really_absent() -> None:
 def test_url_no_driver_can_open_is_exit_2_one_line_naming_the_variable(
     args: list[str], url: str, tmp_path: Path, issuer: DevIssuer
 ) -> None:
-    result = run_sts(args, url, tmp_path, issuer)
+    result = sts_with_mappings(args, url, tmp_path, issuer)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -102,7 +96,7 @@ def test_url_no_driver_can_open_is_exit_2_one_line_naming_the_variable(
 def test_unreachable_database_is_exit_1_one_line_without_traceback(
     args: list[str], tmp_path: Path, issuer: DevIssuer
 ) -> None:
-    result = run_sts(args, UNREACHABLE, tmp_path, issuer)
+    result = sts_with_mappings(args, UNREACHABLE, tmp_path, issuer)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -114,7 +108,7 @@ def test_explain_on_an_unmigrated_database_is_exit_1_one_line(
     tmp_path: Path, issuer: DevIssuer
 ) -> None:
     url = f"sqlite:///{tmp_path / 'empty.db'}"
-    result = run_sts(["explain", "--claims", CLAIMS], url, tmp_path, issuer)
+    result = sts_with_mappings(["explain", "--claims", CLAIMS], url, tmp_path, issuer)
     assert result.returncode == 1, result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1, result.stderr
@@ -167,7 +161,7 @@ def test_serve_on_an_unreachable_database_starts_and_readyz_says_why(
 def test_postgres_urls_of_other_drivers_say_which_to_write(
     url: str, tmp_path: Path, issuer: DevIssuer
 ) -> None:
-    result = run_sts(["mappings", "list"], url, tmp_path, issuer)
+    result = sts_with_mappings(["mappings", "list"], url, tmp_path, issuer)
     assert result.returncode == 2
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: STS_DATABASE_URL: ")
@@ -181,18 +175,6 @@ READ_ONLY = [
 ]
 
 
-def sts_in(directory: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sts", *args],
-        env=env,
-        cwd=directory,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("args", READ_ONLY, ids=lambda args: " ".join(args[:2]))
 def test_read_only_commands_never_create_a_database(
     args: list[str], tmp_path: Path, issuer: DevIssuer
@@ -201,17 +183,19 @@ def test_read_only_commands_never_create_a_database(
     for unset in (True, False):  # the default ./sts.db, and a URL naming a missing file
         if not unset:
             env["STS_DATABASE_URL"] = f"sqlite:///{tmp_path / 'missing.db'}"
-        result = sts_in(tmp_path, env, *args)
+        result = run_sts(*args, env=env, cwd=tmp_path)
         assert result.returncode == 1, result.stderr
         (line,) = result.stderr.splitlines()
         assert "does not exist" in line
         assert "run sts db upgrade to create it" in line
         assert ("STS_DATABASE_URL is not set" in line) is unset
         assert list(tmp_path.iterdir()) == []
-    current = sts_in(tmp_path, env, "db", "current")
+    current = run_sts("db", "current", env=env, cwd=tmp_path)
     assert (current.returncode, current.stdout) == (0, "none (not migrated: run sts db upgrade)\n")
     assert list(tmp_path.iterdir()) == []
     # A command that writes creates it, as before.
-    created = run_sts(["db", "upgrade"], f"sqlite:///{tmp_path / 'missing.db'}", tmp_path, issuer)
+    created = sts_with_mappings(
+        ["db", "upgrade"], f"sqlite:///{tmp_path / 'missing.db'}", tmp_path, issuer
+    )
     assert created.returncode == 0, created.stderr
     assert (tmp_path / "missing.db").exists()

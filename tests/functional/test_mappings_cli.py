@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC
@@ -25,6 +23,7 @@ from sts.mappings.commands import mappings
 from sts.mappings.document import parse_document
 from sts.mappings.models import MappingChange, RoleMapping
 from sts.mappings.store import apply_specs
+from tests.functional.serving import run_sts
 
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 WIP = (
@@ -586,15 +585,7 @@ def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) ->
     path = write(tmp_path, DOCUMENT)
     outputs = []
     for args in (["db", "upgrade"], ["mappings", "apply", path], ["mappings", "list", "--json"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "sts", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        result = run_sts(*args, env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert "+ create orders-prod" in outputs[1]

@@ -24,6 +24,7 @@ from sts.mappings import store
 from sts.mappings.document import MappingFileError, parse_document
 from sts.mappings.models import MappingChange
 from sts.mappings.spec import MappingSpec
+from tests.functional.serving import run_sts
 
 REPO = Path(__file__).resolve().parents[2]
 TABLES = {
@@ -318,14 +319,7 @@ def test_cli_runs_team_revisions_up_and_down(database_url: str, tmp_path: Path) 
     env = {**os.environ, "STS_DATABASE_URL": database_url}
 
     def sts(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "sts", *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
+        return run_sts(*args, env=env)
 
     assert sts("db", "upgrade").returncode == 0
     database = Database(database_url)

@@ -21,18 +21,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import free_port, sts_serve
-
-
-def sts(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "sts", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+from tests.functional.serving import free_port, run_sts, sts_serve
 
 
 @pytest.fixture
@@ -55,7 +44,7 @@ def server(env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     mappings = tmp_path / "mappings.yaml"
     mappings.write_text(DEFAULT_MAPPINGS)
     with sts_serve(env, tmp_path / "serve.log", "--workers", "2") as url:
-        result = sts("mappings", "apply", str(mappings), env=env)
+        result = run_sts("mappings", "apply", str(mappings), env=env)
         assert result.returncode == 0, result.stderr
         yield url
 
@@ -90,7 +79,7 @@ def test_serve_migrates_sqlite_and_exchanges(server: str, issuer: DevIssuer) -> 
 )
 def test_serve_refuses_bad_configuration(env: dict[str, str], variable: str, value: str) -> None:
     env = {**env, variable: value}
-    result = sts("serve", "--port", str(free_port()), env=env, timeout=30)
+    result = run_sts("serve", "--port", str(free_port()), env=env, timeout=30)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
@@ -99,15 +88,7 @@ def test_serve_refuses_bad_configuration(env: dict[str, str], variable: str, val
 
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    result = subprocess.run(
-        [sys.executable, "-m", "sts", "demo"],
-        env=clean,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    result = run_sts("demo", env=clean, cwd=tmp_path, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "orders-prod" in result.stdout
     assert "analytics-gcp" in result.stdout
@@ -274,7 +255,7 @@ def test_cached_answers_never_wait_for_a_request_thread_held_by_a_slow_cloud(
     mappings = tmp_path / "mappings.yaml"
     mappings.write_text(DEFAULT_MAPPINGS)
     with sts_serve(env, tmp_path / "serve.log", "--workers", "1", "--threads", "1") as url:
-        assert sts("mappings", "apply", str(mappings), env=env).returncode == 0
+        assert run_sts("mappings", "apply", str(mappings), env=env).returncode == 0
         cached = issuer.mint(audience=AUDIENCE, deployment="cached-one")
         deadline = time.monotonic() + 10
         while exchange(url, cached).status_code != 200:
@@ -325,7 +306,7 @@ def test_a_second_server_on_the_same_port_exits_1_in_one_line(
     with sts_serve(env, tmp_path / "serve.log") as url:
         port = url.rsplit(":", 1)[1]
         other = {**env, "STS_AUDIENCE": "https://another.example"}
-        result = sts("serve", "--port", port, env=other)
+        result = run_sts("serve", "--port", port, env=other)
         assert result.returncode == 1, result.stderr
         lines = result.stderr.strip().splitlines()
         assert lines == [
