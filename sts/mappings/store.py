@@ -225,19 +225,17 @@ def apply_specs(
     diff = Diff(revision=revision, dry_run=dry_run)
     # The stored rows are read in batches and compared as they come: an unchanged mapping
     # costs a comparison of its columns, and only the rows that change are kept (memory in
-    # proportion to the change, not to the table).
-    stored: set[str] = set()
+    # proportion to the change, not to the table). What is left of ``wanted`` is new.
     # On the statement: Connection.execution_options would stream every later statement too.
     rows = conn.execute(sa.select(*_SPEC_COLUMNS).execution_options(yield_per=_BATCH))
     for row in rows:
-        given = wanted.get(row.name)
+        given = wanted.pop(row.name, None)
         if given is None:
             if prune:
                 diff.deleted.append(spec_from_row(row))
             else:
                 diff.kept.append(row.name)
             continue
-        stored.add(row.name)
         if _same_as_row(given, row, default):
             diff.unchanged.append(given.name)
             continue
@@ -247,8 +245,7 @@ def apply_specs(
             diff.unchanged.append(spec.name)
         else:
             diff.updated.append(Update(current, spec, field_changes(current, spec)))
-    diff.created.extend(spec for name, spec in wanted.items() if name not in stored)
-    diff.created.sort(key=lambda spec: spec.name)
+    diff.created.extend(sorted(wanted.values(), key=lambda spec: spec.name))
     diff.updated.sort(key=lambda update: update.after.name)
     diff.deleted.sort(key=lambda spec: spec.name)
     diff.unchanged.sort()
