@@ -387,13 +387,11 @@ def _from_events(loader: Any, depth: int, entries: _Entries | None = None) -> An
     if sequence:
         items = _LList(line)
         while not loader.check_event(yaml.SequenceEndEvent):
-            item_line = loader.peek_event().start_mark.line + 1
-            item = _from_events(loader, depth + 1)
             if entries is None:
-                items.item_lines.append(item_line)
-                items.append(item)
+                items.item_lines.append(loader.peek_event().start_mark.line + 1)
+                items.append(_from_events(loader, depth + 1))
             else:
-                entries.add(item)
+                entries.add(_from_events(loader, depth + 1))
         if entries is not None:
             entries.streamed = True
         loader.get_event()
