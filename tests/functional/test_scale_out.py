@@ -23,8 +23,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE, _postgres_schema_url
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import free_port
-from tests.functional.test_serve import sts
+from tests.functional.serving import free_port, run_sts
 
 pytestmark = pytest.mark.postgres
 
@@ -116,10 +115,10 @@ def replicas(
         "STS_REDIS_URL": "redis://127.0.0.1:6379/0",
         "STS_CACHE_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     }
-    assert sts("db", "upgrade", env=env).returncode == 0
+    assert run_sts("db", "upgrade", env=env).returncode == 0
     mappings = tmp_path / "mappings.yaml"
     mappings.write_text(DEFAULT_MAPPINGS)
-    applied = sts("mappings", "apply", str(mappings), env=env)
+    applied = run_sts("mappings", "apply", str(mappings), env=env)
     assert applied.returncode == 0, applied.stderr
     a = Replica(env, tmp_path / "a.log")
     b = Replica(env, tmp_path / "b.log")
@@ -184,7 +183,7 @@ def test_mapping_change_reaches_both_replicas(
         "    project: p\n"
         "    aws: {role_arn: 'arn:aws:iam::123456789012:role/late'}\n"
     )
-    assert sts("mappings", "apply", str(late), env=env).returncode == 0
+    assert run_sts("mappings", "apply", str(late), env=env).returncode == 0
     deadline = time.monotonic() + 10
     pending = {a.url, b.url}
     while pending and time.monotonic() < deadline:
