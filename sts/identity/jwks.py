@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -43,6 +43,7 @@ __all__ = [
     "MIN_RSA_BITS",
     "MIN_TTL",
     "REFETCH_COOLDOWN",
+    "HeldKey",
     "JWKSCache",
     "JWKSError",
     "JWKSRegistry",
@@ -210,19 +211,26 @@ def ttl_from_cache_control(
     return min(max_ttl, max(min_ttl, float(match.group(1))))
 
 
+class HeldKey(NamedTuple):
+    """A verification key and its RFC 7638 thumbprint, from one fetched set: what tells a key
+    replaced under the same kid apart (computed once per fetch, not per token)."""
+
+    key: RSAKey
+    thumbprint: str
+
+
 @dataclass(frozen=True)
 class _KeySet:
-    keys: dict[str, RSAKey]
+    keys: dict[str, HeldKey]
     kids: frozenset[str]
-    thumbprints: dict[str, str]
-    """RFC 7638 thumbprint of each key: what tells a replaced key under the same kid apart."""
 
     @classmethod
     def of(cls, keys: dict[str, RSAKey]) -> _KeySet:
-        return cls(keys, frozenset(keys), {kid: key.thumbprint() for kid, key in keys.items()})
+        held = {kid: HeldKey(key, key.thumbprint()) for kid, key in keys.items()}
+        return cls(held, frozenset(keys))
 
 
-_EMPTY = _KeySet({}, frozenset(), {})
+_EMPTY = _KeySet({}, frozenset())
 
 
 class JWKSCache:
@@ -282,8 +290,9 @@ class JWKSCache:
     def kids(self) -> frozenset[str]:
         return self._set.kids
 
-    def get_key(self, kid: str) -> RSAKey | None:
-        """The verification key for ``kid``, refetching once (per cooldown) when it is unknown.
+    def get_key(self, kid: str) -> HeldKey | None:
+        """The verification key for ``kid`` and its thumbprint, refetching once (per cooldown)
+        when it is unknown.
 
         Anyone can invent a ``kid`` (docs/reference.md section 3), so a miss never queues behind a
         fetch: a miss that finds no fetch in flight and no cooldown running fetches itself,
@@ -311,7 +320,8 @@ class JWKSCache:
 
     def thumbprint(self, kid: str) -> str | None:
         """RFC 7638 thumbprint of the key held for ``kid`` (never fetches); None if not held."""
-        return self._set.thumbprints.get(kid)
+        held = self._set.keys.get(kid)
+        return None if held is None else held.thumbprint
 
     def _cooling_down(self) -> bool:
         last = self._last_miss_fetch
