@@ -7,6 +7,7 @@ contract names and ignores unknown parameters (RFC 6749 section 3.2).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -123,8 +124,20 @@ def _parse_form(body: bytes) -> dict[str, str]:
 
 def _form_decode(text: str) -> str:
     if "%" in text or "+" in text:
-        return unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
+        if len(text) <= _MEMO_CHARS:
+            return _form_decode_short(text)
+        return _unquote_plus(text)
     return text
+
+
+def _unquote_plus(text: str) -> str:
+    return unquote(text.replace("+", " "), encoding="utf-8", errors="strict")
+
+
+#: Encoded values this short are decoded once: a gateway sends the same ``grant_type`` and
+#: ``subject_token_type`` URNs (``urn%3Aietf%3A...``) with every request.
+_MEMO_CHARS = 128
+_form_decode_short = functools.lru_cache(maxsize=256)(_unquote_plus)
 
 
 class _Members(list[tuple[str, Any]]):

@@ -71,10 +71,26 @@ def test_every_body_reads_as_parse_qsl_reads_it(pieces: list[str]) -> None:
         b"&".join([b"f=1"] * MAX_FORM_FIELDS),
         b"&".join([b"f=1"] * (MAX_FORM_FIELDS + 1)),  # one field too many: refused
         b"&" * MAX_FORM_FIELDS,
+        # Longer than the values decoded once and remembered (sts.api.token._MEMO_CHARS).
+        b"a=" + b"%3A" * 50,
+        b"a=" + b"%C3%A9" * 30 + b"+" * 10,
+        b"a=" + b"%C3%A9" * 30 + b"%C3",
     ],
 )
 def test_edge_cases(body: bytes) -> None:
     assert ours(body) == reference(body)
+
+
+def test_a_remembered_value_reads_the_same_every_time() -> None:
+    """The short encoded values are decoded once: later bodies get the same fields, and a value
+    that cannot be decoded is refused every time (a refusal is not remembered as a value)."""
+    good = b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&a=%C3%A9"
+    bad = b"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&a=%C3"
+    for _ in range(3):
+        assert ours(good) == reference(good)
+        assert ours(good)["a"] == "\u00e9"  # type: ignore[index]
+        assert ours(bad) is None
+        assert reference(bad) is None
 
 
 def test_a_field_named_twice_is_refused_after_decoding() -> None:
