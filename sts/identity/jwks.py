@@ -14,7 +14,6 @@ Invariants:
 
 from __future__ import annotations
 
-import base64
 import binascii
 import json
 import logging
@@ -68,6 +67,7 @@ RETRY_BACKOFF_MAX = 30.0
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Characters whose unused low bits are zero: the only canonical last characters of a base64url
 # string of length 2 or 3 (mod 4), so one byte string has one encoding (RFC 4648 section 3.5).
+_TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 _LAST_CHAR_2 = frozenset("AQgw")
 _LAST_CHAR_3 = frozenset("AEIMQUYcgkosw048")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
@@ -93,8 +93,10 @@ def decode_b64url(value: str) -> bytes:
         rest == 3 and value[-1] not in _LAST_CHAR_3
     ):
         raise JWKSError("non-canonical base64url")
+    # Only the alphabet is left (checked above): base64's own work, without its generic wrapper.
+    data = value.encode("ascii").translate(_TO_STANDARD_ALPHABET) + b"=" * (-len(value) % 4)
     try:
-        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        return binascii.a2b_base64(data, strict_mode=True)
     except (binascii.Error, ValueError):
         raise JWKSError("not unpadded base64url") from None
 
@@ -119,6 +121,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# One decoder for every token part and key set (``json.loads`` with hooks builds one per call).
+_DECODER = json.JSONDecoder(
+    object_pairs_hook=_no_duplicates, parse_constant=_no_constant, parse_float=_finite_float
+)
+
+
 def loads_json_object(data: bytes) -> dict[str, Any]:
     """Parse UTF-8 JSON (RFC 8259) that must be an object, refusing duplicate member names.
 
@@ -127,13 +135,7 @@ def loads_json_object(data: bytes) -> dict[str, Any]:
     ``Infinity`` and numbers that overflow a double are not JSON numbers and are refused too.
     """
     try:
-        text = data.decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-            parse_float=_finite_float,
-        )
+        value = _DECODER.decode(data.decode("utf-8"))
     except JWKSError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError):

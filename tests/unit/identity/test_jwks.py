@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import threading
@@ -10,7 +11,9 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from sts.config import ConfigError, Settings
 from sts.dev.issuer import DevIssuer, SigningKey
@@ -509,3 +512,37 @@ def test_registry_stop_then_start_again(dev: DevIssuer) -> None:
         wait_for(lambda: registry.ready()[0])
     finally:
         registry.stop()
+
+
+# --- base64url: one spelling per byte string -------------------------------------------------
+
+B64_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n\u00e9"
+
+
+def unpadded(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+@hypothesis.settings(max_examples=2000, deadline=None)
+@hypothesis.given(st.binary(max_size=300))
+def test_every_byte_string_decodes_from_its_unpadded_base64url(data: bytes) -> None:
+    assert j.decode_b64url(unpadded(data)) == data
+
+
+@hypothesis.settings(max_examples=5000, deadline=None)
+@hypothesis.given(st.text(alphabet=B64_CHARACTERS, max_size=12))
+def test_only_the_canonical_unpadded_spelling_is_accepted(text: str) -> None:
+    """Padding, whitespace, ``+/``, set trailing bits, impossible lengths: refused; whatever is
+    accepted is exactly the encoding of what it decodes to."""
+    try:
+        data = j.decode_b64url(text)
+    except JWKSError:
+        data = None
+    if data is not None:
+        assert unpadded(data) == text
+    else:
+        try:
+            canonical = unpadded(base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)))
+        except ValueError:
+            return
+        assert canonical != text, f"refused the canonical spelling {text!r}"
