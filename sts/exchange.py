@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 
 from sts.audit import AuditRecorder
 from sts.broker.mint import BrokerMinter
-from sts.cache import CredentialCache, cache_key
+from sts.cache import CacheKey, CredentialCache, cache_key
 from sts.errors import OAuthError, ServerError, WouldWait
 from sts.identity.principal import Principal
-from sts.identity.verifier import TokenVerifier
-from sts.mappings.index import check_request
+from sts.identity.verifier import TokenVerifier, token_digest
+from sts.mappings.index import MappingIndex, check_request
 from sts.mappings.live import LiveMappings
 from sts.mappings.spec import BROKER, MappingSpec
 from sts.metrics import UPSTREAM_CALLS, UPSTREAM_SECONDS
@@ -45,6 +45,52 @@ class Exchanged:
     cache_hit: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """What verification and selection made of a request, short of the credentials: the
+    token (by its :func:`sts.identity.verifier.token_digest`), the mapping index it was
+    selected from, the mapping and the credential key."""
+
+    token_digest: bytes
+    index: MappingIndex
+    mapping: MappingSpec
+    key: CacheKey
+
+
+class Repeats:
+    """Requests answered from the cache before, by a digest of their bytes (the HTTP layer's,
+    :func:`sts.api.token.request_digest`), and their :class:`Selection`.
+
+    The same bytes always parse to the same request, select the same mapping from the same
+    index and ask for the same key: a repeat skips all three. What time can change is checked
+    again on every repeat (:meth:`Exchanger.repeat`). Entries hold digests, never a token. A
+    new mapping index drops them all; a full table is emptied.
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self._max = max_entries
+        self._index: MappingIndex | None = None
+        self._entries: dict[Hashable, Selection] = {}
+
+    def get(self, digest: Hashable, index: MappingIndex) -> Selection | None:
+        """The selection remembered for ``digest`` if it was made from ``index``."""
+        selection = self._entries.get(digest)
+        if selection is None or selection.index is not index:
+            return None
+        return selection
+
+    def put(self, digest: Hashable, selection: Selection) -> None:
+        if selection.index is not self._index or len(self._entries) >= self._max:
+            # A new index makes every entry stale: dropped at once, so that no old index is
+            # kept alive by them.
+            self._entries = {}
+            self._index = selection.index
+        self._entries[digest] = selection
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class Exchanger:
     """Wires the verifier, the mapping index, the credential cache and the providers."""
 
@@ -66,24 +112,58 @@ class Exchanger:
         # Broker mode (reference section 8): signs the token a ``token: broker`` mapping's
         # cloud receives. None without STS_BROKER_ISSUER.
         self.minter = minter
+        self.repeats = Repeats()
 
-    def exchange_cached(self, request: TokenRequest) -> Exchanged | None:
+    def exchange_cached(
+        self, request: TokenRequest, *, repeat_as: Hashable | None = None
+    ) -> Exchanged | None:
         """The exchange if it needs nothing that may wait, else None (:mod:`sts.rsgi` answers
         it on the event loop): the mapping index loaded, and credentials in this process's
         cache. Refusals raise exactly as :meth:`exchange` would; None means "run
-        :meth:`exchange` on a request thread" (a miss, a renewal due, the index not loaded)."""
+        :meth:`exchange` on a request thread" (a miss, a renewal due, the index not loaded).
+
+        ``repeat_as``: the request's digest (:class:`Repeats`), under which an answered
+        request is remembered for :meth:`repeat`."""
         if not self.mappings.loaded:
             return None
         try:
             principal = self.verifier.verify(request.subject_token, may_fetch=False)
         except WouldWait:
             return None
-        mapping = self.mappings.current().select(principal, request.audience, request.resource)
+        index = self.mappings.current()
+        mapping = index.select(principal, request.audience, request.resource)
         scopes = check_request(mapping, request.scope, request.requested_token_type)
-        credentials = self.cache.peek(cache_key(mapping, principal, scopes))
+        key = cache_key(mapping, principal, scopes)
+        credentials = self.cache.peek(key)
         if credentials is None:
             return None
+        if repeat_as is not None:
+            digest = token_digest(request.subject_token)
+            self.repeats.put(repeat_as, Selection(digest, index, mapping, key))
         return Exchanged(principal, mapping, credentials, cache_hit=True)
+
+    def repeat(self, digest: Hashable) -> Exchanged | None:
+        """The answer to a request answered before under ``digest`` (:class:`Repeats`), when
+        nothing that time changes stands in its way: the token's verification still holds (not
+        expired, its key still the issuer's), the mapping index is the one it was selected
+        from, and the credentials are cached and not due for renewal. Anything else is None,
+        and the request takes the whole way (:meth:`exchange_cached`), which gives the answer
+        or the refusal it always gives."""
+        if not self.mappings.loaded:
+            return None
+        selection = self.repeats.get(digest, self.mappings.current())
+        if selection is None:
+            return None
+        principal = self.verifier.verified_before(selection.token_digest)
+        if principal is None:
+            return None
+        try:
+            credentials = self.cache.peek(selection.key)
+        except OAuthError:
+            return None  # a remembered refusal: the whole way raises it
+        if credentials is None:
+            return None
+        return Exchanged(principal, selection.mapping, credentials, cache_hit=True)
 
     def exchange(self, request: TokenRequest) -> Exchanged:
         principal = self.verifier.verify(request.subject_token)

@@ -8,6 +8,7 @@ contract names and ignores unknown parameters (RFC 6749 section 3.2).
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import time
@@ -263,24 +264,44 @@ class _BodyCache:
 _bodies = _BodyCache()
 
 
+def request_digest(environ: WSGIEnvironment, body: bytes | None) -> tuple[str, bytes] | None:
+    """What a repeat of this request is known by (:class:`sts.exchange.Repeats`): its content
+    type and the SHA-256 of its body, the two things its parsing depends on. None unless the
+    server read the body whole, as long as declared (``body``)."""
+    if body is None or environ.get("CONTENT_LENGTH") != str(len(body)):
+        return None
+    return environ.get("CONTENT_TYPE", ""), hashlib.sha256(body).digest()
+
+
 def token_answer(
-    services: Services, environ: WSGIEnvironment, fields: dict[str, Any], *, may_wait: bool = True
+    services: Services,
+    environ: WSGIEnvironment,
+    fields: dict[str, Any],
+    *,
+    may_wait: bool = True,
+    body: bytes | None = None,
 ) -> Answer | None:
     """``POST /token``: RFC 8693 section 2.1 request in, section 2.2.1 response out.
 
     Plain WSGI (no Flask objects): the hot path of every gateway request. ``fields`` collects
     what the access log line says about the outcome. With ``may_wait`` false (the event loop,
     :mod:`sts.rsgi`) only what needs no wait is answered; None means "answer it on a thread".
+    There a request whose ``body`` the server read, answered before, is answered again from
+    what was made of it then (:meth:`sts.exchange.Exchanger.repeat`).
     """
     started = time.perf_counter()
+    exchanger = services.exchanger
     try:
-        request = parse_token_request(environ)
         if may_wait:
-            result = services.exchanger.exchange(request)
+            result = exchanger.exchange(parse_token_request(environ))
         else:
-            cached = services.exchanger.exchange_cached(request)
+            digest = request_digest(environ, body)
+            cached = None if digest is None else exchanger.repeat(digest)
             if cached is None:
-                return None
+                request = parse_token_request(environ)
+                cached = exchanger.exchange_cached(request, repeat_as=digest)
+                if cached is None:
+                    return None
             result = cached
     except OAuthError as error:
         EXCHANGES.labels(error.error, "none", "none").inc()
@@ -343,19 +364,22 @@ class TokenEndpoint:
         # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
-    def respond(self, environ: WSGIEnvironment, *, may_wait: bool = True) -> Answer | None:
+    def respond(
+        self, environ: WSGIEnvironment, *, may_wait: bool = True, body: bytes | None = None
+    ) -> Answer | None:
         """The whole answer to one ``/token`` request (headers complete, access line logged).
 
         With ``may_wait`` false, a ``POST`` that would wait (a cache miss, a key set to fetch)
         is not answered: None, and nothing logged or counted (:mod:`sts.rsgi` then runs the
-        request on a thread).
+        request on a thread). ``body``: the request body as the server read it (the same bytes
+        as ``wsgi.input``), by which a repeated request is known.
         """
         started = time.perf_counter()
         method = environ.get("REQUEST_METHOD", "")
         fields: dict[str, Any] = {}
         try:
             if method == "POST":
-                answer = token_answer(self.services, environ, fields, may_wait=may_wait)
+                answer = token_answer(self.services, environ, fields, may_wait=may_wait, body=body)
                 if answer is None:
                     return None
                 status, headers, body = answer

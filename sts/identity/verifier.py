@@ -46,6 +46,7 @@ __all__ = [
     "TOKEN_TOO_LARGE",
     "TOKEN_UNPARSABLE",
     "TokenVerifier",
+    "token_digest",
 ]
 
 TOKEN_UNPARSABLE = "token unparsable"  # noqa: S105
@@ -91,6 +92,11 @@ class _Verified(NamedTuple):
     thumbprint: str
     """RFC 7638 thumbprint of the key that verified the token: a key replaced under the same
     ``kid`` must not keep vouching for tokens the old one signed."""
+
+
+def token_digest(token: str) -> bytes:
+    """SHA-256 of an ASCII token: the verified-token cache's key (no token is kept)."""
+    return hashlib.sha256(token.encode("ascii")).digest()
 
 
 def _fail(description: str, cause: str) -> InvalidRequest:
@@ -149,17 +155,13 @@ class TokenVerifier:
             raise _fail(TOKEN_UNPARSABLE, "token is not ASCII")
         if now is None:
             now = time.time()
-        digest = hashlib.sha256(token.encode("ascii")).digest()
-
-        with self._lock:
-            hit = self._verified.get(digest)
-            if hit is not None:
-                self._verified.move_to_end(digest)
+        digest = token_digest(token)
+        hit = self._hit(digest)
         if hit is not None:
             if now >= hit.exp + self._leeway:
                 self._forget(digest)
                 raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
-            if hit.keys.thumbprint(hit.kid) == hit.thumbprint and now >= hit.valid_from:
+            if self._still_vouches(hit, now):
                 return hit.principal
             # The key left the issuer's set or was replaced under its kid (or the caller's clock
             # went back): verify afresh.
@@ -171,6 +173,29 @@ class TokenVerifier:
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
         return verified.principal
+
+    def verified_before(self, digest: bytes, now: float | None = None) -> Principal | None:
+        """The principal of a token verified before, by its :func:`token_digest`, when that
+        verification still holds at ``now`` exactly as :meth:`verify` would accept it; None
+        otherwise (then :meth:`verify` decides, and raises what it must)."""
+        if now is None:
+            now = time.time()
+        hit = self._hit(digest)
+        if hit is None or now >= hit.exp + self._leeway or not self._still_vouches(hit, now):
+            return None
+        return hit.principal
+
+    def _hit(self, digest: bytes) -> _Verified | None:
+        with self._lock:
+            hit = self._verified.get(digest)
+            if hit is not None:
+                self._verified.move_to_end(digest)
+        return hit
+
+    def _still_vouches(self, hit: _Verified, now: float) -> bool:
+        """The key that verified the token is still the issuer's under its kid, and the token
+        was already valid (``iat``/``nbf``) at ``now``."""
+        return hit.keys.thumbprint(hit.kid) == hit.thumbprint and now >= hit.valid_from
 
     @property
     def cached_tokens(self) -> int:

@@ -20,7 +20,7 @@ from sts.dev.issuer import DevIssuer, SigningKey
 from sts.errors import InvalidRequest, TemporarilyUnavailable
 from sts.identity import jwks as j
 from sts.identity.jwks import JWKSCache, JWKSError, JWKSRegistry, parse_jwks
-from sts.identity.verifier import TokenVerifier
+from sts.identity.verifier import TokenVerifier, token_digest
 from tests.unit.identity.conftest import FakeClock, settings_for
 
 # Expected answers, spelled out as the contract words them (never imported).
@@ -192,6 +192,34 @@ def test_key_replaced_under_the_same_kid_stops_verifying_cached_tokens(
         verifier.verify(old_token)
     assert info.value.description == SIGNATURE_INVALID
     verifier.verify(dev.mint())  # tokens of the new key under the same kid verify
+
+
+def test_a_verification_vouches_for_a_repeat_only_while_verify_would_accept_it(
+    dev: DevIssuer, clock: FakeClock
+) -> None:
+    """``verified_before`` (the repeat path's check, by digest) says yes exactly where
+    ``verify`` answers from its cache: never for a token not verified yet, not past its exp,
+    not after its key was replaced under the same kid."""
+    verifier, registry = verifier_for(dev, clock)
+    now = time.time()
+    token = dev.mint(lifetime=100)
+    digest = token_digest(token)
+    assert verifier.verified_before(digest, now) is None
+    principal = verifier.verify(token, now)
+    assert verifier.verified_before(digest, now) == principal
+    assert verifier.verified_before(digest, now + 99) == principal
+    assert verifier.verified_before(digest, now + 100 + 60) is None  # exp plus the leeway
+
+    kid = dev.key.kid
+    dev.keys = [SigningKey(kid, SigningKey.generate().private_key)]
+    cache = registry.get(dev.url)
+    assert cache is not None
+    assert cache.refresh()
+    assert verifier.verified_before(digest, now) is None
+    with pytest.raises(InvalidRequest) as info:
+        verifier.verify(token, now)
+    assert info.value.description == SIGNATURE_INVALID
+    assert verifier.verified_before(digest, now) is None
 
 
 # --- failures: stale keys keep serving; nothing loaded is 503 ---------------------------------
