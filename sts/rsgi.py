@@ -178,7 +178,7 @@ class RsgiBridge:
         if token is not None and scope.method == "POST" and environ["PATH_INFO"] == "/token":
             # The cached path, on the loop: no thread hop, no wait (a miss returns None).
             token.services.start()
-            answer = token.respond(environ, may_wait=False, body=body)
+            answer = token.respond(environ, may_wait=False, request_body=body)
             if answer is not None:
                 with contextlib.suppress(Exception):
                     protocol.response_bytes(*answer)

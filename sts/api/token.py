@@ -279,15 +279,15 @@ def token_answer(
     fields: dict[str, Any],
     *,
     may_wait: bool = True,
-    body: bytes | None = None,
+    request_body: bytes | None = None,
 ) -> Answer | None:
     """``POST /token``: RFC 8693 section 2.1 request in, section 2.2.1 response out.
 
     Plain WSGI (no Flask objects): the hot path of every gateway request. ``fields`` collects
     what the access log line says about the outcome. With ``may_wait`` false (the event loop,
     :mod:`sts.rsgi`) only what needs no wait is answered; None means "answer it on a thread".
-    There a request whose ``body`` the server read, answered before, is answered again from
-    what was made of it then (:meth:`sts.exchange.Exchanger.repeat`).
+    There a request whose body the server read (``request_body``), answered before, is
+    answered again from what was made of it then (:meth:`sts.exchange.Exchanger.repeat`).
     """
     started = time.perf_counter()
     exchanger = services.exchanger
@@ -295,7 +295,7 @@ def token_answer(
         if may_wait:
             result = exchanger.exchange(parse_token_request(environ))
         else:
-            digest = request_digest(environ, body)
+            digest = request_digest(environ, request_body)
             cached = None if digest is None else exchanger.repeat(digest)
             if cached is None:
                 request = parse_token_request(environ)
@@ -365,13 +365,17 @@ class TokenEndpoint:
         return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
 
     def respond(
-        self, environ: WSGIEnvironment, *, may_wait: bool = True, body: bytes | None = None
+        self,
+        environ: WSGIEnvironment,
+        *,
+        may_wait: bool = True,
+        request_body: bytes | None = None,
     ) -> Answer | None:
         """The whole answer to one ``/token`` request (headers complete, access line logged).
 
         With ``may_wait`` false, a ``POST`` that would wait (a cache miss, a key set to fetch)
         is not answered: None, and nothing logged or counted (:mod:`sts.rsgi` then runs the
-        request on a thread). ``body``: the request body as the server read it (the same bytes
+        request on a thread). ``request_body``: the body as the server read it (the same bytes
         as ``wsgi.input``), by which a repeated request is known.
         """
         started = time.perf_counter()
@@ -379,7 +383,9 @@ class TokenEndpoint:
         fields: dict[str, Any] = {}
         try:
             if method == "POST":
-                answer = token_answer(self.services, environ, fields, may_wait=may_wait, body=body)
+                answer = token_answer(
+                    self.services, environ, fields, may_wait=may_wait, request_body=request_body
+                )
                 if answer is None:
                     return None
                 status, headers, body = answer
