@@ -81,7 +81,7 @@ def run(endpoint: TokenEndpoint, environs: list[dict[str, Any]]) -> float:
     respond = endpoint.respond
     started = time.perf_counter()
     for env in environs:
-        answer = respond(env, may_wait=False, body=env["_body"])  # as sts.rsgi calls it
+        answer = respond(env, may_wait=False, request_body=env["_body"])  # as sts.rsgi calls it
         if answer is None or answer[0] != 200:
             raise SystemExit(f"not answered on the cached path: {answer!r}")
     return (time.perf_counter() - started) / len(environs) * 1e6
