@@ -64,7 +64,6 @@ READ_TIMEOUT = 3.0
 RETRY_BACKOFF_MAX = 30.0
 """A failed background fetch is retried after 1, 2, 4 ... seconds, capped here."""
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
 # Characters whose unused low bits are zero: the only canonical last characters of a base64url
 # string of length 2 or 3 (mod 4), so one byte string has one encoding (RFC 4648 section 3.5).
 _TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
@@ -84,7 +83,7 @@ def decode_b64url(value: str) -> bytes:
     Non-canonical encodings (unused trailing bits set) are refused, so a token has exactly one
     spelling and the verified-token cache cannot be sidestepped by re-encoding.
     """
-    if not _B64URL.fullmatch(value):
+    if "+" in value or "/" in value or "=" in value:
         raise JWKSError("not unpadded base64url")
     rest = len(value) % 4
     if rest == 1:
@@ -93,11 +92,12 @@ def decode_b64url(value: str) -> bytes:
         rest == 3 and value[-1] not in _LAST_CHAR_3
     ):
         raise JWKSError("non-canonical base64url")
-    # Only the alphabet is left (checked above): base64's own work, without its generic wrapper.
-    data = value.encode("ascii").translate(_TO_STANDARD_ALPHABET) + b"=" * (-len(value) % 4)
+    # The URL-safe alphabet mapped onto the standard one (whose own "+/" were refused above);
+    # strict mode refuses every other character, whitespace included.
     try:
+        data = value.encode("ascii").translate(_TO_STANDARD_ALPHABET) + b"=" * (-rest % 4)
         return binascii.a2b_base64(data, strict_mode=True)
-    except (binascii.Error, ValueError):
+    except (UnicodeEncodeError, binascii.Error, ValueError):
         raise JWKSError("not unpadded base64url") from None
 
 

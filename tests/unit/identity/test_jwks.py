@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import socket
+import string
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -544,7 +545,7 @@ def test_registry_stop_then_start_again(dev: DevIssuer) -> None:
 
 # --- base64url: one spelling per byte string -------------------------------------------------
 
-B64_CHARACTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_+/= \n\u00e9"
+B64_CHARACTERS = string.ascii_letters + string.digits + "-_+/= \n\t\x00\u00e9"
 
 
 def unpadded(data: bytes) -> str:
