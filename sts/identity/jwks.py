@@ -64,9 +64,10 @@ READ_TIMEOUT = 3.0
 RETRY_BACKOFF_MAX = 30.0
 """A failed background fetch is retried after 1, 2, 4 ... seconds, capped here."""
 
+# base64url's two characters of its own (RFC 4648 section 5), as the standard alphabet spells them.
+_TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 # Characters whose unused low bits are zero: the only canonical last characters of a base64url
 # string of length 2 or 3 (mod 4), so one byte string has one encoding (RFC 4648 section 3.5).
-_TO_STANDARD_ALPHABET = bytes.maketrans(b"-_", b"+/")
 _LAST_CHAR_2 = frozenset("AQgw")
 _LAST_CHAR_3 = frozenset("AEIMQUYcgkosw048")
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d{1,10})\"?\s*(?:,|$)", re.IGNORECASE)
