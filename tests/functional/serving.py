@@ -3,6 +3,7 @@ started, waited for until ready, and stopped."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -11,12 +12,45 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import requests
 
 from sts.dev.serving import free_port
+from tests.conftest import AUDIENCE
 
-__all__ = ["free_port", "run_sts", "sts_serve", "sts_serve_on_a_pipe"]
+if TYPE_CHECKING:
+    from sts.dev.aws_emulator import AwsEmulator
+    from sts.dev.gcp_emulator import GcpEmulator
+    from sts.dev.issuer import DevIssuer
+
+__all__ = ["free_port", "run_sts", "serve_env", "sts_serve", "sts_serve_on_a_pipe"]
+
+
+def serve_env(
+    database_url: str,
+    issuer: DevIssuer,
+    aws: AwsEmulator | None = None,
+    gcp: GcpEmulator | None = None,
+    **variables: str,
+) -> dict[str, str]:
+    """This process's environment without any ``STS_`` variable, then the service's: the
+    database, the test audience, ``issuer`` trusted over loopback HTTP, the emulators' URLs
+    when given, and ``variables`` (``STS_...`` names) last."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
+    env.update(
+        STS_DATABASE_URL=database_url,
+        STS_AUDIENCE=AUDIENCE,
+        STS_TRUSTED_ISSUERS=issuer.url,
+        STS_ALLOW_HTTP_LOOPBACK="true",
+    )
+    if aws is not None:
+        env["STS_AWS_ENDPOINT_URL"] = aws.endpoint_url
+    if gcp is not None:
+        env["STS_GCP_STS_URL"] = gcp.sts_url
+        env["STS_GCP_IAM_CREDENTIALS_URL"] = gcp.iam_url
+    env.update(variables)
+    return env
 
 
 def run_sts(

@@ -7,7 +7,6 @@ Each test runs its own :class:`DevIssuer`, so breaking it never disturbs the ses
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from collections.abc import Callable, Iterator
@@ -24,7 +23,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer, SigningKey
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import GRANT, ID_TOKEN, Stack, running_stack, seed
-from tests.functional.serving import sts_serve
+from tests.functional.serving import serve_env, sts_serve
 from tests.functional.test_token import assert_error
 
 # Expected answers and limits, spelled out here rather than imported from the service.
@@ -235,17 +234,7 @@ def test_invented_kids_never_hold_up_a_token_whose_key_is_cached(
     cached. The thread-per-request test server would hide threads blocked on the fetch."""
     database_url = f"sqlite:///{tmp_path / 'served.db'}"
     seed(database_url).dispose()
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    env = {
-        **clean,
-        "STS_DATABASE_URL": database_url,
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": dev.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-        "STS_GCP_STS_URL": gcp.sts_url,
-        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-    }
+    env = serve_env(database_url, dev, aws, gcp)
 
     def timed(token: str) -> tuple[float, requests.Response]:
         started = time.monotonic()

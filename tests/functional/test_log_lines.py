@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,20 +11,11 @@ from pathlib import Path
 import requests
 
 from sts.dev.issuer import DevIssuer
-from tests.conftest import AUDIENCE
-from tests.functional.serving import sts_serve_on_a_pipe
+from tests.functional.serving import serve_env, sts_serve_on_a_pipe
 
 
-def serve_env(tmp_path: Path, issuer: DevIssuer, log_format: str) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    return {
-        **clean,
-        "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": issuer.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_LOG_FORMAT": log_format,
-    }
+def log_env(tmp_path: Path, issuer: DevIssuer, log_format: str) -> dict[str, str]:
+    return serve_env(f"sqlite:///{tmp_path / 'serve.db'}", issuer, STS_LOG_FORMAT=log_format)
 
 
 def raw_request(url: str, request: bytes) -> bytes:
@@ -39,7 +29,7 @@ def test_sixty_kilobyte_paths_beside_small_requests_never_tear_a_line(
     tmp_path: Path, issuer: DevIssuer
 ) -> None:
     long_path = "/" + "a" * 60_000
-    with sts_serve_on_a_pipe(serve_env(tmp_path, issuer, "json"), "--workers", "2") as (
+    with sts_serve_on_a_pipe(log_env(tmp_path, issuer, "json"), "--workers", "2") as (
         url,
         lines,
     ):
@@ -84,7 +74,7 @@ FORGED = [
 def test_no_caller_writes_a_line_or_a_control_character_into_the_text_log(
     tmp_path: Path, issuer: DevIssuer
 ) -> None:
-    with sts_serve_on_a_pipe(serve_env(tmp_path, issuer, "text"), "--workers", "1") as (
+    with sts_serve_on_a_pipe(log_env(tmp_path, issuer, "text"), "--workers", "1") as (
         url,
         lines,
     ):

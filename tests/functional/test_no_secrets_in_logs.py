@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import os
 import secrets
 import sqlite3
 import threading
@@ -32,7 +31,7 @@ from sts.dev.issuer import DevIssuer, SigningKey
 from sts.logs import JsonFormatter, TextFormatter
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import GRANT, ID_TOKEN, Stack, seed
-from tests.functional.serving import sts_serve
+from tests.functional.serving import serve_env, sts_serve
 from tests.functional.test_faults_database import TcpProxy, through
 
 IAM = "/v1/projects/"
@@ -302,16 +301,7 @@ def test_production_server_log_holds_no_request_body_or_secret(
     """``sts serve`` (granian, our JSON log on stderr): no request line with a body, no secret."""
     database_url = f"sqlite:///{tmp_path / 'serve.db'}"
     seed(database_url).dispose()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STS_")},
-        "STS_DATABASE_URL": database_url,
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": issuer.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-        "STS_GCP_STS_URL": gcp.sts_url,
-        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-    }
+    env = serve_env(database_url, issuer, aws, gcp)
     log_path = tmp_path / "serve.log"
     with sts_serve(env, log_path, "--workers", "1") as url:
         # Only the HTTP half of a Stack: the services live in the server process.

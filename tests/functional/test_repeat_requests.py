@@ -5,7 +5,6 @@ earlier requests left behind; real HTTP, a real server process."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +18,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import run_sts, sts_serve
+from tests.functional.serving import run_sts, serve_env, sts_serve
 
 FORM = "application/x-www-form-urlencoded"
 REPEATS = 5
@@ -27,19 +26,9 @@ REPEATS = 5
 
 @pytest.fixture
 def env(tmp_path: Path, issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    return {
-        **clean,
-        "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": issuer.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-        "STS_GCP_STS_URL": gcp.sts_url,
-        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-        # Expiry exactly at exp: the expiry test need not wait out a minute of leeway.
-        "STS_CLOCK_SKEW_SECONDS": "0",
-    }
+    database_url = f"sqlite:///{tmp_path / 'serve.db'}"
+    # Expiry exactly at exp: the expiry test need not wait out a minute of leeway.
+    return serve_env(database_url, issuer, aws, gcp, STS_CLOCK_SKEW_SECONDS="0")
 
 
 def apply(env: dict[str, str], path: Path, document: str) -> None:

@@ -23,7 +23,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE, _postgres_schema_url
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import free_port, run_sts
+from tests.functional.serving import free_port, run_sts, serve_env
 
 pytestmark = pytest.mark.postgres
 
@@ -103,18 +103,14 @@ def replicas(
 ) -> Iterator[tuple[Replica, Replica, dict[str, str]]]:
     tmp_path = tmp_path_factory.mktemp("replicas")
     postgres_url = shared_postgres
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("STS_")},
-        "STS_DATABASE_URL": postgres_url,
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": issuer.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-        "STS_GCP_STS_URL": gcp.sts_url,
-        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-        "STS_REDIS_URL": "redis://127.0.0.1:6379/0",
-        "STS_CACHE_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
-    }
+    env = serve_env(
+        postgres_url,
+        issuer,
+        aws,
+        gcp,
+        STS_REDIS_URL="redis://127.0.0.1:6379/0",
+        STS_CACHE_ENCRYPTION_KEY=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    )
     assert run_sts("db", "upgrade", env=env).returncode == 0
     mappings = tmp_path / "mappings.yaml"
     mappings.write_text(DEFAULT_MAPPINGS)

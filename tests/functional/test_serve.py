@@ -21,22 +21,12 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import free_port, run_sts, sts_serve
+from tests.functional.serving import free_port, run_sts, serve_env, sts_serve
 
 
 @pytest.fixture
 def env(tmp_path: Path, issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator) -> dict[str, str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    return {
-        **clean,
-        "STS_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "STS_AUDIENCE": AUDIENCE,
-        "STS_TRUSTED_ISSUERS": issuer.url,
-        "STS_ALLOW_HTTP_LOOPBACK": "true",
-        "STS_AWS_ENDPOINT_URL": aws.endpoint_url,
-        "STS_GCP_STS_URL": gcp.sts_url,
-        "STS_GCP_IAM_CREDENTIALS_URL": gcp.iam_url,
-    }
+    return serve_env(f"sqlite:///{tmp_path / 'serve.db'}", issuer, aws, gcp)
 
 
 @pytest.fixture
