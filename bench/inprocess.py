@@ -35,13 +35,16 @@ from urllib.parse import urlencode
 from sts import create_app
 from sts.api.token import TokenEndpoint
 from sts.config import Settings
-from sts.db import Database
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
 from sts.mappings.document import parse_document
-from sts.mappings.store import apply_specs
 from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 from sts.services import Services
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from run import load_mappings  # noqa: E402
 
 AUDIENCE = "https://sts.bench.test"
 MAPPINGS = """
@@ -100,18 +103,7 @@ def main() -> int:
         issuer = stack.enter_context(DevIssuer())
         aws = stack.enter_context(AwsEmulator())
         database_url = f"sqlite:///{Path(work) / 'sts.db'}"
-        database = Database(database_url)
-        database.upgrade()
-        with database.session() as session:
-            apply_specs(
-                session,
-                parse_document(MAPPINGS, "bench.yaml"),
-                prune=False,
-                dry_run=False,
-                actor="bench",
-                source="bench",
-            )
-        database.dispose()
+        load_mappings(database_url, parse_document(MAPPINGS, "bench.yaml"))
         settings = Settings(
             database_url=database_url,
             audiences=(AUDIENCE,),
