@@ -30,7 +30,7 @@ from typing import Any
 
 from sts.api import log_request, request_id_from
 from sts.api.token import MAX_BODY_BYTES, TokenEndpoint
-from sts.serve import THREADS_VARIABLE
+from sts.serve import THREADS_VARIABLE, die_with_parent
 
 #: Seconds a request body may take to arrive after its headers.
 BODY_TIMEOUT_SECONDS = 10.0
@@ -290,25 +290,6 @@ def _environ(scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
             key = "HTTP_" + key
             environ[key] = f"{environ[key]},{value}" if key in environ else value
     return environ
-
-
-def die_with_parent() -> None:
-    """Linux: this worker gets SIGTERM when the server process that forked it dies, even by
-    SIGKILL, so no orphan keeps the port with an old configuration. A worker whose parent is
-    already gone stops at once."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    pr_set_pdeathsig = 1  # <linux/prctl.h>
-    parent = os.getppid()
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0) != 0:
-        log.warning("could not ask to be stopped with the server process")
-        return
-    if os.getppid() != parent or parent == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _build() -> RsgiBridge:

@@ -13,9 +13,11 @@ import errno
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 
 import click
 
@@ -28,6 +30,53 @@ log = logging.getLogger("sts.serve")
 #: Request threads per worker process (``--threads``), passed to the workers in the
 #: environment, outside the ``STS_`` namespace of the configuration; read by :mod:`sts.rsgi`.
 THREADS_VARIABLE = "_ZUPLO_STS_REQUEST_THREADS"
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl`` on Linux (looked up before any fork: no loader work in a child)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return prctl
+
+
+def die_with_parent(prctl: Callable[..., int] | None = None) -> None:
+    """Linux: this worker gets SIGTERM when the server process that forked it dies, even by
+    SIGKILL, so no orphan keeps the port with an old configuration. A worker whose parent is
+    already gone stops at once."""
+    if prctl is None:
+        prctl = _prctl()
+        if prctl is None:
+            return
+    parent = os.getppid()
+    if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        log.warning("could not ask to be stopped with the server process")
+        return
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _in_each_worker(prctl: Callable[..., int] | None) -> Callable[[], None]:
+    """What a worker does first, in the fork itself (``os.register_at_fork``).
+
+    SIGTERM goes back to its default action: the handler a worker inherits is the server
+    process's own, which only flags the server object's copy, so a SIGTERM that reached a
+    worker still starting (the server killed meanwhile) was lost and the worker lived on as an
+    orphan on the port. granian's worker installs its own handling when it starts serving.
+    Then :func:`die_with_parent`, from the first instant rather than once the application is
+    imported."""
+
+    def after_fork() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if prctl is not None:
+            die_with_parent(prctl)
+
+    return after_fork
 
 
 def prepare_database(settings: Settings) -> None:
@@ -177,6 +226,7 @@ def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
         log_dictconfig=logs.granian_config(settings.log_format),
         respawn_failed_workers=True,
     )
+    os.register_at_fork(after_in_child=_in_each_worker(_prctl()))
     server.serve()
     return 0
 

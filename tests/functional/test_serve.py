@@ -343,3 +343,35 @@ def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_pa
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[str, str]) -> None:
+    """The server killed while its workers are still importing the application: they must not
+    survive as orphans (a SIGTERM then met the server's own handlers, which a forked worker
+    inherits, and was lost)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sts", "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        workers: set[int] = set()
+        while len(workers) < 2:
+            workers = children_of(proc.pid)
+            assert time.monotonic() < deadline, workers
+            time.sleep(0.01)
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
+            assert time.monotonic() < deadline, f"workers {alive} outlived the server"
+            time.sleep(0.1)
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
