@@ -77,6 +77,43 @@ def environ(token: str) -> dict[str, Any]:
     }
 
 
+def running_service(
+    stack: ExitStack, work: Path, issuer: DevIssuer, aws_endpoint_url: str
+) -> TokenEndpoint:
+    """The service on a fresh SQLite database in ``work`` with :data:`MAPPINGS`, trusting
+    ``issuer``, its AWS calls to ``aws_endpoint_url``, ready (keys and index loaded); its
+    ``/token`` endpoint. Stopped, and stderr given back, by ``stack``."""
+    database_url = f"sqlite:///{work / 'sts.db'}"
+    load_mappings(database_url, parse_document(MAPPINGS, "bench.yaml"))
+    settings = Settings(
+        database_url=database_url,
+        audiences=(AUDIENCE,),
+        trusted_issuers=(issuer.url,),
+        allow_http_loopback=True,
+        aws_endpoint_url=aws_endpoint_url,
+    )
+    # The service's log (one access line per request) goes to stderr: /dev/null while it
+    # runs, as a container's log pipe would take it, and stderr back for what fails.
+    saved = os.dup(2)
+    stack.callback(os.close, saved)
+    stack.callback(os.dup2, saved, 2)
+    sink = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 2)
+    os.close(sink)
+    stack.callback(lambda: [h.flush() for h in logging.getLogger("sts").handlers])
+    services = Services.build(settings)
+    stack.callback(services.close)
+    endpoint = create_app(services=services).wsgi_app
+    assert isinstance(endpoint, TokenEndpoint)
+    services.start()
+    deadline = time.monotonic() + 10
+    while not services.ready()[0]:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"not ready: {services.ready()[1]}")
+        time.sleep(0.05)
+    return endpoint
+
+
 def run(endpoint: TokenEndpoint, environs: list[dict[str, Any]]) -> float:
     """Microseconds per request over ``environs`` (each answered on the loop's path)."""
     for env in environs:
@@ -102,35 +139,7 @@ def main() -> int:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as work:
         issuer = stack.enter_context(DevIssuer())
         aws = stack.enter_context(AwsEmulator())
-        database_url = f"sqlite:///{Path(work) / 'sts.db'}"
-        load_mappings(database_url, parse_document(MAPPINGS, "bench.yaml"))
-        settings = Settings(
-            database_url=database_url,
-            audiences=(AUDIENCE,),
-            trusted_issuers=(issuer.url,),
-            allow_http_loopback=True,
-            aws_endpoint_url=aws.endpoint_url,
-        )
-        # The service's log (one access line per request) goes to stderr: /dev/null while it
-        # runs, as a container's log pipe would take it, and stderr back for what fails.
-        saved = os.dup(2)
-        stack.callback(os.close, saved)
-        stack.callback(os.dup2, saved, 2)
-        sink = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(sink, 2)
-        os.close(sink)
-        stack.callback(lambda: [h.flush() for h in logging.getLogger("sts").handlers])
-        services = Services.build(settings)
-        stack.callback(services.close)
-        app = create_app(services=services)
-        endpoint = app.wsgi_app
-        assert isinstance(endpoint, TokenEndpoint)
-        services.start()
-        deadline = time.monotonic() + 10
-        while not services.ready()[0]:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"not ready: {services.ready()[1]}")
-            time.sleep(0.05)
+        endpoint = running_service(stack, Path(work), issuer, aws.endpoint_url)
 
         claims = {
             "account": "my-account",

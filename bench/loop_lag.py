@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import logging
 import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
@@ -34,20 +32,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from sts import create_app
 from sts.api.token import TokenEndpoint
-from sts.config import Settings
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
-from sts.mappings.document import parse_document
 from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
-from sts.services import Services
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from inprocess import AUDIENCE, MAPPINGS  # noqa: E402
-from run import load_mappings  # noqa: E402
+from inprocess import AUDIENCE, running_service  # noqa: E402
 
 
 def form(token: str) -> bytes:
@@ -135,30 +128,7 @@ def main() -> int:
         stack.callback(emulator.join, 10)
         stack.callback(stop_emulator.set)
         issuer = stack.enter_context(DevIssuer())
-        database_url = f"sqlite:///{Path(work) / 'sts.db'}"
-        load_mappings(database_url, parse_document(MAPPINGS, "bench.yaml"))
-        settings = Settings(
-            database_url=database_url,
-            audiences=(AUDIENCE,),
-            trusted_issuers=(issuer.url,),
-            allow_http_loopback=True,
-            aws_endpoint_url=endpoint_url,
-        )
-        # The service's log goes to /dev/null while it runs (as in bench/inprocess.py).
-        saved = os.dup(2)
-        stack.callback(os.close, saved)
-        stack.callback(os.dup2, saved, 2)
-        sink = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(sink, 2)
-        os.close(sink)
-        stack.callback(lambda: [h.flush() for h in logging.getLogger("sts").handlers])
-        services = Services.build(settings)
-        stack.callback(services.close)
-        endpoint = create_app(services=services).wsgi_app
-        assert isinstance(endpoint, TokenEndpoint)
-        services.start()
-        while not services.ready()[0]:
-            time.sleep(0.05)
+        endpoint = running_service(stack, Path(work), issuer, endpoint_url)
         body = form(issuer.mint(audience=AUDIENCE, deployment="cached"))
         if endpoint.respond(environ(body))[0] != 200:  # type: ignore[index]
             raise SystemExit("the first exchange failed")

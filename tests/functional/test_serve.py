@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -307,16 +308,27 @@ def test_a_second_server_on_the_same_port_exits_1_in_one_line(
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal: Linux")
-def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_path: Path) -> None:
-    port = free_port()
+@contextmanager
+def server_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """``sts serve --port PORT``, output discarded; killed on the way out if still running."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "sts", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with server_process(env, port) as proc:
         deadline = time.monotonic() + 30
         while True:
             try:
@@ -339,10 +351,6 @@ def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_pa
             time.sleep(0.1)
         with pytest.raises(requests.ConnectionError):
             requests.get(url + "/healthz", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[str, str]) -> None:
@@ -350,13 +358,7 @@ def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[st
     survive as orphans (a SIGTERM then met the server's own handlers, which a forked worker
     inherits, and was lost)."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sts", "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+    with server_process(env, port) as proc:
         deadline = time.monotonic() + 30
         workers: set[int] = set()
         while len(workers) < 2:
@@ -371,7 +373,3 @@ def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[st
             time.sleep(0.1)
         with pytest.raises(requests.ConnectionError):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()

@@ -5,7 +5,6 @@ becomes ready by itself. Real processes on PostgreSQL."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,20 +15,14 @@ from click.testing import CliRunner
 
 from sts.cli import cli
 from sts.dev.issuer import DevIssuer
-from tests.conftest import AUDIENCE, POSTGRES_URL
-from tests.functional.serving import sts_serve
+from tests.conftest import POSTGRES_URL
+from tests.functional.serving import serve_env, sts_serve
 
 
 @contextmanager
 def serving(database_url: str, issuer: DevIssuer, log: Path) -> Iterator[str]:
     """One worker on ``database_url``, yielded once it is alive (not ready: that is the test)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    env.update(
-        STS_DATABASE_URL=database_url,
-        STS_AUDIENCE=AUDIENCE,
-        STS_TRUSTED_ISSUERS=issuer.url,
-        STS_ALLOW_HTTP_LOOPBACK="true",
-    )
+    env = serve_env(database_url, issuer)
     with sts_serve(env, log, "--workers", "1", ready="/healthz") as url:
         yield url
 
