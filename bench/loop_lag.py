@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import multiprocessing
 import statistics
 import sys
@@ -30,36 +29,15 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from sts.api.token import TokenEndpoint
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
-from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from inprocess import AUDIENCE, running_service  # noqa: E402
-
-
-def form(token: str) -> bytes:
-    fields = {
-        "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
-        "subject_token": token,
-        "subject_token_type": ID_TOKEN_TYPE,
-    }
-    return urlencode(fields).encode()
-
-
-def environ(body: bytes) -> dict[str, Any]:
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/token",
-        "CONTENT_TYPE": "application/x-www-form-urlencoded",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-    }
+from inprocess import AUDIENCE, environ, form, running_service  # noqa: E402
 
 
 def run_emulator(delay: float, ready: Any, stop: Any) -> None:

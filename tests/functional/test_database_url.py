@@ -21,7 +21,7 @@ import requests
 
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
-from tests.functional.serving import free_port, run_sts
+from tests.functional.serving import free_port, run_sts, serve_env
 
 UNKNOWN_DIALECT = "nosuchdb://x/y"
 UNKNOWN_DRIVER = "mysql+nosuchdriver://u@127.0.0.1/db"
@@ -60,13 +60,7 @@ def sts_with_mappings(
 ) -> subprocess.CompletedProcess[str]:
     mapping_file = tmp_path / "mappings.yaml"
     mapping_file.write_text(MAPPING_FILE)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STS_")}
-    env.update(
-        STS_DATABASE_URL=url,
-        STS_AUDIENCE=AUDIENCE,
-        STS_TRUSTED_ISSUERS=issuer.url,
-        STS_ALLOW_HTTP_LOOPBACK="true",
-    )
+    env = serve_env(url, issuer)
     return run_sts(
         *(arg.replace("{file}", str(mapping_file)) for arg in args), env=env, cwd=tmp_path
     )
