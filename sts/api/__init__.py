@@ -164,7 +164,10 @@ def build_app(settings: Settings | None = None, services: Services | None = None
 
     # POST /token is answered before Flask: see sts.api.token.TokenEndpoint.
     app.wsgi_app = token.TokenEndpoint(app.wsgi_app, services)  # type: ignore[method-assign]
-    services.start()
+    # No refresher starts here: the process that builds the app may fork its workers next
+    # (gunicorn --preload), and a thread running at a fork can leave a lock held in the child
+    # for ever. Each serving process starts its own: sts.rsgi when its worker starts, a WSGI
+    # server on the first request (TokenEndpoint.__call__).
     return app
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -112,6 +113,7 @@ class Database:
             )
             _configure_sqlite(self.engine, wal=not in_memory)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        _INSTANCES.add(self)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -141,6 +143,11 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+    def _after_fork(self) -> None:
+        # The pooled connections are the parent's (their sockets and driver state are shared
+        # with it): the child forgets them without closing them, and opens its own.
+        self.engine.dispose(close=False)
 
     # -- migrations -----------------------------------------------------------------------
 
@@ -216,3 +223,16 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
+
+
+_INSTANCES: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+def _reinit_after_fork() -> None:
+    for database in list(_INSTANCES):
+        database._after_fork()
+
+
+# SQLAlchemy, "Using Connection Pools with Multiprocessing or os.fork()": a pre-forking
+# server's worker must never check out a connection its parent pooled.
+os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -16,6 +16,7 @@ import requests
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from sts import create_app
+from sts.api import services_of
 from sts.config import Settings
 from sts.db import Database
 from sts.dev.aws_emulator import AwsEmulator, StsCall
@@ -129,6 +130,10 @@ class Stack:
 
 
 def serve_app(app: Any, port: int = 0) -> tuple[BaseWSGIServer, str]:
+    """``app`` served on 127.0.0.1 by threads of this process. An sts app's refreshers start
+    with the server, as ``sts.rsgi`` starts them with each worker (``create_app`` starts none)."""
+    if "sts" in getattr(app, "extensions", {}):
+        services_of(app).start()
     server = make_server("127.0.0.1", port, app, threaded=True)
     threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True

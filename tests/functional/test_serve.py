@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -184,7 +185,7 @@ def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
     issuer: DevIssuer, aws: AwsEmulator, gcp: GcpEmulator, tmp_path: Path
 ) -> None:
     """A pre-forking server (gunicorn --preload and the like) builds the app, then forks: the
-    worker has none of the parent's threads, and must start its own key-set refresher."""
+    parent runs nothing of the service's, and the worker starts its own key-set refresher."""
     from werkzeug.serving import make_server
 
     from sts import create_app
@@ -199,7 +200,11 @@ def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
     saved_headers = issuer.jwks_headers
     issuer.jwks_headers = {"Cache-Control": "max-age=0"}
     services = Services.build(settings, registry=JWKSRegistry(settings, min_ttl=0.5))
+    before = set(threading.enumerate())
     app = create_app(services=services)
+    # Nothing of the service runs in the parent: a thread of it could hold a lock (a metric's,
+    # a connection pool's) at the instant of the fork, held in the child for ever.
+    assert set(threading.enumerate()) - before == set()
     port = free_port()
     child = os.fork()
     if child == 0:  # pragma: no cover - the worker; it never returns to pytest
@@ -208,7 +213,7 @@ def test_a_worker_forked_after_the_app_was_built_keeps_its_keys_fresh(
         finally:
             os._exit(1)
     try:
-        services.close()  # the parent's refresher stops: from here on only the worker fetches
+        services.close()
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 15
         while True:
