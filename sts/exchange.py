@@ -16,7 +16,7 @@ from sts.broker.mint import BrokerMinter
 from sts.cache import CacheKey, CredentialCache, cache_key
 from sts.errors import OAuthError, ServerError, WouldWait
 from sts.identity.principal import Principal
-from sts.identity.verifier import TokenVerifier, token_digest
+from sts.identity.verifier import TokenVerifier
 from sts.mappings.index import MappingIndex, check_request
 from sts.mappings.live import LiveMappings
 from sts.mappings.spec import BROKER, MappingSpec
@@ -127,7 +127,9 @@ class Exchanger:
         if not self.mappings.loaded:
             return None
         try:
-            principal = self.verifier.verify(request.subject_token, may_fetch=False)
+            principal, digest = self.verifier.verify_digested(
+                request.subject_token, may_fetch=False
+            )
         except WouldWait:
             return None
         index = self.mappings.current()
@@ -138,7 +140,6 @@ class Exchanger:
         if credentials is None:
             return None
         if repeat_as is not None:
-            digest = token_digest(request.subject_token)
             self.repeats.put(repeat_as, Selection(digest, index, mapping, key))
         return Exchanged(principal, mapping, credentials, cache_hit=True)
 

@@ -103,11 +103,9 @@ def decode_b64url(value: str) -> bytes:
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for name, value in pairs:
-        if name in result:
-            raise JWKSError("duplicate member name")
-        result[name] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise JWKSError("duplicate member name")
     return result
 
 

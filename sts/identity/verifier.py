@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 from joserfc import jws
 from joserfc.errors import JoseError
+from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import RSAKey
 
 from sts.config import Settings
@@ -99,6 +100,29 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode("ascii")).digest()
 
 
+class _CheckedHeader(NamedTuple):
+    kid: str
+    algorithm: JWSAlgModel
+
+
+#: Header segments (exactly as spelled) of tokens that passed every header check, ours and
+#: joserfc's, and whose signature verified: those checks depend on the header alone, so one
+#: spelling always gets the same verdict. Cleared when full.
+_checked_headers: dict[str, _CheckedHeader] = {}
+_CHECKED_HEADERS_MAX = 64
+
+
+def _check_with_joserfc(header: dict[str, Any]) -> JWSAlgModel:
+    """joserfc's checks of a compact JWS header (``jws.validate_compact``) against its own
+    registry, on the header we decoded (the token is not parsed a second time); its RS256
+    model."""
+    try:
+        _JWS_REGISTRY.check_header(header)
+        return _JWS_REGISTRY.get_alg(header["alg"])
+    except (JoseError, ValueError) as exc:
+        raise _fail(HEADER_NOT_ALLOWED, f"refused by joserfc ({type(exc).__name__})") from None
+
+
 def _fail(description: str, cause: str) -> InvalidRequest:
     return InvalidRequest(description, cause=cause)
 
@@ -147,6 +171,12 @@ class TokenVerifier:
         ``may_fetch`` false (an event loop), a token whose ``kid`` is not held raises
         :class:`sts.errors.WouldWait` instead of (maybe) fetching the key set.
         """
+        return self.verify_digested(token, now, may_fetch=may_fetch)[0]
+
+    def verify_digested(
+        self, token: str, now: float | None = None, *, may_fetch: bool = True
+    ) -> tuple[Principal, bytes]:
+        """:meth:`verify`, and the token's :func:`token_digest` (for :meth:`verified_before`)."""
         if len(token) > MAX_TOKEN_BYTES:
             raise _fail(TOKEN_TOO_LARGE, "token over 16 KiB")
         if not token.isascii():
@@ -162,7 +192,7 @@ class TokenVerifier:
                 self._forget(digest)
                 raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
             if self._still_vouches(hit, now):
-                return hit.principal
+                return hit.principal, digest
             # The key left the issuer's set or was replaced under its kid (or the caller's clock
             # went back): verify afresh.
             self._forget(digest)
@@ -172,7 +202,7 @@ class TokenVerifier:
             self._verified[digest] = verified
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
-        return verified.principal
+        return verified.principal, digest
 
     def verified_before(self, digest: bytes, now: float | None = None) -> Principal | None:
         """The principal of a token verified before, by its :func:`token_digest`, when that
@@ -210,14 +240,21 @@ class TokenVerifier:
         parts = token.split(".")
         if len(parts) != 3:
             raise _fail(TOKEN_UNPARSABLE, f"compact JWS has 3 parts, token has {len(parts)}")
+        # An issuer signs every token with the same few headers: one already checked whole (by
+        # us and by joserfc) is known by its exact spelling, and not decoded or checked again.
+        checked = _checked_headers.get(parts[0])
         try:
-            header = loads_json_object(decode_b64url(parts[0]))
+            header = None if checked is not None else loads_json_object(decode_b64url(parts[0]))
             claims = loads_json_object(decode_b64url(parts[1]))
             signature = decode_b64url(parts[2])
         except JWKSError as exc:
             raise _fail(TOKEN_UNPARSABLE, f"token: {exc}") from None
 
-        kid = self._check_header(header)
+        if checked is None:
+            assert header is not None
+            kid = self._check_header(header)
+        else:
+            kid = checked.kid
         keys = self._keys_for(claims)
         if not may_fetch and keys.thumbprint(kid) is None:
             # An unknown kid may make this request fetch the key set: not on an event loop.
@@ -231,9 +268,19 @@ class TokenVerifier:
                     cause=f"jwks for {keys.issuer}: {keys.last_error}",
                 )
             raise _fail(KEY_NOT_FOUND, f"kid not in the key set of {keys.issuer}")
+        if checked is None:
+            assert header is not None
+            algorithm = _check_with_joserfc(header)
+        else:
+            algorithm = checked.algorithm
         # The signing input is the token's first two parts exactly as sent (RFC 7515 5.2).
         signing_input = token[: len(parts[0]) + 1 + len(parts[1])]
-        self._check_signature(header, signing_input, signature, held.key)
+        self._check_signature(algorithm, signing_input, signature, held.key)
+        if checked is None:
+            # Only a header the issuer's key signed is remembered: forged ones never churn it.
+            if len(_checked_headers) >= _CHECKED_HEADERS_MAX:
+                _checked_headers.clear()
+            _checked_headers[parts[0]] = _CheckedHeader(kid, algorithm)
         return self._check_claims(claims, now, keys, kid, held.thumbprint)
 
     def _check_header(self, header: dict[str, Any]) -> str:
@@ -263,16 +310,13 @@ class TokenVerifier:
         return keys
 
     def _check_signature(
-        self, header: dict[str, Any], signing_input: str, signature: bytes, key: RSAKey
+        self, algorithm: JWSAlgModel, signing_input: str, signature: bytes, key: RSAKey
     ) -> None:
-        """joserfc's checks of a compact JWS (``jws.validate_compact``) on the header and the
-        signature we decoded: its header registry, its RS256 model with the key's ``use`` and
-        ``alg``, and the RSA verification. The token is not parsed a second time."""
+        """joserfc's RS256 model on the signature we decoded: the key's ``use`` and ``alg``,
+        then the RSA verification (the header passed :func:`_check_with_joserfc`)."""
         with self._lock:
             self.signature_checks += 1
         try:
-            _JWS_REGISTRY.check_header(header)
-            algorithm = _JWS_REGISTRY.get_alg(header["alg"])
             algorithm.check_key(key)
             valid = algorithm.verify(signing_input.encode("ascii"), signature, key)
         except (JoseError, ValueError) as exc:

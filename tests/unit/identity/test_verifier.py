@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 
 from sts.dev.issuer import DevIssuer, SigningKey, b64url
 from sts.errors import InvalidRequest
+from sts.identity import verifier as verifier_module
 from sts.identity.jwks import JWKSRegistry
 from sts.identity.principal import Principal
 from sts.identity.verifier import TokenVerifier
@@ -549,3 +550,57 @@ def test_hs256_confusion_is_base64_exact(issuer: DevIssuer) -> None:
     header_part = token.split(".")[0]
     decoded = base64.urlsafe_b64decode(header_part + "=" * (-len(header_part) % 4))
     assert json.loads(decoded)["alg"] == "HS256"
+
+
+# --- The header memo: an issuer's header, checked once, is known by its exact spelling.
+
+
+def _segment(token: str) -> str:
+    return token.split(".", maxsplit=1)[0]
+
+
+def test_a_remembered_header_still_leaves_every_other_check_to_each_token(
+    issuer: DevIssuer, verifier: TokenVerifier
+) -> None:
+    good = tok(issuer)
+    verifier.verify(good, now=NOW)
+    assert _segment(good) in verifier_module._checked_headers
+    # Same header spelling: the signature, the key and every claim are still checked.
+    refused = {
+        SIGNATURE_INVALID: [tampered_payload(issuer), other_key_same_kid(issuer)],
+        TOKEN_EXPIRED: [tok(issuer, exp=int(NOW) - SKEW - 1)],
+        AUDIENCE_NOT_ACCEPTED: [tok(issuer, aud="https://other")],
+        ISSUER_NOT_TRUSTED: [tok(issuer, iss="https://not-trusted.example")],
+        CLAIM_INVALID: [tok(issuer, account="")],
+    }
+    for phrase, tokens in refused.items():
+        for token in tokens:
+            assert _segment(token) == _segment(good)
+            with pytest.raises(InvalidRequest) as info:
+                verifier.verify(token, now=NOW)
+            assert info.value.description == phrase
+
+
+def test_a_header_is_remembered_only_once_its_token_verified(
+    issuer: DevIssuer, verifier: TokenVerifier
+) -> None:
+    new_header = header(issuer, zz="forged-first")
+    forged = tok(issuer, new_header).rsplit(".", 1)[0] + "." + b64url(b"\x00" * 256)
+    with pytest.raises(InvalidRequest) as info:
+        verifier.verify(forged, now=NOW)
+    assert info.value.description == SIGNATURE_INVALID
+    assert _segment(forged) not in verifier_module._checked_headers
+    for refused_header in (header(issuer, crit=["exp"]), header(issuer, alg="HS256")):
+        with pytest.raises(InvalidRequest):
+            verifier.verify(tok(issuer, refused_header), now=NOW)
+        assert b64url(enc(refused_header)) not in verifier_module._checked_headers
+    signed = tok(issuer, new_header)
+    verifier.verify(signed, now=NOW)
+    assert _segment(signed) in verifier_module._checked_headers
+
+
+def test_the_header_memo_is_bounded(issuer: DevIssuer, verifier: TokenVerifier) -> None:
+    for n in range(3 * verifier_module._CHECKED_HEADERS_MAX):
+        verifier.verify(tok(issuer, header(issuer, zz=f"h{n}")), now=NOW)
+        assert len(verifier_module._checked_headers) <= verifier_module._CHECKED_HEADERS_MAX
+    assert verifier.signature_checks == 3 * verifier_module._CHECKED_HEADERS_MAX
