@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The zuplo-sts benchmark: one command, everything on 127.0.0.1 (docs/benchmarks.md).
 
-    python bench/run.py [--quick] [--duration 10] [--connections 32] [--profile]
+    python bench/run.py [--quick] [--duration 10] [--connections 32] [--profile [cached|fresh]]
 
 It starts a dev issuer, the AWS emulator (moto) and the GCP emulator in this process, then for
 each mapping count (10, 1,000, 100,000) a fresh database with generated mappings and ``sts serve``
@@ -1053,7 +1053,7 @@ class Bench:
             self.add(Row(FRESH, label, count, load, None if node else calls, note))
             if self.args.profile and kind == "granian" and (round_ or 1) == 1:
                 # A run of its own: the samplers take CPU from the 2 cores being measured.
-                self.profiled(server, url, path)
+                self.profiled(server, url, fresh if self.args.profile == "fresh" else path)
         finally:
             self.procs.stop(server)
 
@@ -1181,13 +1181,14 @@ class Bench:
                 recorder.kill()
                 recorder.wait()
         if raw.exists():
-            self.report.profile = summarize_profile(raw)
+            self.report.profile = summarize_profile(raw, self.args.profile)
             self.report.notes.append(f"py-spy collapsed stacks: {raw}; flame graph: {svg}")
         else:
             problem = logs[0].read_text(errors="replace").strip()[-300:]
             self.report.notes.append(f"py-spy recorded nothing: {problem}")
         self.report.notes.append(
-            f"under py-spy the cached path ran at {result[0].rps:,.0f} req/s (not in the table)"
+            f"under py-spy the {self.args.profile} path ran at {result[0].rps:,.0f} req/s "
+            "(not in the table)"
         )
 
     def single_flight(self) -> None:
@@ -1284,7 +1285,7 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def summarize_profile(raw: Path, top: int = 15) -> list[str]:
+def summarize_profile(raw: Path, path_name: str = "cached", top: int = 15) -> list[str]:
     """Top functions by own time and by total time, from py-spy's collapsed stacks."""
     own: Counter[str] = Counter()
     total: Counter[str] = Counter()
@@ -1307,7 +1308,7 @@ def summarize_profile(raw: Path, top: int = 15) -> list[str]:
     if not samples:
         return ["(no samples)"]
     lines = [
-        f"py-spy, one worker under the cached-path load: {samples} samples in Python code "
+        f"py-spy, one worker under the {path_name}-path load: {samples} samples in Python code "
         f"({native} more without a Python frame); share of the Python samples:",
         "own time:",
     ]
@@ -1451,7 +1452,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-comparator", action="store_true")
     parser.add_argument("--skip-servers", action="store_true", help="no gunicorn/granian variants")
     parser.add_argument("--skip-multiprocess", action="store_true")
-    parser.add_argument("--profile", action="store_true", help="py-spy one worker (cached path)")
+    parser.add_argument(
+        "--profile",
+        nargs="?",
+        const="cached",
+        choices=("cached", "fresh"),
+        help="py-spy one worker under the head-to-head load of that path (default: cached)",
+    )
     parser.add_argument(
         "--rounds",
         type=int,
