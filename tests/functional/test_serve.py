@@ -330,6 +330,26 @@ def server_process(env: dict[str, str], port: int) -> Iterator[subprocess.Popen[
             proc.wait()
 
 
+def both_workers(server_pid: int, deadline: float, poll: float = 0.1) -> set[int]:
+    """The pids of the server's two workers, once both exist."""
+    workers: set[int] = set()
+    while len(workers) < 2:
+        workers = children_of(server_pid)
+        assert time.monotonic() < deadline, workers
+        time.sleep(poll)
+    return workers
+
+
+def assert_none_outlives(workers: set[int], port: int) -> None:
+    """Within 10 s of the server's death, no worker is left, and nothing answers on ``port``."""
+    deadline = time.monotonic() + 10
+    while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
+        assert time.monotonic() < deadline, f"workers {alive} outlived the server"
+        time.sleep(0.1)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
 def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -343,19 +363,10 @@ def test_workers_die_with_a_server_killed_by_sigkill(env: dict[str, str], tmp_pa
                 pass
             assert time.monotonic() < deadline
             time.sleep(0.1)
-        workers = set()
-        while len(workers) < 2:
-            workers = children_of(proc.pid)
-            assert time.monotonic() < deadline, workers
-            time.sleep(0.1)
+        workers = both_workers(proc.pid, deadline)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while any(Path(f"/proc/{pid}").exists() for pid in workers):
-            assert time.monotonic() < deadline, "workers outlived the server"
-            time.sleep(0.1)
-        with pytest.raises(requests.ConnectionError):
-            requests.get(url + "/healthz", timeout=2)
+        assert_none_outlives(workers, port)
 
 
 def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[str, str]) -> None:
@@ -364,17 +375,7 @@ def test_workers_still_starting_die_with_a_server_killed_by_sigkill(env: dict[st
     inherits, and was lost)."""
     port = free_port()
     with server_process(env, port) as proc:
-        deadline = time.monotonic() + 30
-        workers: set[int] = set()
-        while len(workers) < 2:
-            workers = children_of(proc.pid)
-            assert time.monotonic() < deadline, workers
-            time.sleep(0.01)
+        workers = both_workers(proc.pid, time.monotonic() + 30, poll=0.01)
         proc.kill()
         proc.wait()
-        deadline = time.monotonic() + 10
-        while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
-            assert time.monotonic() < deadline, f"workers {alive} outlived the server"
-            time.sleep(0.1)
-        with pytest.raises(requests.ConnectionError):
-            requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+        assert_none_outlives(workers, port)
