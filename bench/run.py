@@ -96,6 +96,9 @@ GRANIAN_1 = "sts serve --threads 1 (granian)"
 GRANIAN_WSGI = "granian WSGI, 2 workers x 4 blocking threads (sts serve before RSGI)"
 FASTIFY = "node fastify + jose, 2 workers"
 EXPRESS = "node express + jose, 2 workers"
+#: Servers that are not zuplo-sts: no warm-up of its caches, no upstream calls counted.
+OTHER_SERVERS = ("fastify", "express", "floor")
+FLOOR = "floor: granian RSGI, 2 workers, one RS256 verify, nothing else (bench/floor_app.py)"
 # Upper bound on how fast the cold path can go; cold tokens are minted for this rate so no
 # identity repeats within one measurement (the report warns if one did).
 COLD_RATE_CEILING = 400
@@ -761,6 +764,35 @@ class Bench:
                 f"{HOST}:{port}",
                 "sts.wsgi:app",
             ]
+        elif kind == "floor":
+            assert self.issuer is not None
+            cmd = [
+                python,
+                "-m",
+                "granian",
+                "--interface",
+                "rsgi",
+                "--loop",
+                "asyncio",
+                "--http",
+                "1",
+                "--no-ws",
+                "--no-log",
+                "--workers",
+                "2",
+                "--working-dir",
+                str(BENCH),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+                "floor_app:app",
+            ]
+            env = {
+                **os.environ,
+                "JWKS_URL": self.issuer.jwks_url,
+                "BODY_BYTES": str(self.cached_response_bytes),
+            }
         elif kind in ("fastify", "express"):
             assert self.issuer is not None
             cmd = ["node", str(COMPARATOR / f"server-{kind}.js")]
@@ -997,6 +1029,8 @@ class Bench:
                 self.report.notes.append("gunicorn rows skipped: pip install gunicorn failed")
         if not self.args.skip_comparator and any(kind == "fastify" for kind, _ in configs):
             configs.append(("express", EXPRESS))
+        if not self.args.skip_comparator:
+            configs.append(("floor", FLOOR))
         with self.database(f"head-to-head-{count}") as database_url:
             load_mappings(database_url, generate_specs(count))
             claims = self.cached_claims(count, secrets.token_hex(3))
@@ -1037,7 +1071,7 @@ class Bench:
         )
         try:
             response = self.first_ok(url, body, timeout=READY_TIMEOUT_SECONDS)
-            if kind not in ("fastify", "express"):
+            if kind not in OTHER_SERVERS:
                 self.warm_up(server, url, body, timeout=READY_TIMEOUT_SECONDS)
             if kind == "granian":
                 # The comparators answer with a body of this size.
@@ -1045,7 +1079,7 @@ class Bench:
             note = f"{len(response.content)}-byte body" + (f", round {round_}" if round_ else "")
             self.measure(url, path, duration=self.args.warmup)
             load, calls = self.measure(url, path)
-            node = kind in ("fastify", "express")
+            node = kind in OTHER_SERVERS
             self.add(Row("head-to-head", label, count, load, None if node else calls, note))
             # A new token per request for the same identity: one RS256 verification each.
             self.measure(url, fresh, duration=self.args.warmup)
@@ -1359,7 +1393,7 @@ def summary(report: Report) -> list[str]:
             other = report.median(scenario, name)
             if other is None or not other[0]:
                 continue
-            for label in (GRANIAN_4, GRANIAN_1):
+            for label in (GRANIAN_4, GRANIAN_1, FLOOR):
                 row = report.median(scenario, label)
                 if row is not None:
                     lines.append(
