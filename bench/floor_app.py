@@ -1,6 +1,7 @@
 """The floor of a Python server on the fresh-token path: granian's RSGI interface, 2 workers, and
 per ``POST /token`` only the body read, the token taken out of the form, one RS256 verification
-with ``cryptography`` (the issuer's first key, fetched once at start) and a fixed answer of
+with ``cryptography`` (the issuer's first key, fetched once at start and read by the service's
+own JWKS parser; the signature decoded by its strict base64url) and a fixed answer of
 ``BODY_BYTES`` bytes. No claim is checked, nothing is looked up, logged or counted.
 
 What sts serve would reach if everything it does per request beyond that cost nothing; run by
@@ -12,7 +13,6 @@ What sts serve would reach if everything it does per request beyond that cost no
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import urllib.request
@@ -23,18 +23,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-
-def _b64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+from sts.identity.jwks import decode_b64url, parse_jwks
 
 
 def _issuer_key(url: str) -> rsa.RSAPublicKey:
+    """The issuer's first key, read by the service's own JWKS parser."""
     with urllib.request.urlopen(url, timeout=5) as response:  # the dev issuer on 127.0.0.1
-        jwk = json.load(response)["keys"][0]
-    numbers = rsa.RSAPublicNumbers(
-        int.from_bytes(_b64(jwk["e"]), "big"), int.from_bytes(_b64(jwk["n"]), "big")
-    )
-    return numbers.public_key()
+        keys = parse_jwks(response.read())
+    key: rsa.RSAPublicKey = next(iter(keys.values())).get_op_key("verify")
+    return key
 
 
 _KEY = _issuer_key(os.environ["JWKS_URL"])
@@ -60,8 +57,8 @@ async def app(scope: Any, protocol: Any) -> None:
     token = dict(parse_qsl(body.decode("ascii"))).get("subject_token", "")
     signing_input, _, signature = token.rpartition(".")
     try:
-        _KEY.verify(_b64(signature), signing_input.encode("ascii"), _PADDING, _HASH)
-    except (InvalidSignature, ValueError):
+        _KEY.verify(decode_b64url(signature), signing_input.encode("ascii"), _PADDING, _HASH)
+    except (InvalidSignature, ValueError):  # JWKSError is a ValueError
         protocol.response_bytes(400, _HEADERS, _REFUSED)
         return
     protocol.response_bytes(200, _HEADERS, _BODY)

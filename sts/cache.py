@@ -43,7 +43,6 @@ import os
 import secrets
 import threading
 import time
-import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +50,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from sts.errors import InvalidTarget, OAuthError, TemporarilyUnavailable
+from sts.forking import renew_after_fork
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec
 from sts.metrics import CREDENTIAL_REFRESHES, REDIS_FALLBACKS
@@ -196,7 +196,7 @@ class CredentialCache:
         self._executor_pid = 0
         self.upstream_calls = 0
         self._waiting = 0
-        _CACHES.add(self)
+        renew_after_fork(self)
 
     def _after_fork(self) -> None:
         # A lock held by a parent thread at fork time would stay held forever in the child, and
@@ -640,14 +640,3 @@ class RedisTier:
 
     def close(self) -> None:
         self._client.close()
-
-
-_CACHES: weakref.WeakSet[CredentialCache] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for cache in list(_CACHES):
-        cache._after_fork()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

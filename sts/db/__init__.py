@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +26,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
 from sts.config import ConfigError, parse_database_url
+from sts.forking import renew_after_fork
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
@@ -113,7 +113,7 @@ class Database:
             )
             _configure_sqlite(self.engine, wal=not in_memory)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        _INSTANCES.add(self)
+        renew_after_fork(self)
 
     # -- connections ----------------------------------------------------------------------
 
@@ -146,7 +146,8 @@ class Database:
 
     def _after_fork(self) -> None:
         # The pooled connections are the parent's (their sockets and driver state are shared
-        # with it): the child forgets them without closing them, and opens its own.
+        # with it): the child forgets them without closing them, and opens its own (SQLAlchemy,
+        # "Using Connection Pools with Multiprocessing or os.fork()").
         self.engine.dispose(close=False)
 
     # -- migrations -----------------------------------------------------------------------
@@ -223,16 +224,3 @@ def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         conn.exec_driver_sql("BEGIN")
-
-
-_INSTANCES: weakref.WeakSet[Database] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for database in list(_INSTANCES):
-        database._after_fork()
-
-
-# SQLAlchemy, "Using Connection Pools with Multiprocessing or os.fork()": a pre-forking
-# server's worker must never check out a connection its parent pooled.
-os.register_at_fork(after_in_child=_reinit_after_fork)

@@ -22,7 +22,6 @@ import os
 import re
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from joserfc.jwk import RSAKey
 
 from sts.config import Settings, check_url
+from sts.forking import renew_after_fork
 from sts.metrics import JWKS_FETCHES
 from sts.outbound import upstream_session
 
@@ -271,7 +271,7 @@ class JWKSCache:
         self._last_miss_fetch: float | None = None
         self._lock = threading.Lock()
         self._session: requests.Session | None = None
-        _INSTANCES.add(self)
+        renew_after_fork(self)
 
     @property
     def loaded(self) -> bool:
@@ -499,14 +499,3 @@ class JWKSRegistry:
                 return
             wait = min(c.refresh_due_at for c in self._caches.values()) - self._clock()
             stop.wait(min(1.0, max(0.05, wait)))
-
-
-_INSTANCES: weakref.WeakSet[JWKSCache] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for cache in list(_INSTANCES):
-        cache._after_fork()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)

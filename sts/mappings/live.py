@@ -17,11 +17,11 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import weakref
 from collections.abc import Callable
 
 from sts.db import Database, describe_failure
 from sts.errors import TemporarilyUnavailable
+from sts.forking import renew_after_fork
 from sts.mappings import store
 from sts.mappings.index import MappingIndex
 
@@ -59,7 +59,7 @@ class LiveMappings:
         self._pid = os.getpid()
         self._failing = False
         self.last_error: str | None = None
-        _INSTANCES.add(self)
+        renew_after_fork(self)
 
     def current(self) -> MappingIndex:
         """The loaded index; never touches the database (module docstring)."""
@@ -153,14 +153,3 @@ class LiveMappings:
                     self.on_tick()
                 except Exception as exc:
                     log.warning("periodic task failed: %s", type(exc).__name__)
-
-
-_INSTANCES: weakref.WeakSet[LiveMappings] = weakref.WeakSet()
-
-
-def _reinit_after_fork() -> None:
-    for live in list(_INSTANCES):
-        live._after_fork()
-
-
-os.register_at_fork(after_in_child=_reinit_after_fork)
