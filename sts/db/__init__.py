@@ -22,6 +22,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -30,6 +31,11 @@ from sts.forking import renew_after_fork
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+
+
+class MigrationRefused(ValueError):
+    """A migration the operator asked for that would damage the history or the service's own
+    schema (docs/reference.md section 13): bad input, refused before anything is written."""
 
 
 class NotMigratedError(RuntimeError):
@@ -173,18 +179,98 @@ class Database:
     def upgrade(
         self, revision: str = "head", *, version_locations: Sequence[str | Path] = ()
     ) -> None:
-        """Run Alembic upgrades to ``revision`` in one transaction."""
+        """Run Alembic upgrades to ``revision`` in one transaction, after
+        :meth:`check_history` accepted the extra ``version_locations``."""
+        if version_locations:
+            self.check_history(version_locations)
         config = self.alembic_config(version_locations)
         with self.engine.begin() as conn:
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
 
-    def downgrade(self, revision: str, *, version_locations: Sequence[str | Path] = ()) -> None:
-        """Run Alembic downgrades to ``revision`` (``"base"``: drop all) in one transaction."""
+    def downgrade(
+        self,
+        revision: str,
+        *,
+        version_locations: Sequence[str | Path] = (),
+        undo_service_schema: bool = False,
+    ) -> None:
+        """Run Alembic downgrades to ``revision`` (``"base"``: drop all) in one transaction.
+
+        A target that would undo one of zuplo-sts's own revisions (their tables hold the audit
+        trail, the signing keys and the mappings) raises :class:`MigrationRefused` unless
+        ``undo_service_schema``: the usual downgrade undoes a team's own revisions only."""
+        undone = self.service_revisions_undone(revision, version_locations)
+        if undone and not undo_service_schema:
+            raise MigrationRefused(
+                f"downgrade to {revision} would undo zuplo-sts's own revisions "
+                f"({', '.join(undone)}) and drop the tables that hold the audit trail, the "
+                "signing keys and the revocations; pass --undo-service-schema to do that"
+            )
         config = self.alembic_config(version_locations)
         with self.engine.begin() as conn:
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
+
+    def _own_revisions(self) -> ScriptDirectory:
+        return ScriptDirectory.from_config(self.alembic_config())
+
+    def check_history(self, version_locations: Sequence[str | Path]) -> None:
+        """Refuse extra revisions that would fork the history or hang off anything but
+        zuplo-sts's head (docs/reference.md section 13), before anything is written.
+
+        The whole history must have one head, and every extra revision must descend from
+        zuplo-sts's own head; one already applied to this database is accepted as it is (it
+        was checked against the head of its day: a merge revision joins it to a newer head).
+        """
+        own = self._own_revisions()
+        own_head = own.get_current_head()
+        known = {script.revision for script in own.walk_revisions()}
+        try:
+            full = ScriptDirectory.from_config(self.alembic_config(version_locations))
+            heads = full.get_heads()
+            extra = [script for script in full.walk_revisions() if script.revision not in known]
+        except CommandError as exc:
+            raise MigrationRefused(f"--versions: {driver_reason(exc)}") from None
+        if len(heads) > 1:
+            raise MigrationRefused(
+                f"--versions: the history would have {len(heads)} heads "
+                f"({', '.join(sorted(heads))}); the first revision of your own must have "
+                f"down_revision = {own_head!r}, zuplo-sts's head"
+            )
+        applied = set((self.current() or "").split(",")) - {""}
+        applied_ancestry = _ancestry(full, applied) if applied else set()
+        for script in extra:
+            if script.revision in applied_ancestry:
+                continue
+            if own_head not in _ancestry(full, {script.revision}):
+                raise MigrationRefused(
+                    f"--versions: revision {script.revision} does not descend from zuplo-sts's "
+                    f"head {own_head}: set the down_revision of your first revision to it"
+                )
+
+    def service_revisions_undone(
+        self, target: str, version_locations: Sequence[str | Path] = ()
+    ) -> list[str]:
+        """zuplo-sts's own revisions that a downgrade to ``target`` would undo, newest first.
+
+        ``target`` is a revision id (or a unique prefix of one) or ``base``; a relative target
+        (``-1``) is refused, since what it means depends on which heads are applied."""
+        if target.startswith(("-", "+")) or "@" in target or target in {"head", "heads"}:
+            raise MigrationRefused(f"downgrade target {target!r}: name a revision id or base")
+        full = ScriptDirectory.from_config(self.alembic_config(version_locations))
+        if target == "base":
+            kept: set[str] = set()
+        else:
+            try:
+                found = full.get_revisions(target)
+            except CommandError as exc:
+                raise MigrationRefused(f"downgrade target: {driver_reason(exc)}") from None
+            kept = _ancestry(full, {script.revision for script in found if script is not None})
+        applied = set((self.current() or "").split(",")) - {""}
+        undone = _ancestry(full, applied) - kept
+        own = [script.revision for script in self._own_revisions().walk_revisions()]
+        return [revision for revision in own if revision in undone]
 
     def current(self) -> str | None:
         """The database's Alembic revision (several heads: comma-separated); None: unmigrated."""
@@ -205,6 +291,27 @@ class Database:
         known = {revision.revision for revision in script.walk_revisions()}
         if head not in current.split(",") and not set(current.split(",")) - known:
             raise NotMigratedError(current, head)
+
+
+def _ancestry(script: ScriptDirectory, revisions: set[str]) -> set[str]:
+    """``revisions`` and every revision they descend from (``down_revision`` and
+    ``depends_on``), walked in ``script``. An id ``script`` does not know is kept as it is."""
+    seen: set[str] = set()
+    todo = list(revisions)
+    while todo:
+        revision = todo.pop()
+        if revision in seen:
+            continue
+        seen.add(revision)
+        try:
+            found = script.get_revision(revision)
+        except CommandError:
+            continue
+        if found is None:
+            continue
+        for parents in (found.down_revision, found.dependencies):
+            todo.extend((parents,) if isinstance(parents, str) else parents or ())
+    return seen
 
 
 def _configure_sqlite(engine: sa.Engine, *, wal: bool) -> None:

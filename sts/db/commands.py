@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic.util.exc import CommandError
 
 from sts.config import ConfigError, Settings
-from sts.db import Database, NotMigratedError, driver_reason
+from sts.db import Database, MigrationRefused, NotMigratedError, driver_reason
 from sts.mappings.document import MappingFileError
 
 SOURCE = "cli"
@@ -91,6 +91,8 @@ def guard(action: Callable[[], T]) -> T:
         return action()
     except NotMigratedError as exc:
         fail(str(exc), 1)
+    except MigrationRefused as exc:
+        fail(str(exc), 2)
     except sa.exc.SQLAlchemyError as exc:
         fail(f"database error: {driver_reason(exc)}", 1)
     except CommandError as exc:
@@ -157,13 +159,24 @@ def db_upgrade(versions: tuple[str, ...]) -> None:
 @db.command("downgrade")
 @click.argument("revision")
 @_VERSIONS
-def db_downgrade(revision: str, versions: tuple[str, ...]) -> None:
-    """Migrate down to REVISION (for example to undo one of your own mapping revisions).
+@click.option(
+    "--undo-service-schema",
+    is_flag=True,
+    help="Also undo zuplo-sts's own revisions: DROPS the audit trail, the signing keys, "
+    "the revocations and the mappings.",
+)
+def db_downgrade(revision: str, versions: tuple[str, ...], undo_service_schema: bool) -> None:
+    """Migrate down to REVISION (to undo one of your own mapping revisions).
 
-    Reads STS_DATABASE_URL."""
+    A REVISION below zuplo-sts's own head is refused unless --undo-service-schema is given:
+    that drops the service's tables and everything in them. Reads STS_DATABASE_URL."""
     with open_database() as database:
         before = guard(database.current)
-        guard(lambda: database.downgrade(revision, version_locations=versions))
+        guard(
+            lambda: database.downgrade(
+                revision, version_locations=versions, undo_service_schema=undo_service_schema
+            )
+        )
         after = guard(database.current)
     click.echo(f"database downgraded from {before or 'empty'} to {after or 'empty'}")
 

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from sts.db import Database, NotMigratedError, migrations_dir
+from sts.db import Database, MigrationRefused, NotMigratedError, migrations_dir
 from sts.db.models import all_tables
 from sts.mappings import store
 from sts.mappings.document import MappingFileError, parse_document
@@ -68,7 +69,10 @@ def test_upgrade_from_empty_then_downgrade_to_empty(database: Database) -> None:
         unique = inspector.get_unique_constraints("role_mappings")
         assert [constraint["column_names"] for constraint in unique] == [["name"]]
 
-    database.downgrade("base")
+    with pytest.raises(MigrationRefused, match="--undo-service-schema"):
+        database.downgrade("base")
+    assert tables(database) == TABLES | {"alembic_version"}
+    database.downgrade("base", undo_service_schema=True)
     assert tables(database) <= {"alembic_version"}
     assert database.current() is None
 
@@ -339,3 +343,175 @@ def test_cli_runs_team_revisions_up_and_down(database_url: str, tmp_path: Path) 
         assert missing.returncode == 2
     finally:
         database.dispose()
+
+
+def readme_migration_example() -> tuple[str, list[list[str]]]:
+    """The README's team revision (its Python block) and its two ``sts db`` commands, as
+    written there."""
+    text = (REPO / "README.md").read_text()
+    section = text.split("### Mappings kept in your migration history", 1)[1]
+    python = section.split("```python\n", 1)[1].split("```", 1)[0]
+    shell = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [
+        line.split("#", 1)[0].split()[1:] for line in shell.splitlines() if line.startswith("sts ")
+    ]
+    return python, commands
+
+
+def seeded_service_rows(database: Database) -> dict[str, int]:
+    """One row in each table of the service that holds what must never be lost."""
+    from sts.db.models import IssuanceEvent
+
+    with database.session() as session:
+        session.add(
+            IssuanceEvent(
+                issuer="https://issuer.example",
+                sub="s",
+                account="a",
+                project="p",
+                deployment="d",
+                environment_type="production",
+                mapping="m",
+                provider="aws",
+                target=ROLE,
+                outcome="issued",
+            )
+        )
+    return row_counts(database)
+
+
+def row_counts(database: Database) -> dict[str, int]:
+    with database.engine.connect() as conn:
+        names = set(sa.inspect(conn).get_table_names()) & TABLES
+        return {
+            name: conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()  # noqa: S608
+            for name in sorted(names)
+        }
+
+
+def test_readme_migration_example_runs_as_written_and_keeps_the_service_tables(
+    database_url: str, tmp_path: Path
+) -> None:
+    """The README's revision and commands, verbatim: up adds the mapping, down removes it, and
+    the service's tables (the audit trail above all) are untouched by either."""
+    python, commands = readme_migration_example()
+    assert [command[:2] for command in commands] == [["db", "upgrade"], ["db", "downgrade"]]
+    versions = tmp_path / "my-versions"
+    versions.mkdir()
+    (versions / "7f3a1c2b9d10_grant_orders_prod.py").write_text(python)
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+    assert run_sts("db", "upgrade", env=env).returncode == 0
+    database = Database(database_url)
+    try:
+        before = seeded_service_rows(database)
+        for command in commands:
+            done = run_sts(*command, env=env, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr
+            if command[1] == "upgrade":
+                assert [spec.name for spec in store.load(database)[1]] == ["orders-prod"]
+        assert tables(database) == TABLES | {"alembic_version"}
+        after = row_counts(database)
+        assert after["issuance_events"] == before["issuance_events"] == 1
+        assert after["mapping_changes"] == 2  # the history keeps the grant and its revert
+        assert store.load(database)[1] == []
+        assert database.current() == database.head()
+    finally:
+        database.dispose()
+
+
+def test_readme_revision_names_the_current_head() -> None:
+    """Each new zuplo-sts revision moves the head: the README's example must move with it."""
+    python, commands = readme_migration_example()
+    head = ScriptDirectory.from_config(Database("sqlite://").alembic_config()).get_current_head()
+    assert f'down_revision = "{head}"' in python
+    assert commands[1][2] == head
+
+
+@pytest.mark.parametrize(
+    "parent",
+    [
+        pytest.param("4c5e7cca9f12", id="off-an-older-service-revision"),
+        pytest.param(None, id="a-second-root"),
+    ],
+)
+def test_upgrade_refuses_revisions_that_fork_the_history(
+    database_url: str, tmp_path: Path, parent: str | None
+) -> None:
+    """Last round's README example (down_revision the first revision) reported success with
+    two heads; its downgrade then dropped the audit trail. Now: exit 2, one line, nothing."""
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+    assert run_sts("db", "upgrade", env=env).returncode == 0
+    database = Database(database_url)
+    try:
+        before = seeded_service_rows(database)
+        head = database.current()
+        versions = team_revision(tmp_path / "versions", "PARENT", TEAM)
+        path = next(versions.iterdir())
+        path.write_text(path.read_text().replace('"PARENT"', repr(parent)))
+        refused = run_sts("db", "upgrade", "--versions", str(versions), env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "head" in refused.stderr
+        assert database.current() == head
+        assert row_counts(database) == before
+        assert store.load(database) == (0, [])
+    finally:
+        database.dispose()
+
+
+def test_upgrade_accepts_a_merge_revision_joining_an_applied_one_to_the_head(
+    database: Database, tmp_path: Path
+) -> None:
+    """A team revision applied on top of an older zuplo-sts head is joined to the new head by a
+    merge revision (README): one head, descending from zuplo-sts's."""
+    database.upgrade("c3b1e0d5a9f4")  # an older release's head
+    versions = team_revision(tmp_path / "versions", "c3b1e0d5a9f4", TEAM)
+    config = database.alembic_config([versions])
+    from alembic import command
+
+    with database.engine.begin() as conn:  # applied by that older release, unchecked
+        config.attributes["connection"] = conn
+        command.upgrade(config, TEAM_REVISION)
+    head = database.head()
+    (versions / "0merge_team_head.py").write_text(
+        f'revision = "0a0a0a0a0a0a"\ndown_revision = ("{TEAM_REVISION}", "{head}")\n'
+        "def upgrade() -> None: ...\ndef downgrade() -> None: ...\n"
+    )
+    database.upgrade("heads", version_locations=[versions])
+    assert database.current() == "0a0a0a0a0a0a"
+    assert tables(database) == TABLES | {"alembic_version"}
+
+
+@pytest.mark.parametrize("target", ["base", "4c5e7cca9f12", "c3b1"])
+def test_downgrade_into_the_service_schema_needs_its_flag(
+    database_url: str, tmp_path: Path, target: str
+) -> None:
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+    assert run_sts("db", "upgrade", env=env).returncode == 0
+    database = Database(database_url)
+    try:
+        before = seeded_service_rows(database)
+        head = database.current()
+        refused = run_sts("db", "downgrade", target, env=env)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert len(refused.stderr.splitlines()) == 1, refused.stderr
+        assert "--undo-service-schema" in refused.stderr
+        assert "audit trail" in refused.stderr
+        assert database.current() == head
+        assert row_counts(database) == before
+
+        done = run_sts("db", "downgrade", target, "--undo-service-schema", env=env)
+        assert done.returncode == 0, done.stderr
+        assert database.current() != head
+        assert "issuance_events" not in tables(database) or target != "base"
+    finally:
+        database.dispose()
+
+
+@pytest.mark.parametrize("target", ["-1", "head", "nosuchrevision"])
+def test_downgrade_refuses_targets_it_cannot_check(database_url: str, target: str) -> None:
+    env = {**os.environ, "STS_DATABASE_URL": database_url}
+    assert run_sts("db", "upgrade", env=env).returncode == 0
+    refused = run_sts("db", "downgrade", "--", target, env=env)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert len(refused.stderr.splitlines()) == 1, refused.stderr
