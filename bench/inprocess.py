@@ -1,15 +1,19 @@
 """Per-request Python cost of ``POST /token``, in one process, without HTTP.
 
-Calls ``TokenEndpoint.respond`` (what ``sts.rsgi`` calls on the event loop) with a prepared
-environ, over the real service: dev issuer, the AWS emulator, a migrated SQLite database, the
+Calls ``TokenEndpoint.answer`` (what ``sts.rsgi`` awaits on the event loop) with a read body,
+over the real service: dev issuer, the AWS emulator, a migrated SQLite database, the
 service's own log handler writing to ``/dev/null``. Two paths:
 
 - **cached**: one token again and again (verified-token cache hit, credentials cached; a
-  repeated body, answered from what was made of it the first time: ``Exchanger.repeat``);
+  repeated body, answered from what was made of it the first time: ``sts.exchange.Repeats``);
 - **fresh**: a new token per request for the same identity, credentials cached: one RS256
   verification per request, as the comparators in ``bench/run.py`` do.
 
     python bench/inprocess.py [--requests 20000] [--rounds 5] [--profile cached|fresh]
+                              [--revocations 1000]
+
+``--revocations N`` holds N active revocations of other identities (half of them filed under the
+measured identity's own account) while measuring: what checking them costs every request.
 
 Prints the median microseconds per request over the rounds (and with ``--profile`` the top
 functions by own time). Numbers move from machine to machine; compare runs of one machine.
@@ -19,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import io
 import logging
 import os
 import pstats
@@ -29,11 +32,10 @@ import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlencode
 
-from sts import create_app
-from sts.api.token import TokenEndpoint
+from sts import create_app, revocations
+from sts.api.token import FORM, TokenEndpoint, on_this_thread, run_to_end
 from sts.config import Settings
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
@@ -69,23 +71,6 @@ def form(token: str) -> bytes:
     return urlencode(fields).encode()
 
 
-def environ(body: bytes) -> dict[str, Any]:
-    """The WSGI environ of ``POST /token`` with ``body``, as :mod:`sts.rsgi` builds it."""
-    return {
-        "REQUEST_METHOD": "POST",
-        "PATH_INFO": "/token",
-        "CONTENT_TYPE": "application/x-www-form-urlencoded",
-        "CONTENT_LENGTH": str(len(body)),
-        "wsgi.input": io.BytesIO(body),
-    }
-
-
-def request(token: str) -> dict[str, Any]:
-    """An environ that keeps its body (``sts.bench.body``), so that it can be sent again."""
-    body = form(token)
-    return {**environ(body), "sts.bench.body": body}
-
-
 def running_service(
     stack: ExitStack, work: Path, issuer: DevIssuer, aws_endpoint_url: str
 ) -> TokenEndpoint:
@@ -112,8 +97,7 @@ def running_service(
     stack.callback(lambda: [h.flush() for h in logging.getLogger("sts").handlers])
     services = Services.build(settings)
     stack.callback(services.close)
-    endpoint = create_app(services=services).wsgi_app
-    assert isinstance(endpoint, TokenEndpoint)
+    endpoint = create_app(services=services).token
     services.start()
     deadline = time.monotonic() + 10
     while not services.ready()[0]:
@@ -123,19 +107,42 @@ def running_service(
     return endpoint
 
 
-def run(endpoint: TokenEndpoint, environs: list[dict[str, Any]]) -> float:
-    """Microseconds per request over ``environs`` (each answered on the loop's path)."""
-    for env in environs:
-        env["wsgi.input"] = io.BytesIO(env["sts.bench.body"])
-    respond = endpoint.respond
+def run(endpoint: TokenEndpoint, bodies: list[bytes]) -> float:
+    """Microseconds per request over ``bodies``, each answered as ``sts.rsgi`` awaits it (a
+    cached answer completes without suspending: driven here without an event loop)."""
+    answer = endpoint.answer
     started = time.perf_counter()
-    for env in environs:
-        answer = respond(
-            env, may_wait=False, request_body=env["sts.bench.body"]
-        )  # as sts.rsgi calls it
-        if answer is None or answer[0] != 200:
-            raise SystemExit(f"not answered on the cached path: {answer!r}")
-    return (time.perf_counter() - started) / len(environs) * 1e6
+    for body in bodies:
+        status, _, content = run_to_end(answer("POST", FORM, None, body, on_this_thread))
+        if status != 200:
+            raise SystemExit(f"not answered: {status} {content!r}")
+    return (time.perf_counter() - started) / len(bodies) * 1e6
+
+
+def revoke_others(services: Services, count: int) -> None:
+    """``count`` active revocations, none of which covers the measured identity: half by
+    other accounts' deployments, half by subjects of this account (the look-ups a request
+    makes find them filed under its own account)."""
+    for n in range(count):
+        selectors = (
+            {"account": f"other-{n}", "deployment": f"d-{n}"}
+            if n % 2
+            else {"account": "my-account", "deployment": f"gone-{n}"}
+        )
+        revocations.add(
+            services.database,
+            selectors,
+            issued_before=None,
+            reason="bench",
+            actor="bench",
+            mappings=[],
+            broker_mode=False,
+        )
+    deadline = time.monotonic() + 30
+    while len(services.mappings.revoked) < count:
+        if time.monotonic() > deadline:
+            raise SystemExit("the revocations were never loaded")
+        time.sleep(0.1)
 
 
 def main() -> int:
@@ -145,12 +152,20 @@ def main() -> int:
     parser.add_argument("--profile", choices=("cached", "fresh"))
     parser.add_argument("--sort", default="tottime", help="pstats sort key with --profile")
     parser.add_argument("--top", type=int, default=25, help="functions shown with --profile")
+    parser.add_argument(
+        "--revocations",
+        type=int,
+        default=0,
+        help="active revocations of other identities held while measuring (sts revoke add)",
+    )
     args = parser.parse_args()
 
     with ExitStack() as stack, tempfile.TemporaryDirectory() as work:
         issuer = stack.enter_context(DevIssuer())
         aws = stack.enter_context(AwsEmulator())
         endpoint = running_service(stack, Path(work), issuer, aws.endpoint_url)
+        if args.revocations:
+            revoke_others(endpoint.services, args.revocations)
 
         claims = {
             "account": "my-account",
@@ -158,13 +173,11 @@ def main() -> int:
             "environment_type": "production",
         }
         token = issuer.mint(audience=AUDIENCE, **claims)
-        first = endpoint.respond(environ(form(token)))  # the one upstream call: credentials cached
-        if first is None or first[0] != 200:
-            raise SystemExit(f"the first exchange failed: {first!r}")
+        run(endpoint, [form(token)])  # the one upstream call: credentials cached
         n = args.requests
-        cached = [request(token) for _ in range(n)]
+        cached = [form(token) for _ in range(n)]
         # With more than the 10,000 the verified-token cache holds, every round misses on each.
-        fresh = [request(issuer.mint(audience=AUDIENCE, jti=f"f{i}", **claims)) for i in range(n)]
+        fresh = [form(issuer.mint(audience=AUDIENCE, jti=f"f{i}", **claims)) for i in range(n)]
         paths = {"cached": cached, "fresh": fresh}
         if args.profile:
             profile = cProfile.Profile()

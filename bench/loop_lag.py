@@ -4,9 +4,9 @@ The isolation target of ``bench/run.py`` (the cached path's p99 beside cold exch
 on a slow cloud) is measured through wrk on a 2-core virtual machine, where one run's p99 moves
 by tens of milliseconds. This measures the mechanism itself, in one process, as a worker of
 ``sts serve`` runs it: the event loop answers one cached request every ``--interval`` seconds
-(``TokenEndpoint.respond(..., may_wait=False)``, as ``sts.rsgi`` calls it) while ``--threads``
-request threads run cold exchanges (``respond`` with a new identity each: verification, the AWS
-call, the audit row) against an AWS emulator in another process that answers after
+(``TokenEndpoint.answer``, as ``sts.rsgi`` awaits it) while ``--threads`` request threads run
+cold exchanges (``answer`` with a new identity each, run to its end on the thread: verification,
+the AWS call, the audit row) against an AWS emulator in another process that answers after
 ``--delay`` seconds. For each cached answer it records how late it started after it was due and
 how long it took: the wait for the GIL that a request thread holds shows there.
 
@@ -30,14 +30,20 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from sts.api.token import TokenEndpoint
+from sts.api.token import FORM, TokenEndpoint, on_this_thread, run_to_end
 from sts.dev.aws_emulator import AwsEmulator
 from sts.dev.issuer import DevIssuer
 
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from inprocess import AUDIENCE, environ, form, running_service  # noqa: E402
+from inprocess import AUDIENCE, form, running_service  # noqa: E402
+
+
+def answer(endpoint: TokenEndpoint, body: bytes) -> int:
+    """The status of ``POST /token`` with ``body``, answered on this thread."""
+    status, _, _ = run_to_end(endpoint.answer("POST", FORM, None, body, on_this_thread))
+    return status
 
 
 def run_emulator(delay: float, ready: Any, stop: Any) -> None:
@@ -64,9 +70,9 @@ async def cached_answers(
     while due < end:
         due += interval
         await asyncio.sleep(max(0.0, due - loop.time()))
-        answer = endpoint.respond(environ(body), may_wait=False, request_body=body)
-        if answer is None or answer[0] != 200:
-            raise SystemExit(f"not answered on the loop: {answer!r}")
+        status = await endpoint.answer("POST", FORM, None, body, on_this_thread)
+        if status[0] != 200:
+            raise SystemExit(f"not answered on the loop: {status!r}")
         delays.append((loop.time() - due) * 1000)
     return delays
 
@@ -79,8 +85,7 @@ def cold_caller(
         n += 1
         token = issuer.mint(audience=AUDIENCE, deployment=f"cold-{name}-{n}")
         body = form(token)
-        answer = endpoint.respond(environ(body))
-        if answer is not None and answer[0] == 200:
+        if answer(endpoint, body) == 200:
             done.append(1)
 
 
@@ -108,7 +113,7 @@ def main() -> int:
         issuer = stack.enter_context(DevIssuer())
         endpoint = running_service(stack, Path(work), issuer, endpoint_url)
         body = form(issuer.mint(audience=AUDIENCE, deployment="cached"))
-        if endpoint.respond(environ(body))[0] != 200:  # type: ignore[index]
+        if answer(endpoint, body) != 200:
             raise SystemExit("the first exchange failed")
 
         results = []

@@ -34,12 +34,12 @@ How long anything waits (one budget, every part bounded):
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import hmac
 import json
 import logging
-import os
 import secrets
 import threading
 import time
@@ -81,13 +81,19 @@ REFUSAL_MEMORY_SECONDS = 10.0
 if TYPE_CHECKING:
     from redis.lock import Lock
 
-CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str], frozenset[str]]
+CacheKey = tuple[str, str, str, str, str, str, str, str, frozenset[str], frozenset[str], str | None]
 
 
-def cache_key(mapping: MappingSpec, principal: Principal, scopes: tuple[str, ...]) -> CacheKey:
+def cache_key(
+    mapping: MappingSpec,
+    principal: Principal,
+    scopes: tuple[str, ...],
+    id_token_audience: str | None = None,
+) -> CacheKey:
     """What separates credentials: the mapping as currently defined, the caller, the scopes,
-    and the token's audiences (docs/reference.md section 2, caching: a cloud that checks
-    ``aud`` must never see credentials obtained with another one)."""
+    the token's audiences (docs/reference.md section 2, caching: a cloud that checks ``aud``
+    must never see credentials obtained with another one), and for a GCP ID token the
+    audience it is for (section 14; None: an access token)."""
     return (
         mapping.name,
         mapping.fingerprint,
@@ -99,6 +105,7 @@ def cache_key(mapping: MappingSpec, principal: Principal, scopes: tuple[str, ...
         principal.environment_type,
         frozenset(scopes),
         principal.audiences,
+        id_token_audience,
     )
 
 
@@ -119,15 +126,40 @@ class _Entry:
     refresh_at: float
 
 
-class _Flight:
-    """One upstream call in progress; waiters block on ``done``."""
+class Flight:
+    """One upstream call in progress. A thread waits on ``done``; an event loop registers a
+    callback (:meth:`on_done`) and holds no thread while it waits."""
 
-    __slots__ = ("done", "error", "result")
+    __slots__ = ("_callbacks", "_lock", "done", "error", "result")
 
     def __init__(self) -> None:
         self.done = threading.Event()
         self.result: Credentials | None = None
         self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def on_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (on the landing thread, or at once if landed already)."""
+        with self._lock:
+            if not self.done.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
+
+    def land(self) -> None:
+        with self._lock:
+            self.done.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def outcome(self) -> Credentials:
+        """The leader's credentials, or its error raised."""
+        if self.error is not None:
+            raise self.error
+        assert self.result is not None
+        return self.result
 
 
 class SharedLock(Protocol):
@@ -181,7 +213,7 @@ class CredentialCache:
         self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
         # Cloud refusals by key: (forget at, the error), oldest first.
         self._refusals: OrderedDict[CacheKey, tuple[float, OAuthError]] = OrderedDict()
-        self._flights: dict[CacheKey, _Flight] = {}
+        self._flights: dict[CacheKey, Flight] = {}
         self._retry_refresh_at: dict[CacheKey, float] = {}
         self._lock = threading.Lock()
         self._max_entries = max_entries
@@ -193,9 +225,11 @@ class CredentialCache:
         self._wait_timeout = wait_timeout
         self._poll = poll_interval
         self._executor: ThreadPoolExecutor | None = None
-        self._executor_pid = 0
         self.upstream_calls = 0
         self._waiting = 0
+        # Credentials that must never be served again (a revocation's guard), asked of what
+        # the shared tier holds before it is adopted: (key, credentials, issued_at) -> bool.
+        self.refuse_shared: Callable[[CacheKey, Credentials, float], bool] | None = None
         renew_after_fork(self)
 
     def _after_fork(self) -> None:
@@ -205,7 +239,6 @@ class CredentialCache:
         self._flights.clear()
         self._waiting = 0
         self._executor = None
-        self._executor_pid = 0
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -244,68 +277,55 @@ class CredentialCache:
             while len(self._entries) > self._max_entries:
                 self._entries.popitem(last=False)
 
-    def peek(self, key: CacheKey) -> Credentials | None:
-        """Credentials for ``key`` that need nothing done now: in this process's tier and not
-        yet due for renewal. Never waits, never asks the shared tier: safe on an event loop.
-        A remembered refusal of ``key`` is raised, as :meth:`get_or_issue` would."""
-        now = self._clock()
-        entry = self._entry(key, now)
-        if entry is None:
-            refused = self._refused(key, now)
-            if refused is not None:
-                raise refused
-            return None
-        return entry.credentials if now < entry.refresh_at else None
+    def drop(self, doomed: Callable[[CacheKey, Credentials, float], bool]) -> int:
+        """Forget every entry for which ``doomed(key, credentials, issued_at)``; how many."""
+        with self._lock:
+            entries = list(self._entries.items())
+        gone = [key for key, entry in entries if doomed(key, entry.credentials, entry.issued_at)]
+        with self._lock:
+            for key in gone:
+                self._entries.pop(key, None)
+        return len(gone)
 
     # -- the exchange path ---------------------------------------------------------------------
 
-    def get_or_issue(
-        self, key: CacheKey, issue: Callable[[], Credentials]
-    ) -> tuple[Credentials, bool]:
-        """Reusable credentials for ``key``, or the result of one ``issue()`` shared by every
-        concurrent caller (across processes with a shared tier).
-
-        Returns ``(credentials, hit)``; ``hit`` is False when this request made or awaited an
-        upstream call.
-        """
+    def lookup(self, key: CacheKey, issue: Callable[[], Credentials]) -> Credentials | None:
+        """Reusable credentials for ``key`` from this process, or None; never waits (safe on an
+        event loop). Credentials due for renewal are still handed out while ``issue`` renews
+        them in the background. A remembered cloud refusal of ``key`` is raised."""
         now = self._clock()
         entry = self._entry(key, now)
         if entry is not None:
             if now >= entry.refresh_at:
                 self._refresh_soon(key, issue, entry, now)
-            return entry.credentials, True
+            return entry.credentials
         refused = self._refused(key, now)
         if refused is not None:
             raise refused
+        return None
 
+    def join(self, key: CacheKey) -> tuple[Flight, bool]:
+        """The flight for ``key``, and whether the caller leads it (then it must call
+        :meth:`lead`, on a thread: it may wait on Redis and the cloud)."""
         with self._lock:
             flight = self._flights.get(key)
-            leader = flight is None
-            if flight is None:
-                flight = self._flights[key] = _Flight()
-            else:
-                self._waiting += 1
-        if not leader:
-            try:
-                landed = flight.done.wait(self._wait_timeout)
-            finally:
-                with self._lock:
-                    self._waiting -= 1
-            if not landed:
-                log.warning(
-                    "gave up waiting for another request's upstream call",
-                    extra={"waited_seconds": self._wait_timeout},
-                )
-                raise TemporarilyUnavailable(
-                    retry_after=WAITER_RETRY_AFTER_SECONDS,
-                    cause=f"single-flight wait exceeded {self._wait_timeout:g} s",
-                )
-            if flight.error is not None:
-                raise flight.error
-            assert flight.result is not None
-            return flight.result, False
+            if flight is not None:
+                return flight, False
+            flight = self._flights[key] = Flight()
+            return flight, True
+
+    def lead(
+        self, key: CacheKey, issue: Callable[[], Credentials], flight: Flight
+    ) -> tuple[Credentials, bool]:
+        """The leader's part: the shared tier, else one ``issue()``; lands ``flight`` with the
+        result for every follower. ``(credentials, hit)``."""
         try:
-            credentials, hit = self._fill(key, issue, stale=None)
+            # A flight that landed between the caller's lookup and its join left an entry.
+            entry = self._entry(key, self._clock())
+            if entry is not None:
+                credentials, hit = entry.credentials, True
+            else:
+                credentials, hit = self._fill(key, issue, stale=None)
             flight.result = credentials
             return credentials, hit
         except BaseException as exc:
@@ -315,6 +335,71 @@ class CredentialCache:
             raise
         finally:
             self._land(key, flight)
+
+    def follow(self, flight: Flight) -> Credentials:
+        """A follower's wait on a thread (a WSGI server's): at most the waiter time-out."""
+        with self._lock:
+            self._waiting += 1
+        try:
+            landed = flight.done.wait(self._wait_timeout)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        if not landed:
+            raise self._gave_up()
+        return flight.outcome()
+
+    async def follow_async(self, flight: Flight) -> Credentials:
+        """A follower's wait on an event loop: no thread is held, at most the waiter time-out."""
+        loop = asyncio.get_running_loop()
+        landed: asyncio.Future[None] = loop.create_future()
+
+        def wake() -> None:
+            if not landed.done():
+                landed.set_result(None)
+
+        def landed_elsewhere() -> None:  # on the leader's thread
+            loop.call_soon_threadsafe(wake)
+
+        flight.on_done(landed_elsewhere)
+        with self._lock:
+            self._waiting += 1
+        try:
+            await asyncio.wait_for(landed, self._wait_timeout)
+        except TimeoutError:
+            raise self._gave_up() from None
+        finally:
+            with self._lock:
+                self._waiting -= 1
+        return flight.outcome()
+
+    def _gave_up(self) -> TemporarilyUnavailable:
+        log.warning(
+            "gave up waiting for another request's upstream call",
+            extra={"waited_seconds": self._wait_timeout},
+        )
+        return TemporarilyUnavailable(
+            retry_after=WAITER_RETRY_AFTER_SECONDS,
+            cause=f"single-flight wait exceeded {self._wait_timeout:g} s",
+        )
+
+    def get_or_issue(
+        self, key: CacheKey, issue: Callable[[], Credentials]
+    ) -> tuple[Credentials, bool]:
+        """Reusable credentials for ``key``, or the result of one ``issue()`` shared by every
+        concurrent caller (across processes with a shared tier): :meth:`lookup`, then
+        :meth:`join` and :meth:`lead` or :meth:`follow`, on the calling thread.
+
+        Returns ``(credentials, hit)``; ``hit`` is False when this request made or awaited an
+        upstream call.
+        """
+        credentials = self.lookup(key, issue)
+        if credentials is not None:
+            return credentials, True
+        flight, leader = self.join(key)
+        if leader:
+            return self.lead(key, issue, flight)
+        return self.follow(flight), False
 
     def _refused(self, key: CacheKey, now: float) -> OAuthError | None:
         """A copy of the cloud's remembered refusal of ``key``, if it is recent enough."""
@@ -338,11 +423,11 @@ class CredentialCache:
             while len(self._refusals) > self._max_entries:
                 self._refusals.popitem(last=False)
 
-    def _land(self, key: CacheKey, flight: _Flight) -> None:
+    def _land(self, key: CacheKey, flight: Flight) -> None:
         with self._lock:
             if self._flights.get(key) is flight:
                 del self._flights[key]
-        flight.done.set()
+        flight.land()
 
     def _fresh(self, found: tuple[Credentials, float] | None, stale: _Entry | None) -> bool:
         """Is what the shared tier holds usable, and newer than what we are replacing?"""
@@ -359,6 +444,9 @@ class CredentialCache:
         if not self._fresh(found, stale):
             return None
         assert found is not None
+        refuse = self.refuse_shared
+        if refuse is not None and refuse(key, *found):
+            return None  # issued before a revocation that guards it: never served again
         self.put(key, *found)
         return found[0]
 
@@ -419,7 +507,7 @@ class CredentialCache:
         with self._lock:
             if key in self._flights or self._retry_refresh_at.get(key, 0.0) > now:
                 return
-            flight = self._flights[key] = _Flight()
+            flight = self._flights[key] = Flight()
             self._retry_refresh_at.pop(key, None)
         try:
             self._pool().submit(self._refresh, key, issue, entry, flight)
@@ -427,7 +515,7 @@ class CredentialCache:
             self._land(key, flight)
 
     def _refresh(
-        self, key: CacheKey, issue: Callable[[], Credentials], entry: _Entry, flight: _Flight
+        self, key: CacheKey, issue: Callable[[], Credentials], entry: _Entry, flight: Flight
     ) -> None:
         try:
             flight.result, _ = self._fill(key, issue, stale=entry)
@@ -444,11 +532,10 @@ class CredentialCache:
             self._land(key, flight)
 
     def _pool(self) -> ThreadPoolExecutor:
-        # Created lazily and per process: a pre-forking server must not inherit dead threads.
-        pid = os.getpid()
-        if self._executor is None or self._executor_pid != pid:
+        # Created lazily: a pre-forking server's worker makes its own (_after_fork forgets the
+        # parent's, whose threads do not exist in the child).
+        if self._executor is None:
             self._executor = ThreadPoolExecutor(REFRESH_THREADS, thread_name_prefix="sts-refresh")
-            self._executor_pid = pid
         return self._executor
 
     def wait_idle(self, timeout: float = 10.0) -> None:

@@ -15,6 +15,7 @@ from sts.broker.commands import keys
 from sts.config import ConfigError, Settings
 from sts.db.commands import db
 from sts.mappings.commands import mappings
+from sts.revoke_commands import revoke
 
 # The same bound as for mapping files (README, "Mappings"): the root object is level 1.
 MAX_CLAIMS_NESTING = 100
@@ -32,13 +33,14 @@ def load_settings() -> Settings:
 @click.group()
 @click.version_option(package_name="zuplo-sts")
 def cli() -> None:
-    """zuplo-sts: exchange Zuplo ID tokens for short-lived AWS and GCP credentials."""
+    """zuplo-sts: exchange Zuplo ID tokens for short-lived AWS, GCP and Azure credentials."""
 
 
 cli.add_command(db)
 cli.add_command(mappings)
 cli.add_command(audit)
 cli.add_command(keys)
+cli.add_command(revoke)
 
 
 @cli.command()

@@ -174,6 +174,26 @@ def check_broker_issuer(raw: str, *, allow_http_loopback: bool) -> str:
     return issuer
 
 
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_issuer(one: str, other: str) -> bool:
+    """Whether two issuer URLs name one issuer: the same keys, at the same
+    ``<issuer>/.well-known/jwks.json`` (:meth:`Settings.jwks_url` drops a trailing slash).
+
+    Scheme and host compare case-insensitively and a default port is the same as none
+    (RFC 3986 section 6.2.3); the path compares exactly, but for a trailing slash.
+    """
+
+    def identity(url: str) -> tuple[str, str, int | None, str]:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        port = parts.port if parts.port is not None else _DEFAULT_PORTS.get(scheme)
+        return scheme, (parts.hostname or "").lower(), port, parts.path.rstrip("/")
+
+    return identity(one) == identity(other)
+
+
 def kms_key_region(arn: str) -> str:
     """The region named in a KMS key ARN that :class:`Settings` accepted."""
     match = _KMS_KEY_ARN.fullmatch(arn)
@@ -331,6 +351,15 @@ class Settings:
             if broker_issuer_raw
             else None
         )
+        if broker_issuer is not None and any(
+            same_issuer(issuer, broker_issuer) for issuer in issuers
+        ):
+            # docs/reference.md section 5: a broker token is a credential for one cloud call,
+            # never a subject token.
+            raise ConfigError(
+                "STS_TRUSTED_ISSUERS",
+                "must not contain STS_BROKER_ISSUER: the service never accepts its own tokens",
+            )
         raw_kek = env.get("STS_KEY_ENCRYPTION_KEY")
         kek = (
             decode_encryption_key(raw_kek, "STS_KEY_ENCRYPTION_KEY")
@@ -346,7 +375,8 @@ class Settings:
                 "STS_KEY_ENCRYPTION_KEY", "must not be set together with STS_SIGNING_KMS_KEY_IDS"
             )
         # An issuer with neither key store is refused where keys are used (require_signing_keys:
-        # sts serve, sts keys); commands that only read or write mappings need no key.
+        # sts serve through require_serving, before the database is touched; sts keys);
+        # commands that only read or write mappings need no key.
         kms_endpoint = env.get("STS_KMS_ENDPOINT_URL", "").strip() or None
         if kms_endpoint is not None:
             _printable("STS_KMS_ENDPOINT_URL", kms_endpoint)
@@ -402,6 +432,13 @@ class Settings:
                 "STS_KEY_ENCRYPTION_KEY",
                 "is required with STS_BROKER_ISSUER (unless STS_SIGNING_KMS_KEY_IDS is set)",
             )
+
+    def require_serving(self) -> None:
+        """Everything ``sts serve`` needs beyond valid values, checked before it touches the
+        database: an audience, and in broker mode a key store (one line, exit 2)."""
+        self.require_audience()
+        if self.broker_issuer is not None:
+            self.require_signing_keys()
 
     def jwks_url(self, issuer: str) -> str:
         """The issuer's key set, by the fixed rule ``<issuer>/.well-known/jwks.json``."""

@@ -13,6 +13,9 @@ the logs read these fields; nothing parses them back out of the description.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE
 
 
@@ -117,6 +120,31 @@ class TemporarilyUnavailable(OAuthError):
         )
 
 
+class BodyTimeout(OAuthError):
+    """The request body did not arrive within its deadline (docs/reference.md section 10)."""
+
+    error = "invalid_request"
+    status = 408
+    default_description = "request body not received in time"
+
+
+class MethodNotAllowed(OAuthError):
+    """A method the endpoint does not take (RFC 9110 section 15.5.6); ``allow`` lists those
+    it does."""
+
+    error = "method_not_allowed"
+    status = 405
+    default_description = "method not allowed"
+
+    def __init__(self, allow: str) -> None:
+        super().__init__()
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
 class ServerError(OAuthError):
     error = "server_error"
     status = 500
@@ -124,4 +152,9 @@ class ServerError(OAuthError):
 
 
 class WouldWait(Exception):
-    """An operation asked not to wait (on an event loop) would have to: run it on a thread."""
+    """An operation asked not to wait (on an event loop) would have to: ``resume`` (when
+    given) goes on from where it stopped, on a thread."""
+
+    def __init__(self, reason: str, resume: Callable[[], Any] | None = None) -> None:
+        super().__init__(reason)
+        self.resume = resume

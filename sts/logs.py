@@ -20,6 +20,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from sts.forking import renew_after_fork
+
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
@@ -217,7 +219,9 @@ _render_json = json.JSONEncoder(default=str, separators=(",", ":")).encode
 
 class TextFormatter(LineFormatter):
     """``HH:MM:SS LEVEL logger: message key=value ...`` for people; every field escaped
-    (:func:`escape_control`), one line, at most :data:`MAX_LINE_BYTES` long."""
+    (:func:`escape_control`), one line, at most :data:`MAX_LINE_BYTES` long. A value holding
+    whitespace, ``=`` or ``"`` is quoted (``key="a b"``, ``\\"`` and ``\\\\`` inside), and so is a
+    message holding ``=`` or ``"``: nothing a caller sends can pass for a field."""
 
     def line(
         self, created: float, level: str, logger: str, msg: str, fields: dict[str, Any]
@@ -232,14 +236,32 @@ class TextFormatter(LineFormatter):
         return _fit(doc, _render_text)
 
 
+# A field value with whitespace (any: a no-break space splits words as well), "=" or '"' in it
+# is quoted, so that no value can pass for a field of its own (docs/reference.md section 10).
+_NEEDS_QUOTES = re.compile(r'[\s="]')
+# A message is text for people, spaces included: quoted only when it could pass for a field.
+_MESSAGE_NEEDS_QUOTES = re.compile(r'[="]')
+
+
+def _quoted(text: str) -> str:
+    """``text`` (already escaped: every backslash doubled) between quotes, ``"`` as ``\\"``."""
+    return '"' + text.replace('"', '\\"') + '"'
+
+
+def _text_value(value: Any) -> str:
+    """A field value as written: control characters escaped, quoted when it holds whitespace,
+    ``=`` or ``"``."""
+    text = escape_control(",".join(value) if isinstance(value, list) else str(value))
+    return _quoted(text) if _NEEDS_QUOTES.search(text) else text
+
+
 def _render_text(fields: dict[str, Any]) -> str:
-    head = (
-        f"{fields['ts']} {fields['level']:<7} {escape_control(str(fields['logger']))}: "
-        f"{escape_control(str(fields['msg']))}"
-    )
+    msg = escape_control(str(fields["msg"]))
+    if _MESSAGE_NEEDS_QUOTES.search(msg):
+        msg = _quoted(msg)
+    head = f"{fields['ts']} {fields['level']:<7} {escape_control(str(fields['logger']))}: {msg}"
     extras = " ".join(
-        f"{escape_control(str(name))}="
-        + escape_control(",".join(value) if isinstance(value, list) else str(value))
+        f"{escape_control(str(name))}={_text_value(value)}"
         for name, value in fields.items()
         if name not in ("ts", "level", "logger", "msg") and not (name == "shortened" and not value)
     )
@@ -265,7 +287,8 @@ class DirectHandler(logging.Handler):
         self._interval = interval
         self._pending: deque[str] = deque()
         self._write_lock = threading.Lock()
-        self._pid = 0
+        self._flushing = False
+        renew_after_fork(self)
 
     def handle(self, record: logging.LogRecord) -> bool:
         if self.filter(record):
@@ -284,15 +307,19 @@ class DirectHandler(logging.Handler):
     def add(self, line: str, level: int) -> None:
         """Queue one formatted line (written at once from WARNING up)."""
         self._pending.append(line)
-        if self._pid != os.getpid():
+        if not self._flushing:
             self._start_flusher()
         if level >= logging.WARNING or len(self._pending) > 1000:
             self.flush()
 
-    def _start_flusher(self) -> None:
-        # Per process: after a fork the parent's flusher thread does not exist in the child.
-        self._pid = os.getpid()
+    def _after_fork(self) -> None:
+        # The parent's flusher thread does not exist in the child, and its lock may have been
+        # held at the fork: the child starts its own on its first line.
         self._write_lock = threading.Lock()
+        self._flushing = False
+
+    def _start_flusher(self) -> None:
+        self._flushing = True
         threading.Thread(target=self._run, name="sts-log-flush", daemon=True).start()
         atexit.register(self.flush)
         # A multiprocessing worker (granian's) leaves through os._exit, running only
@@ -300,8 +327,7 @@ class DirectHandler(logging.Handler):
         multiprocessing.util.Finalize(None, self.flush, exitpriority=100)
 
     def _run(self) -> None:
-        pid = self._pid
-        while pid == os.getpid():
+        while True:
             time.sleep(self._interval)
             self.flush()
 

@@ -34,6 +34,14 @@ UPSTREAM_SECONDS = Histogram(
     ["provider"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+SIGNATURE_CHECKS = Counter(
+    "sts_token_signature_checks_total",
+    "RS256 verifications of subject tokens (a token verified before costs none).",
+)
+SELECTIONS = Counter(
+    "sts_mapping_selections_total",
+    "Mappings selected for requests (a repeated request body costs none).",
+)
 CREDENTIAL_REFRESHES = Counter(
     "sts_credential_refreshes_total",
     "Credentials renewed ahead of expiry in the background, by result.",

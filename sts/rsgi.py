@@ -1,17 +1,18 @@
 """RSGI entry point for granian: ``sts.rsgi:app`` (docs/reference.md section 10).
 
-Granian's WSGI interface hands a request to a blocking thread as soon as its headers arrive, and
-the thread then reads the body: a client that sends ``Content-Length: 60000`` and withholds the
-body holds that thread for as long as it likes, and a handful of such clients stall a worker,
-``/healthz`` included. Here the body is read on the worker's event loop, where waiting costs
-nothing, within :data:`BODY_TIMEOUT_SECONDS` of the headers (else 408 and the connection is
-closed), and at most 64 KiB of it (the limit ``POST /token`` enforces). Only a request whose body
-is complete reaches a request thread, which runs the WSGI application (:mod:`sts.wsgi`).
+One request, on the worker's event loop:
 
-A ``POST /token`` that needs no wait (its token verified or its key held, the mapping index
-loaded, credentials in this process's cache) is answered on the loop by the same code
-(``TokenEndpoint.respond``, same answers, headers and access line): no thread hop, and no
-contention with requests that wait on a cloud. Everything else runs on a request thread.
+1. its body is read (:class:`sts.api.token.BodyDeadlines`: within 10 s of the headers, at most
+   64 KiB), so that only complete requests ever reach a thread;
+2. exactly ``/token`` goes to :meth:`sts.api.token.TokenEndpoint.answer`, which answers on the
+   loop and sends only upstream calls to a request thread (``--threads``); a request waiting
+   for another request's upstream call holds no thread;
+3. every other path (probes, metrics, the OpenAPI and broker documents, 404s) goes to Flask on
+   a pool of its own, so probes never queue behind exchanges.
+
+A keep-alive connection is closed after :data:`KEEPALIVE_REQUESTS` requests or
+:data:`KEEPALIVE_SECONDS` seconds (as nginx's ``keepalive_requests`` and ``keepalive_time`` do),
+so that clients reconnect and spread over the workers again, a restarted one included.
 """
 
 from __future__ import annotations
@@ -19,49 +20,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, TypeVar
 
-from sts.api import log_request, request_id_from
-from sts.api.token import MAX_BODY_BYTES, TokenEndpoint
-from sts.serve import THREADS_VARIABLE, die_with_parent
+from sts.api import Answer, ServiceApp, error_answer
+from sts.api.token import PATH, BodyDeadlines
+from sts.errors import OAuthError, ServerError
+from sts.workers import THREADS_VARIABLE, die_with_parent
 
-#: Seconds a request body may take to arrive after its headers.
-BODY_TIMEOUT_SECONDS = 10.0
-#: How often the late bodies are looked for: a request is refused at most this much later.
-SWEEP_SECONDS = 0.5
+T = TypeVar("T")
 
-_TIMEOUT_BODY = json.dumps(
-    {"error": "invalid_request", "error_description": "request body not received in time"},
-    separators=(",", ":"),
-).encode()
-_TRUNCATED_BODY = json.dumps(
-    {"error": "invalid_request", "error_description": "malformed request body"},
-    separators=(",", ":"),
-).encode()
-_CLOSE_HEADERS = [
-    ("content-type", "application/json"),
-    ("cache-control", "no-store"),
-    ("connection", "close"),
-]
-
-
-_ERROR_BODY = json.dumps(
-    {"error": "server_error", "error_description": "internal error"}, separators=(",", ":")
-).encode()
-_ERROR_HEADERS = [("content-type", "application/json"), ("cache-control", "no-store")]
+#: Threads per worker for Flask's paths (probes, metrics, documents): apart from the request
+#: threads, so that no exchange waiting on a cloud delays them.
+CONTROL_THREADS = 2
+#: A keep-alive connection is closed after this many requests ...
+KEEPALIVE_REQUESTS = 1000
+#: ... or after this many seconds, whichever comes first.
+KEEPALIVE_SECONDS = 20.0
+#: Connections tracked at most; past it the table starts again (the bound only gets looser).
+KEEPALIVE_TRACKED = 65536
 
 log = logging.getLogger("sts.rsgi")
 
 
 class _Response:
-    """What the WSGI application passed to ``start_response``."""
+    """What a WSGI application passed to ``start_response``."""
 
     __slots__ = ("headers", "status")
 
@@ -80,177 +68,132 @@ class _Response:
         return None
 
 
-class BodyDeadlines:
-    """The requests whose body is being read, and when each must have arrived by.
+class KeepAlive:
+    """Requests and age of each open connection (by the client's address and port)."""
 
-    One sweep every :data:`SWEEP_SECONDS` cancels the late ones, where ``asyncio.timeout``
-    would schedule and cancel a timer per request: almost every body arrives with its
-    headers, and the timer cost more than the read.
-    """
+    def __init__(
+        self,
+        requests: int = KEEPALIVE_REQUESTS,
+        seconds: float = KEEPALIVE_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._requests = requests
+        self._seconds = seconds
+        self._clock = clock
+        self._seen: dict[str, list[float]] = {}
 
-    def __init__(self) -> None:
-        self._reading: dict[asyncio.Task[Any], float] = {}
-        self._late: set[asyncio.Task[Any]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is None:
-            self._loop = loop
-            loop.call_later(SWEEP_SECONDS, self._sweep)
-
-    async def read(self, protocol: Any, headers: Any) -> bytes:
-        """The body (:func:`_read_body`); TimeoutError when it is late."""
-        task = asyncio.current_task()
-        loop = self._loop
-        if task is None or loop is None:  # not granian's loop (a test's): a timer of its own
-            async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
-                return await _read_body(protocol, headers)
-        self._reading[task] = loop.time() + BODY_TIMEOUT_SECONDS
-        try:
-            return await _read_body(protocol, headers)
-        except asyncio.CancelledError:
-            if task not in self._late:
-                raise  # cancelled by someone else (the worker stopping)
-            self._late.discard(task)
-            task.uncancel()
-            raise TimeoutError from None
-        finally:
-            del self._reading[task]
-
-    def _sweep(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        now = loop.time()
-        for task, deadline in list(self._reading.items()):
-            if deadline <= now and task not in self._late:
-                self._late.add(task)
-                task.cancel()
-        loop.call_later(SWEEP_SECONDS, self._sweep)
+    def spent(self, client: str) -> bool:
+        """Count one request of ``client``'s connection; True when it should be closed after
+        this answer. A new connection from the same address and port starts again (a reused
+        port at worst gets its connection closed early)."""
+        now = self._clock()
+        seen = self._seen.get(client)
+        if seen is None:
+            if len(self._seen) >= KEEPALIVE_TRACKED:
+                self._seen.clear()
+            self._seen[client] = [1.0, now]
+            return self._requests <= 1
+        seen[0] += 1
+        if seen[0] >= self._requests or now - seen[1] >= self._seconds:
+            del self._seen[client]
+            return True
+        return False
 
 
 class RsgiBridge:
-    """Runs a WSGI application behind granian's RSGI interface, bodies read on the loop."""
+    """The service behind granian's RSGI interface (module docstring)."""
 
-    def __init__(self, wsgi_app: Any, threads: int) -> None:
-        self._wsgi = wsgi_app
-        # The /token middleware, whose cached answers need no thread (sts.api.token).
-        inner = getattr(wsgi_app, "wsgi_app", None)
-        self._token: TokenEndpoint | None = inner if isinstance(inner, TokenEndpoint) else None
+    def __init__(self, app: ServiceApp, threads: int) -> None:
+        self._flask = app.flask.wsgi_app
+        self._token = app.token
+        self._services = app.services
         self._threads = threads
-        self._pool: ThreadPoolExecutor | None = None
+        self._requests: ThreadPoolExecutor | None = None
+        self._control: ThreadPoolExecutor | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadlines = BodyDeadlines()
+        self._keepalive = KeepAlive()
 
     # -- the RSGI protocol ----------------------------------------------------------------------
 
     def __rsgi_init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="sts-request")
+        self._requests = ThreadPoolExecutor(self._threads, thread_name_prefix="sts-request")
+        self._control = ThreadPoolExecutor(CONTROL_THREADS, thread_name_prefix="sts-control")
         self._deadlines.start(loop)
-        if self._token is not None:
-            # The refreshers (mapping index, key sets, broker keys) start with the worker, not
-            # with its first request: that request would wait for the first load.
-            self._token.services.start()
+        # The refreshers (mapping index, key sets, broker keys) start with the worker, not
+        # with its first request: that request would wait for the first load.
+        self._services.start()
 
     def __rsgi_del__(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=False)
+        for pool in (self._requests, self._control):
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=False)
 
     async def __rsgi__(self, scope: Any, protocol: Any) -> None:
         if scope.proto != "http":
             return  # no websockets: granian closes the connection
-        headers = scope.headers
+        if self._loop is None:
+            self.__rsgi_init__(asyncio.get_running_loop())
         started = time.perf_counter()
+        headers = scope.headers
+        method = scope.method
+        close = self._keepalive.spent(scope.client)
         try:
             body = await self._deadlines.read(protocol, headers)
-        except TimeoutError:
-            _refuse(
-                scope, protocol, started, 408, _TIMEOUT_BODY, "request body not received in time"
+        except OAuthError as refused:
+            status, response_headers, content = self._token.refuse(
+                method, scope.path, headers.get("x-request-id"), refused, started
             )
+            _send(protocol, status, response_headers, content)
             return
-        except Exception:
-            # The connection ended inside the body (shorter than declared): what POST /token
-            # answers for a truncated body, and the connection closed.
-            _refuse(scope, protocol, started, 400, _TRUNCATED_BODY, "malformed request body")
-            return
+        if scope.path == PATH:
+            status, response_headers, content = await self._token.answer(
+                method,
+                headers.get("content-type", ""),
+                headers.get("x-request-id"),
+                body,
+                self._on_thread,
+            )
+        else:
+            status, response_headers, content = await self._flask_answer(scope, headers, body)
+        if close:
+            response_headers.append(("Connection", "close"))
+        if method == "HEAD":
+            content = b""
+        _send(protocol, status, response_headers, content)
+
+    async def _on_thread(self, function: Callable[..., T], *args: Any) -> T:
+        """``function(*args)`` on one of the worker's request threads."""
+        assert self._loop is not None
+        return await self._loop.run_in_executor(self._requests, function, *args)
+
+    async def _flask_answer(self, scope: Any, headers: Any, body: bytes) -> Answer:
+        assert self._loop is not None
         environ = _environ(scope, headers, body)
-        token = self._token
-        if token is not None and scope.method == "POST" and environ["PATH_INFO"] == "/token":
-            # The cached path, on the loop: no thread hop, no wait (a miss returns None).
-            token.services.start()
-            answer = token.respond(environ, may_wait=False, request_body=body)
-            if answer is not None:
-                with contextlib.suppress(Exception):
-                    protocol.response_bytes(*answer)
-                return
-            environ["wsgi.input"] = io.BytesIO(body)
-        loop = self._loop or asyncio.get_running_loop()
-        if self._pool is None:
-            self.__rsgi_init__(loop)
-        assert self._pool is not None
         try:
-            status, response_headers, content = await loop.run_in_executor(
-                self._pool, self._call, environ
-            )
+            return await self._loop.run_in_executor(self._control, self._call_flask, environ)
         except Exception:
-            # The application answers every error itself; this is a bug below it.
+            # Flask answers every error itself; this is a bug below it.
             log.error("unhandled error", exc_info=True)
-            status, response_headers, content = 500, list(_ERROR_HEADERS), _ERROR_BODY
-        # A client that went away has nobody left to answer.
-        with contextlib.suppress(Exception):
-            protocol.response_bytes(status, response_headers, content)
+            return error_answer(ServerError())
 
-    # -- the WSGI side --------------------------------------------------------------------------
-
-    def _call(self, environ: dict[str, Any]) -> tuple[int, list[tuple[str, str]], bytes]:
+    def _call_flask(self, environ: dict[str, Any]) -> Answer:
         response = _Response()
-        result: Iterable[bytes] = self._wsgi(environ, response.start_response)
+        result: Iterable[bytes] = self._flask(environ, response.start_response)
         try:
             content = b"".join(result)
         finally:
             close = getattr(result, "close", None)
             if close is not None:
                 close()
-        return response.status, response.headers, content
+        return response.status, list(response.headers), content
 
 
-def _refuse(  # noqa: PLR0917 - one refusal's parts
-    scope: Any, protocol: Any, started: float, status: int, body: bytes, reason: str
-) -> None:
-    """Answer a request whose body never arrived whole, close its connection, and log it like
-    every other request (so a flood of withheld bodies shows in the access log)."""
-    request_id = request_id_from(scope.headers.get("x-request-id"))
-    headers = [*_CLOSE_HEADERS, ("x-request-id", request_id)]
-    with contextlib.suppress(Exception):  # the client may be gone already
-        protocol.response_bytes(status, headers, body)
-    fields = {"outcome": "invalid_request", "reason": reason}
-    log_request(request_id, scope.method, scope.path, status, started, fields)
-
-
-async def _read_body(protocol: Any, headers: Any) -> bytes:
-    """The body, at most ``MAX_BODY_BYTES + 1`` bytes of it: enough for the application to
-    refuse a larger one, never more in memory. A declared length over the limit is not read."""
-    declared = headers.get("content-length")
-    if declared is not None:
-        try:
-            length = int(declared)
-        except ValueError:
-            return b""  # the application answers "malformed request body"
-        if length > MAX_BODY_BYTES:
-            return b""
-        # At most the declared length arrives (the HTTP layer stops there): one read.
-        body: bytes = await protocol() if length else b""
-        return body
-    if "chunked" not in headers.get("transfer-encoding", "").lower():
-        return b""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in protocol:
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            break
-    return b"".join(chunks)
+def _send(protocol: Any, status: int, headers: list[tuple[str, str]], content: bytes) -> None:
+    # A client that went away has nobody left to answer.
+    with contextlib.suppress(Exception):
+        protocol.response_bytes(status, headers, content)
 
 
 def _environ(scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
@@ -271,21 +214,18 @@ def _environ(scope: Any, headers: Any, body: bytes) -> dict[str, Any]:
         "wsgi.version": (1, 0),
         "wsgi.url_scheme": scope.scheme,
         "wsgi.input": io.BytesIO(body),
+        "wsgi.input_terminated": True,
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": True,
         "wsgi.multiprocess": True,
         "wsgi.run_once": False,
     }
-    declared = headers.get("content-length")
-    if declared is None:
-        # A chunked body was read to its end (or to the limit): the stream ends there.
-        environ["wsgi.input_terminated"] = True
     for name, value in headers.items():
         key = name.upper().replace("-", "_")
         if key == "CONTENT_TYPE":
             environ["CONTENT_TYPE"] = value
         elif key == "CONTENT_LENGTH":
-            environ["CONTENT_LENGTH"] = value
+            environ["CONTENT_LENGTH"] = str(len(body))
         else:
             key = "HTTP_" + key
             environ[key] = f"{environ[key]},{value}" if key in environ else value
@@ -301,7 +241,7 @@ def _build() -> RsgiBridge:
 
 def __getattr__(name: str) -> Any:
     """``app``, built when granian (in a worker) first asks for it: importing this module for
-    its parts (a test of :class:`BodyDeadlines`) builds no application and starts no thread."""
+    its parts (a test of :class:`KeepAlive`) builds no application and starts no thread."""
     if name == "app":
         built = _build()
         globals()["app"] = built

@@ -1,10 +1,9 @@
-"""``sts serve``: granian with several worker processes, RSGI in front of the WSGI app.
-
-granian was chosen over gunicorn by measurement (docs/benchmarks.md). Settings are validated
-here, in the parent, so a bad value stops start-up before any worker exists; each worker then
-imports :mod:`sts.rsgi` (and so :mod:`sts.wsgi`), which builds the app and starts its
-background refreshers. This process never imports them: threads started before granian forks
-its workers would leave locks held in the children.
+"""``sts serve``, the command's side: settings, the database, the broker's keys and the port
+are checked here, so a bad value stops start-up before any worker exists; then this process
+becomes the server process (:mod:`sts.workers`: granian, which forks the workers, each of
+which imports :mod:`sts.rsgi`). granian was chosen over gunicorn by measurement
+(docs/benchmarks.md). This process never builds the application: threads started before
+granian forks its workers would leave locks held in the children.
 """
 
 from __future__ import annotations
@@ -12,12 +11,9 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import shutil
-import signal
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
 
 import click
 
@@ -26,57 +22,6 @@ from sts.config import ConfigError, Settings
 from sts.db import Database, describe_failure
 
 log = logging.getLogger("sts.serve")
-
-#: Request threads per worker process (``--threads``), passed to the workers in the
-#: environment, outside the ``STS_`` namespace of the configuration; read by :mod:`sts.rsgi`.
-THREADS_VARIABLE = "_ZUPLO_STS_REQUEST_THREADS"
-
-
-_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc's ``prctl`` on Linux (looked up before any fork: no loader work in a child)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
-    return prctl
-
-
-def die_with_parent(prctl: Callable[..., int] | None = None) -> None:
-    """Linux: this worker gets SIGTERM when the server process that forked it dies, even by
-    SIGKILL, so no orphan keeps the port with an old configuration. A worker whose parent is
-    already gone stops at once."""
-    if prctl is None:
-        prctl = _prctl()
-        if prctl is None:
-            return
-    parent = os.getppid()
-    if prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
-        log.warning("could not ask to be stopped with the server process")
-        return
-    if os.getppid() != parent or parent == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _in_each_worker(prctl: Callable[..., int] | None) -> Callable[[], None]:
-    """What a worker does first, in the fork itself (``os.register_at_fork``).
-
-    SIGTERM goes back to its default action: the handler a worker inherits is the server
-    process's own, which only flags the server object's copy, so a SIGTERM that reached a
-    worker still starting (the server killed meanwhile) was lost and the worker lived on as an
-    orphan on the port. granian's worker installs its own handling when it starts serving.
-    Then :func:`die_with_parent`, from the first instant rather than once the application is
-    imported."""
-
-    def after_fork() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if prctl is not None:
-            die_with_parent(prctl)
-
-    return after_fork
 
 
 def prepare_database(settings: Settings) -> None:
@@ -164,7 +109,15 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
     The CLI process has imported much of the package; metrics must be created only after
     ``PROMETHEUS_MULTIPROC_DIR`` is set, so the server starts from a fresh interpreter (same
     PID, so signals from a supervisor reach it directly).
+
+    The configuration is checked whole first (the broker's key store included): a bad value is
+    one line and exit 2 before the database is touched, with no warning about it before.
     """
+    try:
+        settings.require_serving()
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return 2
     logs.configure(settings.log_format)
     try:
         prepare_database(settings)
@@ -181,64 +134,10 @@ def run(settings: Settings, *, host: str, port: int, workers: int, threads: int)
         return 1
     owned = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
     metrics_directory()
-    argv = [sys.executable, "-m", "sts.serve", host, str(port), str(workers), str(threads)]
+    argv = [sys.executable, "-m", "sts.workers", host, str(port), str(workers), str(threads)]
     if owned:
         argv.append("--owned-metrics-dir")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, argv)  # noqa: S606 - our own interpreter and module
     return 1  # not reached: execv replaces the process or raises
-
-
-#: The kernel's queue of connections not yet accepted (capped by net.core.somaxconn).
-LISTEN_BACKLOG = 4096
-#: Connections one worker serves at once. Idle and slow connections cost a few KiB each on the
-#: event loop and are closed within 30 s (a silent one) or 10 s after their headers (a withheld
-#: body), so a flood of them leaves room for real clients (docs/reference.md section 10).
-CONNECTIONS_PER_WORKER = 16384
-
-
-def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
-    """Run granian until it is told to stop (the body of the server process)."""
-    from granian import Granian
-    from granian.constants import HTTPModes, Interfaces, Loops
-
-    settings = Settings.from_env()
-    logs.configure(settings.log_format)
-    log.info("starting", extra={"host": host, "port": port, "workers": workers})
-    # RSGI: bodies are read on the event loop with a deadline; the WSGI application runs on
-    # ``threads`` request threads per worker (sts.rsgi).
-    os.environ[THREADS_VARIABLE] = str(threads)
-    server = Granian(
-        "sts.rsgi:app",
-        address=host,
-        port=port,
-        interface=Interfaces.RSGI,
-        # Pinned: granian's "auto" would take rloop or uvloop whenever one happens to be
-        # installed; neither measured outside the noise here (docs/benchmarks.md).
-        loop=Loops.asyncio,
-        http=HTTPModes.http1,
-        websockets=False,
-        backlog=LISTEN_BACKLOG,
-        backpressure=CONNECTIONS_PER_WORKER,
-        workers=workers,
-        log_access=False,
-        log_dictconfig=logs.granian_config(settings.log_format),
-        respawn_failed_workers=True,
-    )
-    os.register_at_fork(after_in_child=_in_each_worker(_prctl()))
-    server.serve()
-    return 0
-
-
-def main(argv: list[str]) -> int:
-    host, port, workers, threads = argv[:4]
-    try:
-        return serve_forever(host, int(port), int(workers), int(threads))
-    finally:
-        if "--owned-metrics-dir" in argv[4:]:
-            shutil.rmtree(os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

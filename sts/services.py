@@ -2,27 +2,31 @@
 
 from __future__ import annotations
 
-import os
+import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sts.audit import AuditRecorder
 from sts.broker.service import Broker
-from sts.cache import CredentialCache, RedisTier
+from sts.cache import CacheKey, CredentialCache, RedisTier
 from sts.config import Settings
 from sts.db import Database, describe_failure
 from sts.exchange import Exchanger
+from sts.forking import renew_after_fork
 from sts.identity.jwks import JWKSRegistry
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.live import LiveMappings
 from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED
 from sts.providers.aws import AwsProvider
 from sts.providers.azure import AzureProvider
-from sts.providers.base import CredentialProvider
+from sts.providers.base import CredentialProvider, Credentials
 from sts.providers.gcp import GcpProvider
+from sts.revocations import RevocationIndex
+
+log = logging.getLogger(__name__)
 
 #: Seconds ``/readyz`` waits for the database to answer ``SELECT 1`` (a stalled database must
 #: not hold the probe: Kubernetes' own probe time-out defaults to 1 s, so it is never the bound).
@@ -41,15 +45,19 @@ class BoundedProbe:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._running: Future[None] | None = None
-        self._pid = 0
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # The parent's probe thread (and its future) are not this process's.
+        self._lock = threading.Lock()
+        self._running = None
 
     def __call__(self) -> None:
         """Return if the probe succeeded in time; raise its error, or :class:`TimeoutError`."""
         with self._lock:
             running = self._running
-            if running is None or running.done() or self._pid != os.getpid():
+            if running is None or running.done():
                 running = self._running = Future()
-                self._pid = os.getpid()
                 threading.Thread(
                     target=self._run, args=(running,), name="sts-probe", daemon=True
                 ).start()
@@ -67,20 +75,7 @@ class BoundedProbe:
             running.set_result(None)
 
 
-# A lock held by another thread when the process forked stays held in the child: every
-# child gets a fresh one.
-_start_lock = threading.Lock()
-
-
-def _new_start_lock() -> None:
-    global _start_lock  # noqa: PLW0603 - replaced in a forked child only
-    _start_lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_new_start_lock)
-
-
-@dataclass
+@dataclass(eq=False)  # held in a weak set (sts.forking): hashed by identity
 class Services:
     settings: Settings
     database: Database
@@ -90,8 +85,18 @@ class Services:
     cache: CredentialCache
     exchanger: Exchanger
     broker: Broker | None = None
-    _started_pid: int = 0
+    _started: bool = False
+    _start_lock: threading.Lock = field(default_factory=threading.Lock)
     _ping: BoundedProbe | None = None
+
+    def __post_init__(self) -> None:
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # A forked worker has none of its parent's refreshers: it starts its own. A lock held
+        # by another thread when the process forked stays held in the child: a fresh one.
+        self._started = False
+        self._start_lock = threading.Lock()
 
     @classmethod
     def build(cls, settings: Settings, *, registry: JWKSRegistry | None = None) -> Services:
@@ -124,7 +129,33 @@ class Services:
         )
         services = cls(settings, database, registry, verifier, mappings, cache, exchanger, broker)
         mappings.on_tick = services.export_gauges
+        mappings.on_revocations = services.drop_revoked
+        cache.refuse_shared = services.guarded
         return services
+
+    def guarded(self, key: CacheKey, credentials: Credentials, issued_at: float) -> bool:  # noqa: ARG002
+        """Do credentials cached under ``key`` fall under a revocation's guard (its identity,
+        or a printed AWS deny)? Then they are never served again."""
+        index = self.mappings.current_or_none()
+        mapping = None if index is None else index.get(key[0])
+        if mapping is None or mapping.fingerprint != key[1]:
+            return False  # a mapping that is gone or changed: its key is never asked again
+        identity = {
+            "account": key[4],
+            "project": key[5],
+            "deployment": key[6],
+            "environment_type": key[7],
+            "sub": key[3],
+            "mapping": key[0],
+        }
+        return self.mappings.revoked.denies(mapping, identity, issued_at) is not None
+
+    def drop_revoked(self, revoked: RevocationIndex) -> None:  # noqa: ARG002
+        """On the refresh thread, when the revocations change: forget every cached credential
+        they guard (the shared tier's are refused as they are read: ``guarded``)."""
+        dropped = self.cache.drop(self.guarded)
+        if dropped:
+            log.info("revoked credentials dropped", extra={"dropped": dropped})
 
     def export_gauges(self) -> None:
         """Publish cache sizes and the index state (runs on the mapping refresh thread)."""
@@ -142,13 +173,12 @@ class Services:
         worker without the parent's threads: a call in a forked process starts them again
         there. The API layer calls this on every request, so no server has to know.
         """
-        pid = os.getpid()
-        if self._started_pid == pid:
+        if self._started:
             return
-        with _start_lock:
-            if self._started_pid == pid:
+        with self._start_lock:
+            if self._started:
                 return
-            self._started_pid = pid
+            self._started = True
         self.registry.start()
         self.mappings.start()
         if self.broker is not None:

@@ -1,5 +1,6 @@
 'use strict';
-// Shared by the two comparators: configuration from the environment and the fixed answer.
+// Shared by the comparators: configuration from the environment, and the fixed answer of the two
+// minimal ones (server-samework.js renders the service's own answer instead).
 //
 // The answer is a JSON document padded to BODY_BYTES, the size of zuplo-sts's cached response,
 // so both sides put the same number of bytes on the wire.

@@ -46,3 +46,20 @@ variable "service_account_id" {
   type        = string
   default     = "zuplo-reader"
 }
+
+variable "cloud_run_service" {
+  description = "Name of a Cloud Run service the mapping may call with the service account's ID tokens (its gcp.id_token_audiences holds the URL); empty for none."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cloud_run_service == "" || can(regex("^[a-z]([a-z0-9-]{0,47}[a-z0-9])?$", var.cloud_run_service))
+    error_message = "A Cloud Run service name: lower-case letters, digits and hyphens, at most 49 characters, or empty."
+  }
+}
+
+variable "cloud_run_location" {
+  description = "The region of cloud_run_service."
+  type        = string
+  default     = "us-central1"
+}

@@ -63,3 +63,29 @@ resource "google_service_account_iam_member" "zuplo_project" {
   role               = "roles/iam.workloadIdentityUser"
   member             = "principalSet://iam.googleapis.com/${google_iam_workload_identity_pool.zuplo.name}/attribute.project/${var.zuplo_project}"
 }
+
+# ID tokens for a Cloud Run service (docs/reference.md, "GCP ID tokens": a mapping's
+# gcp.id_token_audiences names its URL, the `mapping_snippet` output below). Only with
+# cloud_run_service set. zuplo-sts asks IAM Credentials' generateIdToken with the deployment's
+# federated token: the same principal set needs iam.serviceAccounts.getOpenIdToken on the
+# service account, and the service account needs roles/run.invoker on the service.
+resource "google_service_account_iam_member" "zuplo_project_id_tokens" {
+  count              = var.cloud_run_service == "" ? 0 : 1
+  service_account_id = google_service_account.reader.name
+  role               = "roles/iam.serviceAccountOpenIdTokenCreator"
+  member             = "principalSet://iam.googleapis.com/${google_iam_workload_identity_pool.zuplo.name}/attribute.project/${var.zuplo_project}"
+}
+
+data "google_cloud_run_v2_service" "invoked" {
+  count    = var.cloud_run_service == "" ? 0 : 1
+  name     = var.cloud_run_service
+  location = var.cloud_run_location
+}
+
+resource "google_cloud_run_v2_service_iam_member" "invoker" {
+  count    = var.cloud_run_service == "" ? 0 : 1
+  name     = data.google_cloud_run_v2_service.invoked[0].name
+  location = data.google_cloud_run_v2_service.invoked[0].location
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.reader.email}"
+}

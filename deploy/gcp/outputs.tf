@@ -18,6 +18,8 @@ output "mapping_snippet" {
       workload_identity_provider = "//iam.googleapis.com/${google_iam_workload_identity_pool_provider.zuplo.name}"
       service_account            = google_service_account.reader.email
       scopes                     = ["https://www.googleapis.com/auth/cloud-platform"]
+      # null (no ID tokens) is read as absent by `sts mappings apply`.
+      id_token_audiences = var.cloud_run_service == "" ? null : [data.google_cloud_run_v2_service.invoked[0].uri]
     }
   })
 }

@@ -9,16 +9,22 @@ import os
 import re
 import secrets
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Rule
 
 from sts import logs
 from sts.config import Settings
 from sts.errors import OAuthError, ServerError
+from sts.forking import renew_after_fork
 from sts.services import Services
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from sts.api.token import TokenEndpoint
 
 log = logging.getLogger("sts.api")
 access_log = logging.getLogger("sts.access")
@@ -27,20 +33,24 @@ access_log = logging.getLogger("sts.access")
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
-_ids = itertools.count(1)
-_id_pid = 0
-_id_prefix = ""
+
+class _RequestIds:
+    """32 hex digits, unique per process and start: a random prefix and a counter. Cheaper
+    than uuid4 on every request; made anew in a forked process so workers never collide."""
+
+    def __init__(self) -> None:
+        self._after_fork()
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        self.prefix = secrets.token_hex(10)
+        self.counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self.prefix}{next(self.counter):012x}"
 
 
-def new_request_id() -> str:
-    """32 hex digits, unique per process and start: a random prefix and a counter.
-
-    Cheaper than uuid4 on every request; regenerated after a fork so workers never collide.
-    """
-    global _id_pid, _id_prefix, _ids
-    if _id_pid != os.getpid():
-        _id_pid, _id_prefix, _ids = os.getpid(), secrets.token_hex(10), itertools.count(1)
-    return f"{_id_prefix}{next(_ids):012x}"
+new_request_id = _RequestIds().new
 
 
 def request_id_from(incoming: str | None) -> str:
@@ -105,8 +115,39 @@ def render_error(error: OAuthError) -> Response:
     return Response(body, status=status, headers=headers)
 
 
-def build_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    from sts.api import broker, health, metrics, openapi, token
+class ServiceApp:
+    """The HTTP service as one WSGI application: exactly ``/token`` goes to the token endpoint
+    (:mod:`sts.api.token`), every other path to Flask. ``sts serve`` takes the two apart
+    (:mod:`sts.rsgi`); a WSGI server calls this."""
+
+    def __init__(self, flask: Flask, token: TokenEndpoint, services: Services) -> None:
+        self.flask = flask
+        self.token = token
+        self.services = services
+        self.extensions = flask.extensions
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        # A WSGI server that forks after building the app starts each worker's refreshers here,
+        # on its first request (cheap once started).
+        self.services.start()
+        if environ.get("PATH_INFO") == "/token":
+            return self.token(environ, start_response)
+        return self.flask.wsgi_app(environ, start_response)
+
+    def routes(self) -> set[tuple[str, str]]:
+        """Every ``(path, method)`` served, in werkzeug's rule syntax."""
+        served = {
+            (rule.rule, method)
+            for rule in self.flask.url_map.iter_rules()
+            if rule.endpoint != "static"
+            for method in rule.methods or ()
+        }
+        return served | {("/token", "POST"), ("/token", "OPTIONS")}
+
+
+def build_app(settings: Settings | None = None, services: Services | None = None) -> ServiceApp:
+    from sts.api import broker, health, metrics, openapi
+    from sts.api.token import TokenEndpoint
 
     if services is None:
         settings = settings or Settings.from_env()
@@ -115,10 +156,8 @@ def build_app(settings: Settings | None = None, services: Services | None = None
 
     app = Flask("sts")
     app.extensions["sts"] = services
-    # /token is answered by token.TokenEndpoint alone (every method). The URL map still lists
-    # it, with no view bound, so the map names every route the service serves (the OpenAPI
-    # document is checked against it).
-    app.url_map.add(Rule("/token", methods=["POST"], endpoint="token"))
+    # /token is not Flask's (ServiceApp): no rule names it, so werkzeug's slash merging can
+    # never route "//token" to it.
     app.register_blueprint(health.bp)
     app.register_blueprint(broker.bp)
     app.register_blueprint(metrics.bp)
@@ -136,7 +175,10 @@ def build_app(settings: Settings | None = None, services: Services | None = None
         response.headers["X-Request-Id"] = request_id
         started = g.get("started", time.perf_counter())
         fields = g.get("log_fields", {})
-        log_request(request_id, request.method, request.path, response.status_code, started, fields)
+        # The path as sent ("//token" included): PEP 3333's latin-1 form back to its text.
+        sent = request.environ.get("PATH_INFO", "")
+        path = sent.encode("latin-1").decode("utf-8", "surrogateescape")
+        log_request(request_id, request.method, path, response.status_code, started, fields)
         return response
 
     @app.errorhandler(OAuthError)
@@ -162,15 +204,13 @@ def build_app(settings: Settings | None = None, services: Services | None = None
             fields.update(outcome="server_error", cause=type(error).__name__)
         return render_error(ServerError())
 
-    # POST /token is answered before Flask: see sts.api.token.TokenEndpoint.
-    app.wsgi_app = token.TokenEndpoint(app.wsgi_app, services)  # type: ignore[method-assign]
     # No refresher starts here: the process that builds the app may fork its workers next
     # (gunicorn --preload), and a thread running at a fork can leave a lock held in the child
     # for ever. Each serving process starts its own: sts.rsgi when its worker starts, a WSGI
-    # server on the first request (TokenEndpoint.__call__).
-    return app
+    # server on the first request (ServiceApp.__call__).
+    return ServiceApp(app, TokenEndpoint(services), services)
 
 
-def services_of(app: Flask) -> Services:
+def services_of(app: Flask | ServiceApp) -> Services:
     services: Services = app.extensions["sts"]
     return services

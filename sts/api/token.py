@@ -1,48 +1,73 @@
-"""``POST /token``: the RFC 8693 token exchange endpoint (docs/reference.md section 2).
+"""``POST /token``: everything HTTP about the token exchange, in one place (docs/reference.md
+sections 2 and 10).
 
-Parses the form or JSON body into an :class:`sts.exchange.TokenRequest`, hands it to the
-exchanger and renders the RFC 8693 section 2.2.1 response. Parsing is strict about what the
-contract names and ignores unknown parameters (RFC 6749 section 3.2).
+- **The body**: read on the worker's event loop within :data:`BODY_TIMEOUT_SECONDS` of the
+  headers (:class:`BodyDeadlines`, for every path: :mod:`sts.rsgi`), or from ``wsgi.input``
+  under a WSGI server; at most :data:`MAX_BODY_BYTES`.
+- **The request**: the form or JSON body into an :class:`sts.exchange.TokenRequest` (strict about
+  what the contract names, unknown parameters ignored: RFC 6749 section 3.2).
+- **The exchange**: :meth:`sts.exchange.Exchanger.prepare` on the loop, then
+  :meth:`~sts.exchange.Exchanger.obtain_async`; only an upstream call (or a key set or mapping
+  index still to load) goes to a request thread, carrying the same selection.
+- **The answer**: every success and error rendered here (errors by
+  :func:`sts.api.error_answer`), the request id set, the exchange counted and the one access
+  line written.
+
+Flask serves every other path and never sees ``/token``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
-from sts.api import (
-    JSON_HEADERS,
-    NO_STORE,
-    Answer,
-    error_answer,
-    log_request,
-    request_id_from,
+from sts.api import JSON_HEADERS, NO_STORE, Answer, error_answer, log_request, request_id_from
+from sts.errors import (
+    BodyTimeout,
+    InvalidRequest,
+    MethodNotAllowed,
+    OAuthError,
+    ServerError,
+    UnsupportedGrantType,
 )
-from sts.errors import InvalidRequest, OAuthError, ServerError, UnsupportedGrantType
-from sts.exchange import Exchanged, TokenRequest
+from sts.exchange import Exchanged, OnThread, Selection, TokenRequest, Unfinished
 from sts.metrics import EXCHANGES, answered
-from sts.protocol import ACCESS_TOKEN_TYPE, AWS_CREDENTIALS_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
+from sts.protocol import (
+    ACCESS_TOKEN_TYPE,
+    AWS_CREDENTIALS_TOKEN_TYPE,
+    ID_TOKEN_TYPE,
+    TOKEN_EXCHANGE_GRANT_TYPE,
+)
 
 # Re-exported (the "as" form) for modules that still import it from here.
 from sts.protocol import SUBJECT_TOKEN_TYPES as SUBJECT_TOKEN_TYPES  # noqa: PLC0414
-from sts.providers.base import Credentials
+from sts.providers.base import ID_TOKEN, Credentials
 from sts.services import Services
 
 if TYPE_CHECKING:
-    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("sts.api")
 
+T = TypeVar("T")
+
+PATH = "/token"
 MAX_BODY_BYTES = 64 * 1024
+#: Seconds a request body may take to arrive after its headers.
+BODY_TIMEOUT_SECONDS = 10.0
+#: How often the late bodies are looked for: a request is refused at most this much later.
+SWEEP_SECONDS = 0.5
 MAX_FORM_FIELDS = 64
 GRANT_TYPE = TOKEN_EXCHANGE_GRANT_TYPE
+ALLOWED_METHODS = "POST, OPTIONS"
 # The parameters we act on; any other parameter is ignored, even when repeated.
 FIELDS = frozenset(
     {
@@ -60,41 +85,130 @@ FIELDS = frozenset(
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
 
+TOO_LARGE = "request body too large"
+MALFORMED = "malformed request body"
 
-def _content_length(environ: WSGIEnvironment) -> int | None:
-    raw = environ.get("CONTENT_LENGTH")
-    if not raw:
+
+# -- the body -------------------------------------------------------------------------------------
+
+
+class BodyDeadlines:
+    """The requests whose body is being read, and when each must have arrived by.
+
+    One sweep every :data:`SWEEP_SECONDS` cancels the late ones, where ``asyncio.timeout``
+    would schedule and cancel a timer per request: almost every body arrives with its
+    headers, and the timer cost more than the read.
+    """
+
+    def __init__(self) -> None:
+        self._reading: dict[asyncio.Task[Any], float] = {}
+        self._late: set[asyncio.Task[Any]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is None:
+            self._loop = loop
+            loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    async def read(self, protocol: Any, headers: Any) -> bytes:
+        """The body (:func:`read_body`); :class:`BodyTimeout` when it is late, and
+        :class:`InvalidRequest` when it is too large or the connection ends inside it."""
+        task = asyncio.current_task()
+        loop = self._loop
+        if task is None or loop is None:  # not granian's loop (a test's): a timer of its own
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT_SECONDS):
+                    return await read_body(protocol, headers)
+            except TimeoutError:
+                raise BodyTimeout() from None
+        self._reading[task] = loop.time() + BODY_TIMEOUT_SECONDS
+        try:
+            return await read_body(protocol, headers)
+        except asyncio.CancelledError:
+            if task not in self._late:
+                raise  # cancelled by someone else (the worker stopping)
+            self._late.discard(task)
+            task.uncancel()
+            raise BodyTimeout() from None
+        finally:
+            del self._reading[task]
+
+    def _sweep(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        now = loop.time()
+        for task, deadline in list(self._reading.items()):
+            if deadline <= now and task not in self._late:
+                self._late.add(task)
+                task.cancel()
+        loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
+def _declared_length(declared: str | None) -> int | None:
+    """``Content-Length`` as a number (None: not sent); a bad one or one over the limit is
+    refused before anything is read."""
+    if declared is None or declared == "":
         return None
     try:
-        length = int(raw)
+        length = int(declared)
     except ValueError:
-        raise InvalidRequest("malformed request body") from None
+        raise InvalidRequest(MALFORMED) from None
     if length < 0:
-        raise InvalidRequest("malformed request body")
+        raise InvalidRequest(MALFORMED)
+    if length > MAX_BODY_BYTES:
+        raise InvalidRequest(TOO_LARGE)
     return length
 
 
-def _read_body(environ: WSGIEnvironment) -> bytes:
-    """The request body, at most 64 KiB, read straight from the server's input stream."""
+async def read_body(protocol: Any, headers: Any) -> bytes:
+    """The body from granian's RSGI protocol, never more than ``MAX_BODY_BYTES + 1`` bytes of
+    it in memory. No length and no chunked encoding: no body (RFC 9112 section 6.3)."""
+    length = _declared_length(headers.get("content-length"))
+    try:
+        if length is not None:
+            # At most the declared length arrives (the HTTP layer stops there): one read.
+            body: bytes = await protocol() if length else b""
+            if len(body) != length:
+                raise InvalidRequest(MALFORMED)
+            return body
+        if "chunked" not in headers.get("transfer-encoding", "").lower():
+            return b""
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in protocol:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BODY_BYTES:
+                raise InvalidRequest(TOO_LARGE)
+        return b"".join(chunks)
+    except (OAuthError, asyncio.CancelledError):
+        raise
+    except Exception:
+        # The connection ended inside the body (shorter than declared).
+        raise InvalidRequest(MALFORMED) from None
+
+
+def read_wsgi_body(environ: WSGIEnvironment) -> bytes:
+    """The body from a WSGI server's input stream, by the same rules as :func:`read_body`."""
     stream = environ["wsgi.input"]
-    length = _content_length(environ)
+    length = _declared_length(environ.get("CONTENT_LENGTH"))
     if length is not None:
-        if length > MAX_BODY_BYTES:
-            raise InvalidRequest("request body too large")
         body: bytes = stream.read(length) if length else b""
         if len(body) != length:
-            raise InvalidRequest("malformed request body")
+            raise InvalidRequest(MALFORMED)
         return body
     chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     if not environ.get("wsgi.input_terminated") and not chunked:
-        # No length and nothing says a body follows (RFC 9112 section 6.3): no body. A chunked
-        # body is read even when the server does not flag its stream as terminated: the
-        # server de-chunks it and ends the stream with the last chunk (PEP 3333).
         return b""
+    # A chunked body is read even when the server does not flag its stream as terminated: the
+    # server de-chunks it and ends the stream with the last chunk (PEP 3333).
     body = stream.read(MAX_BODY_BYTES + 1)
     if len(body) > MAX_BODY_BYTES:
-        raise InvalidRequest("request body too large")
+        raise InvalidRequest(TOO_LARGE)
     return body
+
+
+# -- the request ----------------------------------------------------------------------------------
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -119,7 +233,7 @@ def _parse_form(body: bytes) -> dict[str, str]:
             for name, _, value in (part.partition("=") for part in text.split("&") if part)
         ]
     except ValueError:  # UnicodeDecodeError included
-        raise InvalidRequest("malformed request body") from None
+        raise InvalidRequest(MALFORMED) from None
     return _reject_duplicates(pairs)
 
 
@@ -136,7 +250,8 @@ def _unquote_plus(text: str) -> str:
 
 
 #: Encoded values this short are decoded once: a gateway sends the same ``grant_type`` and
-#: ``subject_token_type`` URNs (``urn%3Aietf%3A...``) with every request.
+#: ``subject_token_type`` URNs (``urn%3Aietf%3A...``) with every request (docs/benchmarks.md,
+#: third pass: 5 us a request).
 _MEMO_CHARS = 128
 _form_decode_short = functools.lru_cache(maxsize=256)(_unquote_plus)
 
@@ -149,9 +264,9 @@ def _parse_json(body: bytes) -> dict[str, str]:
     try:
         doc = json.loads(body.decode("utf-8"), object_pairs_hook=_Members)
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise InvalidRequest("malformed request body") from None
+        raise InvalidRequest(MALFORMED) from None
     if not isinstance(doc, _Members):
-        raise InvalidRequest("malformed request body")
+        raise InvalidRequest(MALFORMED)
     fields = _reject_duplicates(doc)
     parsed: dict[str, str] = {}
     for name in FIELDS & fields.keys():
@@ -164,12 +279,16 @@ def _parse_json(body: bytes) -> dict[str, str]:
     return parsed
 
 
-def parse_token_request(environ: WSGIEnvironment) -> TokenRequest:
-    """Validate the HTTP request into a :class:`TokenRequest` (RFC 8693 section 2.1)."""
-    mimetype = environ.get("CONTENT_TYPE", "").partition(";")[0].strip().lower()
+def media_type(content_type: str) -> str:
+    """The media type, refused unless it is one the endpoint takes (parameters ignored)."""
+    mimetype = content_type.partition(";")[0].strip().lower()
     if mimetype not in (FORM, JSON):
         raise InvalidRequest("content type must be application/x-www-form-urlencoded or json")
-    body = _read_body(environ)
+    return mimetype
+
+
+def parse_token_request(mimetype: str, body: bytes) -> TokenRequest:
+    """The body of one media type into a :class:`TokenRequest` (RFC 8693 section 2.1)."""
     fields = _parse_form(body) if mimetype == FORM else _parse_json(body)
     # RFC 6749 section 3.1: a parameter sent without a value is treated as omitted.
     values = {name: fields[name] for name in FIELDS if fields.get(name)}
@@ -198,21 +317,29 @@ def parse_token_request(environ: WSGIEnvironment) -> TokenRequest:
     )
 
 
+# -- the answer -----------------------------------------------------------------------------------
+
+
 def _iso8601(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def render_exchanged(result: Exchanged, now: float) -> dict[str, Any]:
-    """RFC 8693 section 2.2.1 response; ``expires_in`` is what is left at ``now``."""
-    creds = result.credentials
-    expires_in = max(0, int(creds.expires_at - now))
+def _document(mapping: str, creds: Credentials) -> dict[str, Any]:
+    """RFC 8693 section 2.2.1 response, all but ``expires_in`` (what time changes)."""
+    if creds.token_type == ID_TOKEN:
+        # A Google-signed ID token (docs/reference.md section 14): no OAuth token type.
+        return {
+            "access_token": creds.access_token,
+            "issued_token_type": ID_TOKEN_TYPE,
+            "token_type": "N_A",
+            "mapping": mapping,
+        }
     if creds.provider == "aws":
         return {
             "access_token": creds.access_token,
             "issued_token_type": AWS_CREDENTIALS_TOKEN_TYPE,
             "token_type": "N_A",
-            "expires_in": expires_in,
-            "mapping": result.mapping.name,
+            "mapping": mapping,
             # Exactly the AWS SDK credential_process document.
             "aws_credentials": {
                 "Version": 1,
@@ -226,180 +353,176 @@ def render_exchanged(result: Exchanged, now: float) -> dict[str, Any]:
         "access_token": creds.access_token,
         "issued_token_type": ACCESS_TOKEN_TYPE,
         "token_type": "Bearer",
-        "expires_in": expires_in,
     }
     if creds.scope:
         body["scope"] = creds.scope
-    body["mapping"] = result.mapping.name
+    body["mapping"] = mapping
     return body
 
 
-class _BodyCache:
-    """Rendered response bodies split around ``expires_in``: a repeat answer is one string join.
-
-    Keyed by mapping name and the (immutable, hashable) credentials; bounded by clearing.
-    """
-
-    _MARK = -7_777_777
-
-    def __init__(self, max_entries: int = 10_000) -> None:
-        self._parts: dict[tuple[str, Credentials], tuple[str, str]] = {}
-        self._max = max_entries
-
-    def render(self, result: Exchanged, now: float) -> str:
-        key = (result.mapping.name, result.credentials)
-        parts = self._parts.get(key)
-        if parts is None:
-            doc = render_exchanged(result, now)
-            doc["expires_in"] = self._MARK
-            head, _, tail = json.dumps(doc, separators=(",", ":")).partition(str(self._MARK))
-            parts = (head, tail)
-            if len(self._parts) >= self._max:
-                self._parts.clear()
-            self._parts[key] = parts
-        expires_in = max(0, int(result.credentials.expires_at - now))
-        return f"{parts[0]}{expires_in}{parts[1]}"
+def render_exchanged(result: Exchanged, now: float) -> dict[str, Any]:
+    """The whole response document; ``expires_in`` is what is left at ``now``."""
+    creds = result.credentials
+    return {
+        **_document(result.selection.mapping.name, creds),
+        "expires_in": max(0, int(creds.expires_at - now)),
+    }
 
 
-_bodies = _BodyCache()
+@functools.lru_cache(maxsize=4096)
+def _rendered_head(mapping: str, creds: Credentials) -> str:
+    """The JSON text of :func:`_document` without its closing brace: the same credentials are
+    handed out for up to an hour, and only ``expires_in`` changes (docs/benchmarks.md)."""
+    return json.dumps(_document(mapping, creds), separators=(",", ":"))[:-1]
 
 
-def request_digest(environ: WSGIEnvironment, body: bytes | None) -> tuple[str, bytes] | None:
-    """What a repeat of this request is known by (:class:`sts.exchange.Repeats`): its content
-    type and the SHA-256 of its body, the two things its parsing depends on. None unless the
-    server read the body whole, as long as declared (``body``)."""
-    if body is None or environ.get("CONTENT_LENGTH") != str(len(body)):
-        return None
-    return environ.get("CONTENT_TYPE", ""), hashlib.sha256(body).digest()
+def answer_body(result: Exchanged, now: float) -> bytes:
+    """:func:`render_exchanged` as JSON text."""
+    creds = result.credentials
+    head = _rendered_head(result.selection.mapping.name, creds)
+    return f'{head},"expires_in":{max(0, int(creds.expires_at - now))}}}'.encode()
 
 
-def token_answer(
-    services: Services,
-    environ: WSGIEnvironment,
-    fields: dict[str, Any],
-    *,
-    may_wait: bool = True,
-    request_body: bytes | None = None,
-) -> Answer | None:
-    """``POST /token``: RFC 8693 section 2.1 request in, section 2.2.1 response out.
+def on_this_thread(function: Any, *args: Any) -> Coroutine[Any, Any, Any]:
+    """:data:`sts.exchange.OnThread` for a caller already on a request thread (WSGI)."""
 
-    Plain WSGI (no Flask objects): the hot path of every gateway request. ``fields`` collects
-    what the access log line says about the outcome. With ``may_wait`` false (the event loop,
-    :mod:`sts.rsgi`) only what needs no wait is answered; None means "answer it on a thread".
-    There a request whose body the server read (``request_body``), answered before, is
-    answered again from what was made of it then (:meth:`sts.exchange.Exchanger.repeat`).
-    """
-    started = time.perf_counter()
-    exchanger = services.exchanger
+    async def run() -> Any:
+        return function(*args)
+
+    return run()
+
+
+def run_to_end(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run ``coroutine`` to its end on this thread. Under :func:`on_this_thread` and with
+    ``on_loop=False`` nothing in :meth:`TokenEndpoint.answer` suspends: no event loop is
+    needed (one per request would cost more than the exchange)."""
     try:
-        if may_wait:
-            result = exchanger.exchange(parse_token_request(environ))
-        else:
-            digest = request_digest(environ, request_body)
-            cached = None if digest is None else exchanger.repeat(digest)
-            if cached is None:
-                request = parse_token_request(environ)
-                cached = exchanger.exchange_cached(request, repeat_as=digest)
-                if cached is None:
-                    return None
-            result = cached
-    except OAuthError as error:
-        EXCHANGES.labels(error.error, "none", "none").inc()
-        fields.update(outcome=error.error, reason=error.description, cause=error.cause)
-        return error_answer(error)
-    body = _bodies.render(result, time.time()).encode()
-    cache = "hit" if result.cache_hit else "miss"
-    provider = result.mapping.provider
-    counted, timed = answered("ok", provider, cache)
-    counted.inc()
-    timed.observe(time.perf_counter() - started)
-    fields.update(
-        outcome="ok",
-        mapping=result.mapping.name,
-        provider=provider,
-        deployment=result.principal.deployment,
-        cache_hit=result.cache_hit,
-    )
-    return 200, list(JSON_HEADERS), body
-
-
-ALLOWED_METHODS = "POST, OPTIONS"
-
-
-def other_method_answer(method: str) -> Answer:
-    """``/token`` asked with a method other than POST: OPTIONS lists the methods (RFC 9110
-    section 9.3.7), anything else is 405 with ``Allow`` (section 15.5.6); never stored."""
-    allow = ("Allow", ALLOWED_METHODS)
-    if method == "OPTIONS":
-        return 200, [*NO_STORE.items(), allow], b""
-    body = json.dumps(
-        {"error": "method_not_allowed", "error_description": "method not allowed"},
-        separators=(",", ":"),
-    ).encode()
-    return 405, [*JSON_HEADERS, allow], body
+        coroutine.send(None)
+    except StopIteration as done:
+        result: T = done.value
+        return result
+    coroutine.close()
+    raise RuntimeError("the token endpoint suspended on a WSGI request thread")
 
 
 class TokenEndpoint:
-    """WSGI middleware that answers every request for ``/token`` itself (the only path to it:
-    Flask has no view for it) and passes everything else on.
+    """``/token``: :meth:`answer` for an RSGI server (``sts serve``), and a WSGI application
+    (:meth:`__call__`) that answers through it on the request thread."""
 
-    Flask's request context, hooks and response objects cost more than the whole exchange on
-    the cached path; this does the same work (request id, one access log line, the answer)
-    with the environ alone.
-    """
-
-    def __init__(self, app: WSGIApplication, services: Services) -> None:
-        self.app = app
+    def __init__(self, services: Services) -> None:
         self.services = services
+        self.exchanger = services.exchanger
 
-    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        # A process forked after the app was built starts its own refreshers here.
-        self.services.start()
-        if environ.get("PATH_INFO") != "/token":
-            return self.app(environ, start_response)
-        answer = self.respond(environ)
-        assert answer is not None
-        status, headers, body = answer
-        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
-        # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
-        return [b""] if environ.get("REQUEST_METHOD") == "HEAD" else [body]
-
-    def respond(
+    async def answer(
         self,
-        environ: WSGIEnvironment,
+        method: str,
+        content_type: str,
+        request_id: str | None,
+        body: bytes,
+        on_thread: OnThread[Any],
         *,
-        may_wait: bool = True,
-        request_body: bytes | None = None,
-    ) -> Answer | None:
-        """The whole answer to one ``/token`` request (headers complete, access line logged).
-
-        With ``may_wait`` false, a ``POST`` that would wait (a cache miss, a key set to fetch)
-        is not answered: None, and nothing logged or counted (:mod:`sts.rsgi` then runs the
-        request on a thread). ``request_body``: the body as the server read it (the same bytes
-        as ``wsgi.input``), by which a repeated request is known.
-        """
+        on_loop: bool = True,
+    ) -> Answer:
+        """The whole answer to one ``/token`` request whose body was read (headers complete,
+        exchange counted, access line written). Only an upstream call, or a key set or the
+        mapping index still to load, runs on a thread (``on_thread``)."""
         started = time.perf_counter()
-        method = environ.get("REQUEST_METHOD", "")
         fields: dict[str, Any] = {}
+        selection: Selection | None = None
         try:
-            if method == "POST":
-                answer = token_answer(
-                    self.services, environ, fields, may_wait=may_wait, request_body=request_body
-                )
-                if answer is None:
-                    return None
-                status, headers, body = answer
+            if method != "POST":
+                status, headers, content = _other_method(method)
             else:
-                status, headers, body = other_method_answer(method)
+                mimetype = media_type(content_type)
+                parse = functools.partial(parse_token_request, mimetype, body)
+                # What a repeat of this request is known by (sts.exchange.Repeats): the two
+                # things its parsing depends on.
+                digest = (mimetype, hashlib.sha256(body).digest())
+                try:
+                    selection = self.exchanger.prepare(parse, repeat_as=digest)
+                except Unfinished as unfinished:
+                    selection = await on_thread(unfinished.finish)
+                result = await self.exchanger.obtain_async(selection, on_thread, on_loop=on_loop)
+                status, headers, content = 200, list(JSON_HEADERS), answer_body(result, time.time())
+                provider = selection.mapping.provider
+                cache = "hit" if result.cache_hit else "miss"
+                counted, timed = answered("ok", provider, cache)
+                counted.inc()
+                timed.observe(time.perf_counter() - started)
+                fields.update(
+                    outcome="ok",
+                    mapping=selection.mapping.name,
+                    provider=provider,
+                    deployment=selection.principal.deployment,
+                    cache_hit=result.cache_hit,
+                )
+        except OAuthError as error:
+            provider = selection.mapping.provider if selection is not None else error.provider
+            EXCHANGES.labels(error.error, provider or "none", "none").inc()
+            fields.update(outcome=error.error, reason=error.description, cause=error.cause)
+            status, headers, content = error_answer(error)
         except Exception as exc:
             # A bug or an outside failure no layer below turned into an OAuthError: the
             # traceback is logged (redacted by sts.logs) and the 500 counted like any outcome.
             log.error("unhandled error", exc_info=True)
             EXCHANGES.labels(ServerError.error, "none", "none").inc()
             fields.update(outcome="server_error", cause=type(exc).__name__)
-            status, headers, body = error_answer(ServerError())
-        request_id = request_id_from(environ.get("HTTP_X_REQUEST_ID"))
-        headers.append(("Content-Length", str(len(body))))
-        headers.append(("X-Request-Id", request_id))
-        log_request(request_id, method, "/token", status, started, fields)
-        return status, headers, body
+            status, headers, content = error_answer(ServerError())
+        return _sent(request_id, method, PATH, status, headers, content, started, fields)
+
+    def refuse(
+        self, method: str, path: str, request_id: str | None, error: OAuthError, started: float
+    ) -> Answer:
+        """A request (to any path) whose body never arrived whole: the error, the connection
+        closed, and the access line like every other request's (a flood of withheld bodies
+        shows in the log)."""
+        status, headers, content = error_answer(error)
+        headers.append(("Connection", "close"))
+        fields = {"outcome": error.error, "reason": error.description}
+        return _sent(request_id, method, path, status, headers, content, started, fields)
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        """The WSGI application for ``/token`` (under a WSGI server; ``sts serve`` calls
+        :meth:`answer` on its event loop)."""
+        started = time.perf_counter()
+        method = environ.get("REQUEST_METHOD", "")
+        request_id = environ.get("HTTP_X_REQUEST_ID")
+        try:
+            body = read_wsgi_body(environ) if method == "POST" else b""
+        except OAuthError as error:
+            answer = self.refuse(method, PATH, request_id, error, started)
+        else:
+            content_type = environ.get("CONTENT_TYPE", "")
+            answer = run_to_end(
+                self.answer(method, content_type, request_id, body, on_this_thread, on_loop=False)
+            )
+        status, headers, content = answer
+        start_response(f"{status} {HTTPStatus(status).phrase}", headers)
+        # RFC 9110 section 9.3.2: HEAD gets the headers GET would, and no content.
+        return [b""] if method == "HEAD" else [content]
+
+
+def _other_method(method: str) -> Answer:
+    """``/token`` asked with a method other than POST: OPTIONS lists the methods (RFC 9110
+    section 9.3.7), anything else is 405 with ``Allow`` (section 15.5.6); never stored."""
+    if method == "OPTIONS":
+        return 200, [*NO_STORE.items(), ("Allow", ALLOWED_METHODS)], b""
+    return error_answer(MethodNotAllowed(ALLOWED_METHODS))
+
+
+def _sent(  # noqa: PLR0917 - one answer's parts
+    request_id: str | None,
+    method: str,
+    path: str,
+    status: int,
+    headers: list[tuple[str, str]],
+    content: bytes,
+    started: float,
+    fields: dict[str, Any],
+) -> Answer:
+    """The answer with its length and request id, and its one access line written."""
+    request_id = request_id_from(request_id)
+    headers.append(("Content-Length", str(len(content))))
+    headers.append(("X-Request-Id", request_id))
+    log_request(request_id, method, path, status, started, fields)
+    return status, headers, content

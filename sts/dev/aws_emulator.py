@@ -16,13 +16,12 @@ import base64
 import binascii
 import json
 import secrets
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qsl
 from xml.sax.saxutils import escape
 
@@ -112,8 +111,7 @@ class AwsEmulator(BackgroundServer):
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.delay = 0.0
         self.requests: list[StsCall] = []
         self._faults = FaultQueue()
@@ -121,13 +119,10 @@ class AwsEmulator(BackgroundServer):
         # IAM OIDC providers and role trust policies; roles without one go straight to moto.
         self.iam = IamTrust()
         self._lock = threading.Lock()
-        self._server: BaseWSGIServer | None = None
 
     @property
     def endpoint_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("AwsEmulator is not started")
-        return f"http://{self.host}:{self._server.server_port}"
+        return self.url
 
     def fail_next(
         self,
@@ -249,7 +244,7 @@ class AwsEmulator(BackgroundServer):
 
         return record
 
-    def start(self) -> Self:
+    def _build(self) -> BaseWSGIServer:
         # Imported here so that merely importing this module never loads moto.
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
@@ -257,14 +252,4 @@ class AwsEmulator(BackgroundServer):
         )
 
         app = self._middleware(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(
-            self.host, self.port, app, threaded=True, request_handler=_QuietHandler
-        )
-        self._serve(self._server)
-        return self
-
-    def _running(self) -> socketserver.BaseServer | None:
-        return self._server
-
-    def _forget(self) -> None:
-        self._server = None
+        return make_server(self.host, self.port, app, threaded=True, request_handler=_QuietHandler)

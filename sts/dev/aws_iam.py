@@ -20,7 +20,8 @@ identity provider (IAM User Guide, "Create an OpenID Connect (OIDC) identity pro
 
 :class:`IamTrust` does exactly that for the roles it is given a trust policy for; the AWS emulator
 asks it before handing the call to moto. Roles without a registered trust policy go straight to
-moto, as before. Never imported by the service path.
+moto, as before. Never imported by the service path; the condition logic is the service's own
+(:mod:`sts.iam_policy`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import requests
 from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
+
+from sts.iam_policy import as_list, conditions_hold
 
 TAGS_CLAIM = "https://aws.amazon.com/tags"
 ASSUME_ACTION = "sts:AssumeRoleWithWebIdentity"
@@ -78,12 +81,6 @@ def provider_url(issuer: str) -> str:
     """The provider URL IAM derives from an issuer: no scheme, no trailing slash."""
     parts = urlsplit(issuer)
     return (parts.netloc + parts.path).rstrip("/")
-
-
-def _as_list(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
 
 
 class IamTrust:
@@ -159,9 +156,9 @@ class IamTrust:
         if tag_refusal is not None:
             return tag_refusal
         context: dict[str, list[str]] = {
-            f"{provider.url}:sub": _as_list(claims.get("sub")),
-            f"{provider.url}:aud": [str(a) for a in _as_list(claims.get("aud"))],
-            f"{provider.url}:oaud": [str(a) for a in _as_list(claims.get("aud"))],
+            f"{provider.url}:sub": as_list(claims.get("sub")),
+            f"{provider.url}:aud": [str(a) for a in as_list(claims.get("aud"))],
+            f"{provider.url}:oaud": [str(a) for a in as_list(claims.get("aud"))],
         }
         if tags:
             context["aws:TagKeys"] = list(tags)
@@ -193,7 +190,7 @@ class IamTrust:
         return KeySet.import_key_set(answer.json())
 
     def _check_claims(self, claims: Mapping[str, Any], provider: OidcProvider) -> Refusal | None:
-        audiences = [str(a) for a in _as_list(claims.get("aud"))]
+        audiences = [str(a) for a in as_list(claims.get("aud"))]
         if not set(audiences) & set(provider.client_ids):
             return _invalid("Incorrect token audience")
         now = self._clock()
@@ -273,10 +270,10 @@ def _allowed(
     policy: Mapping[str, Any], principal_arn: str, action: str, context: Mapping[str, list[str]]
 ) -> bool:
     allowed = False
-    for statement in _as_list(policy.get("Statement")):
+    for statement in as_list(policy.get("Statement")):
         if not isinstance(statement, dict) or not _applies(statement, principal_arn, action):
             continue
-        if not _conditions_hold(statement.get("Condition", {}), context):
+        if not conditions_hold(statement.get("Condition", {}), context):
             continue
         if statement.get("Effect") == "Deny":
             return False
@@ -287,45 +284,7 @@ def _allowed(
 
 def _applies(statement: Mapping[str, Any], principal_arn: str, action: str) -> bool:
     principal = statement.get("Principal", {})
-    federated = _as_list(principal.get("Federated")) if isinstance(principal, dict) else []
+    federated = as_list(principal.get("Federated")) if isinstance(principal, dict) else []
     if principal_arn not in federated:
         return False
-    return any(fnmatch.fnmatchcase(action, pattern) for pattern in _as_list(statement["Action"]))
-
-
-def _match(operator: str, actual: str, expected: str) -> bool:
-    if operator in ("StringEquals", "StringNotEquals"):
-        return actual == expected
-    if operator == "StringEqualsIgnoreCase":
-        return actual.lower() == expected.lower()
-    if operator in ("StringLike", "StringNotLike"):
-        return fnmatch.fnmatchcase(actual, expected)
-    raise ValueError(f"condition operator {operator} not supported by the emulator")
-
-
-def _conditions_hold(conditions: Mapping[str, Any], context: Mapping[str, list[str]]) -> bool:
-    """Every operator block, every key in it (AND); any listed value per key (OR)."""
-    for full_operator, block in conditions.items():
-        qualifier, _, operator = full_operator.rpartition(":")
-        if_exists = operator.endswith("IfExists")
-        operator = operator.removesuffix("IfExists")
-        for key, expected_values in block.items():
-            expected = [str(v) for v in _as_list(expected_values)]
-            if operator == "Null":
-                absent = key not in context or not context[key]
-                if absent != (expected[0].lower() == "true"):
-                    return False
-                continue
-            actual = context.get(key)
-            if not actual:
-                if if_exists or qualifier == "ForAllValues":
-                    continue
-                return False
-            negated = operator.startswith("StringNot")
-            if qualifier == "ForAllValues":
-                ok = all(any(_match(operator, a, e) for e in expected) for a in actual)
-            else:
-                ok = any(_match(operator, a, e) for a in actual for e in expected)
-            if ok == negated:
-                return False
-    return True
+    return any(fnmatch.fnmatchcase(action, pattern) for pattern in as_list(statement["Action"]))

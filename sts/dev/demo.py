@@ -17,6 +17,8 @@ import base64
 import json
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
 import time
 from contextlib import ExitStack
@@ -42,6 +44,7 @@ WIP = (
     "workloadIdentityPools/zuplo/providers/zuplo"
 )
 SERVICE_ACCOUNT = "reader@demo-project.iam.gserviceaccount.com"
+CLOUD_RUN_URL = "https://orders-abc123-uc.a.run.app"
 ROLE_ARN = "arn:aws:iam::123456789012:role/orders-api"
 AZURE_TENANT = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 AZURE_CLIENT = "9b2a4c1e-3f5d-4e6a-8b7c-0d1e2f3a4b5c"
@@ -64,6 +67,7 @@ mappings:
       workload_identity_provider: {WIP}
       service_account: {SERVICE_ACCOUNT}
       scopes: [https://www.googleapis.com/auth/cloud-platform]
+      id_token_audiences: [{CLOUD_RUN_URL}]
   - name: billing-azure
     description: Billing manages its Azure resources through an app registration
     account: my-account
@@ -136,7 +140,7 @@ def _detail(label: str, value: str) -> None:
     click.echo(f"    {click.style(f'{label:<26}', dim=True)} {value}")
 
 
-def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
+def _exchange(url: str, token: str, audience: str, **fields: str) -> dict[str, Any]:
     response = requests.post(
         url + "/token",
         data={
@@ -144,6 +148,7 @@ def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
             "subject_token": token,
             "subject_token_type": ID_TOKEN_TYPE,
             "audience": audience,
+            **fields,
         },
         timeout=30,
     )
@@ -154,6 +159,55 @@ def _exchange(url: str, token: str, audience: str) -> dict[str, Any]:
             f"{body.get('error_description')}"
         )
     return body
+
+
+def _run_sts(env: dict[str, str], *args: str) -> str:
+    """``sts ARGS`` in the service's environment (the operator's command line); its output."""
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "sts", *args], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise click.ClickException(f"sts {args[0]} {args[1]} failed: {done.stderr.strip()}")
+    return done.stdout
+
+
+def _revoke(env: dict[str, str], deployment: str) -> str:
+    out = _run_sts(
+        env,
+        "revoke",
+        "add",
+        "--account",
+        "my-account",
+        "--deployment",
+        deployment,
+        "--reason",
+        "demo: a compromised deployment",
+        "--actor",
+        "demo",
+    )
+    return out.splitlines()[0].removeprefix("revoked: ")
+
+
+def _until_refused(url: str, token: str, audience: str, within: float = 10.0) -> float:
+    """Seconds until ``token`` is refused as revoked (the service reloads every 2 s)."""
+    started = time.monotonic()
+    while time.monotonic() - started < within:
+        response = requests.post(
+            url + "/token",
+            data={
+                "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
+                "subject_token": token,
+                "subject_token_type": ID_TOKEN_TYPE,
+                "audience": audience,
+            },
+            timeout=30,
+        )
+        if response.status_code == 400 and response.json().get("error_description") == (
+            "identity revoked"
+        ):
+            return time.monotonic() - started
+        time.sleep(0.1)
+    raise click.ClickException("the revoked deployment was still served")
 
 
 @dataclass
@@ -345,6 +399,27 @@ def run_demo() -> int:
         _ok("GCP received a broker token for its provider's default audience:")
         _show_broker_token(str(exchanged.body["subject_token"]))
 
+        _step("Exchange 2b: an ID token for a Cloud Run URL  →  GCP generateIdToken")
+        id_body = _exchange(
+            url,
+            token,
+            "analytics-gcp",
+            requested_token_type=ID_TOKEN_TYPE,
+            resource=CLOUD_RUN_URL,
+        )
+        import google.auth.transport.requests
+        from google.oauth2 import id_token as google_id_token
+
+        verified = google_id_token.verify_token(
+            id_body["access_token"],
+            google.auth.transport.requests.Request(),
+            audience=CLOUD_RUN_URL,
+            certs_url=gcp.certs_url,
+        )
+        _ok(f"issued_token_type {id_body['issued_token_type']}")
+        _ok(f"a Cloud Run backend verifies it with google-auth: aud {verified['aud']}")
+        _detail("email", str(verified.get("email")))
+
         _step("Exchange 3: POST /token, audience=billing-azure  →  Azure")
         azure_body = _exchange(url, token, "billing-azure")
         _ok(f"mapping {azure_body['mapping']}, expires in {azure_body['expires_in']} s")
@@ -363,6 +438,18 @@ def run_demo() -> int:
             f"{len(aws.requests) - aws_calls} (expires_in now {again['expires_in']} s)"
         )
 
+        _step("Cut one deployment off: sts revoke add")
+        neighbour = issuer.mint(audience=DEMO_AUDIENCE, deployment="orders-api-pr-7")
+        _exchange(url, neighbour, "orders-prod")
+        revoked_id = _revoke(env, "orders-api-main-53c4947")
+        waited = _until_refused(url, token, "orders-prod")
+        _ok(f"revocation {revoked_id}: orders-api-main-53c4947 refused after {waited:.1f} s")
+        _detail("its answer", "400 unauthorized_client: identity revoked")
+        neighbour_body = _exchange(url, neighbour, "orders-prod")
+        _ok(f"its neighbour orders-api-pr-7 is still served (mapping {neighbour_body['mapping']})")
+        _run_sts(env, "revoke", "lift", revoked_id)
+        _ok(f"lifted revocation {revoked_id}: the deployment is served again within 5 s")
+
         _step("The audit trail (sts audit list): one row per upstream issuance, no secrets")
         from sts.audit import AuditRecorder
 
@@ -379,7 +466,7 @@ def run_demo() -> int:
     click.echo(
         click.style("\nDone", fg="green", bold=True)
         + f" in {time.monotonic() - started:.1f} s: one AWS, one GCP and one Azure exchange over"
-        " real HTTP, in broker mode."
+        " real HTTP, in broker mode, and one deployment revoked and restored."
     )
     click.echo("Next: README.md shows how to point zuplo-sts at real AWS, GCP and Azure accounts.")
     return 0

@@ -64,7 +64,6 @@ import binascii
 import json
 import re
 import secrets
-import socketserver
 import threading
 import time
 import urllib.request
@@ -72,7 +71,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http.server import ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from cryptography.exceptions import InvalidSignature
@@ -238,8 +237,7 @@ class EntraEmulator(BackgroundServer):
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token_lifetime: int = 3599) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.token_lifetime = token_lifetime
         self.delay = 0.0
         self.requests: list[RecordedRequest] = []
@@ -247,16 +245,13 @@ class EntraEmulator(BackgroundServer):
         self.issued: list[IssuedToken] = []
         self._faults = FaultQueue()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
 
     # -- configuration -------------------------------------------------------------------
 
     @property
     def authority_url(self) -> str:
         """What ``STS_AZURE_AUTHORITY_URL`` is set to: ``http://127.0.0.1:<port>``."""
-        if self._server is None:
-            raise RuntimeError("EntraEmulator is not started")
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        return self.url
 
     def token_url(self, tenant_id: str) -> str:
         return f"{self.authority_url}/{tenant_id}/oauth2/v2.0/token"
@@ -683,13 +678,5 @@ class EntraEmulator(BackgroundServer):
             {"Content-Type": JSON_CONTENT_TYPE, **common, **no_store},
         )
 
-    def start(self) -> Self:
-        self._server = dispatching_server(self.host, self.port, self._handle)
-        self._serve(self._server)
-        return self
-
-    def _running(self) -> socketserver.BaseServer | None:
-        return self._server
-
-    def _forget(self) -> None:
-        self._server = None
+    def _build(self) -> ThreadingHTTPServer:
+        return dispatching_server(self.host, self.port, self._handle)

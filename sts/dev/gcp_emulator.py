@@ -12,6 +12,15 @@ Emulates, over real HTTP on 127.0.0.1:
   (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken):
   a federated token issued here, a service account bound to that token's provider, scopes and
   a lifetime of 1..43200 seconds.
+- ``POST /v1/projects/-/serviceAccounts/{email}:generateIdToken``
+  (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateIdToken):
+  the same caller checks, a non-empty ``audience``, an optional boolean ``includeEmail`` and no
+  unknown field; the answer ``{"token"}`` is an RS256 ID token signed by the emulator's own key
+  with Google's claims (``iss`` ``https://accounts.google.com``, ``aud``, ``azp`` and ``sub``
+  the account's numeric id, ``email`` and ``email_verified`` when asked, ``iat``, ``exp``).
+- ``GET /oauth2/v3/certs`` (a JWKS) and ``GET /oauth2/v1/certs`` (key id to PEM X.509
+  certificate), where Google publishes the keys of its ID tokens: ``certs_url`` is what
+  ``google.oauth2.id_token.verify_token`` takes.
 
 Errors have Google's shapes: OAuth ``{"error", "error_description"}`` from STS and
 ``{"error": {"code", "message", "status"}}`` from IAM. Every request is recorded in
@@ -22,23 +31,26 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import secrets
-import socketserver
 import threading
 import time
 import urllib.request
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 from urllib.parse import parse_qs
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
 
+from sts.dev.issuer import SigningKey, compact_rs256
 from sts.dev.serving import BackgroundServer, Fault, FaultQueue, dispatching_server
 from sts.protocol import ACCESS_TOKEN_TYPE, ID_TOKEN_TYPE, JWT_TOKEN_TYPE
 from sts.protocol import TOKEN_EXCHANGE_GRANT_TYPE as GRANT_TYPE
@@ -55,9 +67,20 @@ PROVIDER_NAME = re.compile(
     r"workloadIdentityPools/([a-z0-9-]{4,32})/providers/([a-z0-9-]{4,32})"
 )
 _GENERATE = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateAccessToken")
+_GENERATE_ID_TOKEN = re.compile(r"/v1/projects/-/serviceAccounts/([^/:]+):generateIdToken")
 _LIFETIME = re.compile(r"(\d{1,6})s")
 MAX_LIFETIME_SECONDS = 43200
 JWKS_TIMEOUT_SECONDS = 2.0
+#: The ``iss`` of Google-signed ID tokens (service accounts' ``generateIdToken`` included).
+GOOGLE_ISSUER = "https://accounts.google.com"
+#: Where Google publishes the keys of its ID tokens: a JWKS, and key id -> PEM certificate.
+JWKS_PATH = "/oauth2/v3/certs"
+PEM_CERTS_PATH = "/oauth2/v1/certs"
+#: Google's ID tokens live an hour.
+ID_TOKEN_LIFETIME_SECONDS = 3600
+#: The fields of a ``GenerateIdTokenRequest``, in JSON and proto spelling (Google takes both).
+#: ``delegates`` is known to Google; the emulator takes only an empty list of it.
+_ID_TOKEN_FIELDS = frozenset({"audience", "includeEmail", "include_email", "delegates"})
 
 
 @dataclass(frozen=True)
@@ -113,6 +136,22 @@ def _rfc3339(timestamp: float) -> str:
     return datetime.fromtimestamp(int(timestamp), UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _self_signed(key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """A certificate for ``key``, as Google wraps its ID token keys for ``/oauth2/v1/certs``."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gcp-emulator.invalid")])
+    now = datetime.now(UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=14))
+        .sign(key, hashes.SHA256())
+    )
+
+
 class GcpEmulator(BackgroundServer):
     """Google STS + IAM Credentials on 127.0.0.1; start/stop or ``with``.
 
@@ -121,8 +160,7 @@ class GcpEmulator(BackgroundServer):
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, token_lifetime: int = 3599) -> None:
-        self.host = host
-        self.port = port
+        super().__init__(host, port)
         self.token_lifetime = token_lifetime
         self.delay = 0.0
         self.requests: list[RecordedRequest] = []
@@ -130,17 +168,18 @@ class GcpEmulator(BackgroundServer):
         self.bindings: dict[str, set[str]] = {}
         self.federated: dict[str, FederatedToken] = {}
         self.issued: list[str] = []
+        #: Seconds from ``iat`` to ``exp`` of the ID tokens ``generateIdToken`` signs.
+        self.id_token_lifetime = ID_TOKEN_LIFETIME_SECONDS
         self._faults = FaultQueue()
         self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
+        # The ID token key and its certificate: made when first needed (most uses need none).
+        self._id_signing: tuple[SigningKey, x509.Certificate] | None = None
 
     # -- configuration -------------------------------------------------------------------
 
     @property
     def base_url(self) -> str:
-        if self._server is None:
-            raise RuntimeError("GcpEmulator is not started")
-        return f"http://{self.host}:{self._server.server_address[1]}"
+        return self.url
 
     @property
     def sts_url(self) -> str:
@@ -149,6 +188,38 @@ class GcpEmulator(BackgroundServer):
     @property
     def iam_url(self) -> str:
         return self.base_url
+
+    @property
+    def certs_url(self) -> str:
+        """Key id -> PEM certificate, as ``https://www.googleapis.com/oauth2/v1/certs``: the
+        ``certs_url`` for ``google.oauth2.id_token.verify_token``."""
+        return self.base_url + PEM_CERTS_PATH
+
+    @property
+    def jwks_url(self) -> str:
+        """The same key as a JWKS, as ``https://www.googleapis.com/oauth2/v3/certs``."""
+        return self.base_url + JWKS_PATH
+
+    @property
+    def kid(self) -> str:
+        """The ``kid`` of the ID tokens this emulator signs."""
+        return self._id_key()[0].kid
+
+    def _id_key(self) -> tuple[SigningKey, x509.Certificate]:
+        """The emulator's own ID token key (Google's kids are 40 hexadecimal digits) and a
+        certificate for it."""
+        with self._lock:
+            if self._id_signing is None:
+                key = SigningKey.generate(kid=secrets.token_hex(20))
+                self._id_signing = (key, _self_signed(key.private_key))
+            return self._id_signing
+
+    @staticmethod
+    def service_account_id(email: str) -> str:
+        """The account's unique id (21 digits, as Google's): ``sub`` and ``azp`` of its ID
+        tokens. The same email always gets the same id."""
+        digest = int.from_bytes(hashlib.sha256(email.encode()).digest()[:8], "big")
+        return "1" + f"{digest % 10**20:020d}"
 
     def add_provider(
         self, name: str, issuer: str, jwks_url: str | None, allowed_audiences: list[str]
@@ -322,7 +393,10 @@ class GcpEmulator(BackgroundServer):
 
     # -- IAM Credentials -----------------------------------------------------------------
 
-    def _generate(self, email: str, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+    def _authorize(self, email: str, headers: dict[str, str], permission: str) -> None:
+        """IAM Credentials' caller checks: a live federated token issued here, with a scope
+        that may call the API, of a provider bound to ``email`` (``permission`` is named in
+        the refusal, as Google names it)."""
         authorization = headers.get("Authorization", "")
         scheme, _, bearer = authorization.partition(" ")
         federated = self.federated.get(bearer) if scheme.lower() == "bearer" else None
@@ -338,9 +412,11 @@ class GcpEmulator(BackgroundServer):
             raise _google_error(
                 403,
                 "PERMISSION_DENIED",
-                "Permission 'iam.serviceAccounts.getAccessToken' denied on resource "
-                "(or it may not exist).",
+                f"Permission '{permission}' denied on resource (or it may not exist).",
             )
+
+    @staticmethod
+    def _json_body(headers: dict[str, str], raw: bytes) -> dict[str, Any]:
         content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
         try:
             if content_type != "application/json":
@@ -350,6 +426,11 @@ class GcpEmulator(BackgroundServer):
             raise _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload.") from None
         if not isinstance(body, dict):
             raise _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload.")
+        return body
+
+    def _generate(self, email: str, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+        self._authorize(email, headers, "iam.serviceAccounts.getAccessToken")
+        body = self._json_body(headers, raw)
         scope = body.get("scope")
         if (
             not isinstance(scope, list)
@@ -367,6 +448,52 @@ class GcpEmulator(BackgroundServer):
         with self._lock:
             self.issued.append(token)
         return {"accessToken": token, "expireTime": _rfc3339(time.time() + int(match.group(1)))}
+
+    def _generate_id_token(self, email: str, headers: dict[str, str], raw: bytes) -> dict[str, Any]:
+        """``generateIdToken``: an ID token for ``audience`` signed by the emulator's key."""
+        self._authorize(email, headers, "iam.serviceAccounts.getOpenIdToken")
+        body = self._json_body(headers, raw)
+        for name in body:
+            if name not in _ID_TOKEN_FIELDS:
+                raise _google_error(
+                    400,
+                    "INVALID_ARGUMENT",
+                    f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.',
+                )
+        audience = body.get("audience")
+        if not isinstance(audience, str) or not audience:
+            raise _google_error(400, "INVALID_ARGUMENT", "Audience is required.")
+        if "includeEmail" in body and "include_email" in body:
+            raise _google_error(400, "INVALID_ARGUMENT", "Invalid JSON payload received.")
+        include_email = body.get("includeEmail", body.get("include_email", False))
+        if not isinstance(include_email, bool):
+            raise _google_error(
+                400, "INVALID_ARGUMENT", "Invalid value for includeEmail: expected a boolean."
+            )
+        if body.get("delegates", []) != []:
+            raise _google_error(400, "INVALID_ARGUMENT", "Delegation is not emulated.")
+        now = int(time.time())
+        account_id = self.service_account_id(email)
+        claims: dict[str, Any] = {
+            "aud": audience,
+            "azp": account_id,
+            "exp": now + self.id_token_lifetime,
+            "iat": now,
+            "iss": GOOGLE_ISSUER,
+            "sub": account_id,
+        }
+        if include_email:
+            claims.update(email=email, email_verified=True)
+        token = compact_rs256(self._id_key()[0], claims)
+        with self._lock:
+            self.issued.append(token)
+        return {"token": token}
+
+    def _certs(self, path: str) -> dict[str, Any]:
+        key, certificate = self._id_key()
+        if path == JWKS_PATH:
+            return {"keys": [key.public_jwk()]}
+        return {key.kid: certificate.public_bytes(serialization.Encoding.PEM).decode("ascii")}
 
     # -- HTTP ----------------------------------------------------------------------------
 
@@ -389,12 +516,18 @@ class GcpEmulator(BackgroundServer):
         if fault is not None:
             return fault.status, fault.body, {"Content-Type": "application/json", **fault.headers}
         try:
-            if method != "POST":
+            if path in (JWKS_PATH, PEM_CERTS_PATH):
+                if method != "GET":
+                    raise _google_error(405, "METHOD_NOT_ALLOWED", "Method not allowed.")
+                answer = self._certs(path)
+            elif method != "POST":
                 raise _google_error(405, "METHOD_NOT_ALLOWED", "Method not allowed.")
-            if path == "/v1/token":
+            elif path == "/v1/token":
                 answer = self._token(headers, raw)
             elif match := _GENERATE.fullmatch(path):
                 answer = self._generate(match.group(1), headers, raw)
+            elif match := _GENERATE_ID_TOKEN.fullmatch(path):
+                answer = self._generate_id_token(match.group(1), headers, raw)
             else:
                 raise _google_error(404, "NOT_FOUND", "Not found.")
         except _RejectError as reject:
@@ -405,13 +538,5 @@ class GcpEmulator(BackgroundServer):
             )
         return 200, json.dumps(answer).encode(), {"Content-Type": "application/json"}
 
-    def start(self) -> Self:
-        self._server = dispatching_server(self.host, self.port, self._handle)
-        self._serve(self._server)
-        return self
-
-    def _running(self) -> socketserver.BaseServer | None:
-        return self._server
-
-    def _forget(self) -> None:
-        self._server = None
+    def _build(self) -> ThreadingHTTPServer:
+        return dispatching_server(self.host, self.port, self._handle)

@@ -19,7 +19,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from sts.dev.serving import ignore_disconnects
+from sts.dev.serving import BackgroundServer
 
 ISSUER_PATH = "/v1/client-auth/auth_dev"
 
@@ -57,7 +57,7 @@ class SigningKey:
         return self.private_key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
 
 
-class DevIssuer:
+class DevIssuer(BackgroundServer):
     """An issuer with a live JWKS endpoint (and discovery document) on 127.0.0.1; start with
     :meth:`start` or ``with``.
 
@@ -66,6 +66,7 @@ class DevIssuer:
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, bits: int = 2048) -> None:
+        super().__init__(host, port)
         self.keys: list[SigningKey] = [SigningKey.generate(bits=bits)]
         self.jwks_status = 200
         self.jwks_delay = 0.0
@@ -73,6 +74,8 @@ class DevIssuer:
         self.jwks_headers: dict[str, str] = {}
         self.fetches = 0
         self._lock = threading.Lock()
+
+    def _build(self) -> ThreadingHTTPServer:
         issuer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -108,16 +111,15 @@ class DevIssuer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._host = host
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        ignore_disconnects(self._server)
-        self._thread: threading.Thread | None = None
+        # HTTP/1.0, one request a connection: once stopped, the issuer is gone for every client.
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server.daemon_threads = True
+        return server
 
     @property
     def url(self) -> str:
-        port = self._server.server_address[1]
-        return f"http://{self._host}:{port}{ISSUER_PATH}"
+        """The issuer (its tokens' ``iss``): the server's URL and :data:`ISSUER_PATH`."""
+        return super().url + ISSUER_PATH
 
     @property
     def jwks_url(self) -> str:
@@ -136,24 +138,6 @@ class DevIssuer:
         new = SigningKey.generate()
         self.keys = [new, *self.keys] if keep_old else [new]
         return new
-
-    def start(self) -> DevIssuer:
-        # A short poll interval makes stop() quick: tests start and stop many issuers.
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> DevIssuer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     def claims(
         self,

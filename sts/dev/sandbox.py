@@ -3,9 +3,10 @@
 ``sts dev`` starts what ``sts demo`` starts (a Zuplo-like issuer, the AWS, GCP and Entra
 emulators, ``sts serve`` in broker mode on a throw-away SQLite database with the demo's
 mappings), prints the URLs and a ``curl`` to paste, and stays up until Ctrl-C (or SIGTERM). It
-writes the issuer's signing key and URLs to a state file readable only by the user
-(:func:`state_path`), which ``sts dev token`` reads to mint a token the running sandbox accepts;
-the file is removed when the sandbox stops. Nothing leaves 127.0.0.1.
+writes the issuer's signing key and URLs to a new state file readable only by the user
+(:func:`state_path`; never into a file or through a symlink that was there), which ``sts dev
+token`` reads to mint a token the running sandbox accepts; the file is removed when the sandbox
+stops. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import sys
 import tempfile
 import threading
@@ -45,19 +47,77 @@ def state_path() -> Path:
     return Path(base) / f"zuplo-sts-dev-{os.getuid()}.json"
 
 
+def _check_state_path(path: Path) -> bool:
+    """True if a file is at ``path``: one this user may replace (a regular file of this user's,
+    not a symlink, as a sandbox that died leaves it); ClickException for anything else."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(info.st_mode):
+        problem = "a symlink"
+    elif not stat.S_ISREG(info.st_mode):
+        problem = "not a regular file"
+    elif info.st_uid != os.geteuid():
+        problem = f"owned by another user (uid {info.st_uid})"
+    else:
+        return True
+    raise click.ClickException(
+        f"refusing to write the sandbox state to {path}: it is {problem}; remove it or set "
+        f"{STATE_VARIABLE} to another path"
+    )
+
+
 def _write_state(path: Path, state: dict[str, Any]) -> None:
-    """Written whole or not at all, readable by this user only (it holds a private key)."""
-    temporary = path.with_name(path.name + ".tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """A new file readable by this user only (it holds a private key): never one that was there
+    (another user's, world-readable, or a symlink; a stale one of this user's is removed first)."""
+    if _check_state_path(path):
+        path.unlink()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags, 0o600)
+    except OSError as error:  # another one took the name since, or the directory is not ours
+        raise click.ClickException(
+            f"cannot create the sandbox state file {path}: {error.strerror}"
+        ) from None
     with os.fdopen(descriptor, "w") as handle:
-        json.dump(state, handle)
-    os.replace(temporary, path)
+        try:
+            os.fchmod(descriptor, 0o600)  # whatever the umask took away: the owner must write
+            info = os.fstat(descriptor)
+            if not (
+                stat.S_ISREG(info.st_mode)
+                and stat.S_IMODE(info.st_mode) == 0o600
+                and info.st_uid == os.geteuid()
+                and info.st_nlink == 1
+            ):
+                raise click.ClickException(
+                    f"refusing to write the sandbox state to {path}: once created it is not a "
+                    f"0600 file of this user's (mode {stat.S_IMODE(info.st_mode):o}, "
+                    f"uid {info.st_uid})"
+                )
+            json.dump(state, handle)
+            handle.flush()
+        except BaseException:
+            path.unlink(missing_ok=True)  # ours: O_EXCL made it
+            raise
 
 
 def _read_state(path: Path) -> dict[str, Any] | None:
+    """The running sandbox's state; None if there is none, it died without cleaning up, or the
+    file is not one this user's sandbox wrote (a symlink, another user's)."""
     try:
-        state: dict[str, Any] = json.loads(path.read_text())
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        with os.fdopen(descriptor) as handle:
+            info = os.fstat(handle.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                return None
+            state = json.load(handle)
     except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
         return None
     pid = state.get("pid")
     if not isinstance(pid, int) or not _alive(pid):
@@ -108,6 +168,7 @@ def run_sandbox(port: int) -> int:
             err=True,
         )
         return 1
+    _check_state_path(path)  # refused now, not after everything has started
     stopping = threading.Event()
 
     def stop(*_: object) -> None:
@@ -180,6 +241,21 @@ def _print_banner(url: str, world: World, log: Path) -> None:
         + " or audience=".join(world.mapping_names[1:])
         + ". Another identity: sts dev token --deployment other-deployment (see --help)."
     )
+    from sts.dev.demo import CLOUD_RUN_URL
+
+    echo("\nA Google-signed ID token for a Cloud Run URL (analytics-gcp's id_token_audiences):\n")
+    echo(
+        curl_command(url, "analytics-gcp")
+        + f" \\\n  -d requested_token_type={ID_TOKEN_TYPE} -d resource={CLOUD_RUN_URL}"
+    )
+    echo(f"\nThe sandbox's database: STS_DATABASE_URL={world.database_url}")
+    echo("Cut one deployment off (refused within 5 s, its neighbours still served), then undo:\n")
+    echo(
+        f"  STS_DATABASE_URL={world.database_url} sts revoke add --account my-account "
+        "--deployment copper-bedbug-main-53c4947 --reason 'trying it out'"
+    )
+    echo(f"  STS_DATABASE_URL={world.database_url} sts revoke lift 1")
+    echo("\n(sts dev token --deployment other-deployment is the neighbour still served.)")
     sys.stdout.flush()
 
 

@@ -1,5 +1,6 @@
-"""The start/stop plumbing the local emulators share (a socket server on a daemon thread), and
-``sts serve`` as a child process for the demo and the benchmarks."""
+"""The start/stop plumbing the local emulators and the dev issuer share (:class:`BackgroundServer`:
+an HTTP server on loopback, on a daemon thread), and ``sts serve`` as a child process for the
+demo and the benchmarks."""
 
 from __future__ import annotations
 
@@ -118,36 +119,55 @@ def dispatching_server(
 
 
 class BackgroundServer:
-    """``start()`` builds the server and calls :meth:`_serve`; ``stop()`` or ``with`` ends it."""
+    """A server of the local emulators: on ``host`` (127.0.0.1 unless told) and ``port`` (0: a
+    free one), answering on a daemon thread.
 
-    _thread: threading.Thread | None = None
+    ``start()`` (or ``with``) binds and serves; ``stop()`` shuts it down and closes its socket
+    (again: nothing). :attr:`url` is ``http://host:port`` with the port bound; after ``stop()`` it
+    still names that address, where connections are now refused (an outage). A subclass says
+    what answers in :meth:`_build`.
+    """
 
-    def start(self) -> Self:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.host = host
+        self.port = port
+        self._server: socketserver.TCPServer | None = None
+        self._thread: threading.Thread | None = None
+        self._bound: int | None = None
+
+    def _build(self) -> socketserver.TCPServer:
+        """A server bound to ``self.host`` and ``self.port``, not serving yet."""
         raise NotImplementedError
 
-    def _serve(self, server: socketserver.BaseServer) -> None:
+    @property
+    def url(self) -> str:
+        if self._bound is None:
+            raise RuntimeError(f"{type(self).__name__} is not started")
+        return f"http://{self.host}:{self._bound}"
+
+    def start(self) -> Self:
+        """Bind and serve (a started server is left as it is)."""
+        if self._server is not None:
+            return self
+        server = self._build()
         ignore_disconnects(server)
+        self._server = server
+        self._bound = server.server_address[1]
         # A short poll interval: stop() returns in a twentieth of a second, not half of one.
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
-
-    def _running(self) -> socketserver.BaseServer | None:
-        raise NotImplementedError
-
-    def _forget(self) -> None:
-        raise NotImplementedError
+        return self
 
     def stop(self) -> None:
-        server = self._running()
+        server, self._server = self._server, None
         if server is not None:
             server.shutdown()
             server.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._thread = None
-        self._forget()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -18,7 +18,6 @@ import binascii
 import json
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -445,7 +444,13 @@ class JWKSRegistry:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
-        self._pid = os.getpid()
+        renew_after_fork(self)
+
+    def _after_fork(self) -> None:
+        # The parent's refresher does not exist here (each cache renews its own lock).
+        self._thread = None
+        self._stop = threading.Event()
+        self._start_lock = threading.Lock()
 
     def get(self, issuer: str) -> JWKSCache | None:
         return self._caches.get(issuer)
@@ -456,10 +461,6 @@ class JWKSRegistry:
     def start(self) -> None:
         """Launch the refresher (fetches every issuer at once, then keeps each fresh)."""
         with self._start_lock:
-            if self._pid != os.getpid():
-                self._thread = None
-                self._stop = threading.Event()
-                self._pid = os.getpid()
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()

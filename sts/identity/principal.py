@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 ENVIRONMENT_TYPES = ("production", "preview", "development")
 
@@ -23,3 +23,6 @@ class Principal:
     deployment: str
     environment_type: str
     audiences: frozenset[str]
+    issued_at: float = field(default=0.0, compare=False)
+    """The token's ``iat``: what a revocation's ``--issued-before`` is compared with. A fact
+    of the token, not of the identity: two principals are equal whatever their tokens' ages."""

@@ -28,6 +28,7 @@ from sts.config import Settings
 from sts.errors import InvalidRequest, TemporarilyUnavailable, WouldWait
 from sts.identity.jwks import JWKSCache, JWKSError, JWKSRegistry, decode_b64url, loads_json_object
 from sts.identity.principal import ENVIRONMENT_TYPES, Principal
+from sts.metrics import SIGNATURE_CHECKS
 
 __all__ = [
     "ALGORITHM_NOT_ALLOWED",
@@ -105,6 +106,27 @@ class _CheckedHeader(NamedTuple):
     algorithm: JWSAlgModel
 
 
+class _Decoded(NamedTuple):
+    """A token decoded up to its key: what :meth:`TokenVerifier._finish` needs."""
+
+    header_segment: str
+    header: dict[str, Any] | None
+    checked: _CheckedHeader | None
+    kid: str
+    claims: dict[str, Any]
+    signature: bytes
+    signing_input: str
+    keys: JWKSCache
+
+
+class _KeyNotHeld(Exception):
+    """The token's ``kid`` is not in its issuer's key set as held: finishing may fetch it."""
+
+    def __init__(self, decoded: _Decoded) -> None:
+        super().__init__(f"kid {decoded.kid!r} not held")
+        self.decoded = decoded
+
+
 #: Header segments (exactly as spelled) of tokens that passed every header check, ours and
 #: joserfc's, and whose signature verified: those checks depend on the header alone, so one
 #: spelling always gets the same verdict. Cleared when full.
@@ -162,6 +184,9 @@ class TokenVerifier:
         self._lock = threading.Lock()
         self.signature_checks = 0
         """RSA verifications performed; a repeat token must not add to it."""
+        self.verifications = 0
+        """Tokens verified (:meth:`verify_digested`), cache hits included: one per request
+        at most, whichever way it is answered."""
 
     def verify(self, token: str, now: float | None = None, *, may_fetch: bool = True) -> Principal:
         """The :class:`Principal` a valid token proves; ``now`` is Unix time (default: the clock).
@@ -185,35 +210,53 @@ class TokenVerifier:
             raise _fail(TOKEN_UNPARSABLE, "token is not ASCII")
         if now is None:
             now = time.time()
+        self.verifications += 1
         digest = token_digest(token)
         hit = self._hit(digest)
         if hit is not None:
-            if now >= hit.exp + self._leeway:
-                self._forget(digest)
-                raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
-            if self._still_vouches(hit, now):
+            if self._holds(hit, now):
                 return hit.principal, digest
-            # The key left the issuer's set or was replaced under its kid (or the caller's clock
-            # went back): verify afresh.
+            # Expired, or the key left the issuer's set or was replaced under its kid (or the
+            # caller's clock went back): refused, or verified afresh.
             self._forget(digest)
+            if now >= hit.exp + self._leeway:
+                raise _fail(TOKEN_EXPIRED, "exp passed (cached verification)")
+        try:
+            verified = self._verify(token, now, may_fetch=may_fetch)
+        except _KeyNotHeld as not_held:
+            decoded = not_held.decoded
 
-        verified = self._verify(token, now, may_fetch=may_fetch)
+            def fetch_then_verify() -> tuple[Principal, bytes]:
+                return self._remember(digest, self._finish(decoded, time.time())), digest
+
+            raise WouldWait(str(not_held), resume=fetch_then_verify) from None
+        return self._remember(digest, verified), digest
+
+    def _remember(self, digest: bytes, verified: _Verified) -> Principal:
         with self._lock:
             self._verified[digest] = verified
             while len(self._verified) > self._cache_size:
                 self._verified.popitem(last=False)
-        return verified.principal, digest
+        return verified.principal
 
     def verified_before(self, digest: bytes, now: float | None = None) -> Principal | None:
         """The principal of a token verified before, by its :func:`token_digest`, when that
-        verification still holds at ``now`` exactly as :meth:`verify` would accept it; None
-        otherwise (then :meth:`verify` decides, and raises what it must)."""
-        if now is None:
-            now = time.time()
+        verification still holds at ``now`` (:meth:`_holds`, the test a cache hit of
+        :meth:`verify` passes); None otherwise (then :meth:`verify` decides, and raises what
+        it must)."""
         hit = self._hit(digest)
-        if hit is None or now >= hit.exp + self._leeway or not self._still_vouches(hit, now):
+        if hit is None or not self._holds(hit, time.time() if now is None else now):
             return None
         return hit.principal
+
+    def _holds(self, hit: _Verified, now: float) -> bool:
+        """A verification still holds at ``now``: the token not expired, already valid
+        (``iat``/``nbf``), and the key that verified it still the issuer's under its kid."""
+        return (
+            now < hit.exp + self._leeway
+            and now >= hit.valid_from
+            and hit.keys.thumbprint(hit.kid) == hit.thumbprint
+        )
 
     def _hit(self, digest: bytes) -> _Verified | None:
         with self._lock:
@@ -221,11 +264,6 @@ class TokenVerifier:
             if hit is not None:
                 self._verified.move_to_end(digest)
         return hit
-
-    def _still_vouches(self, hit: _Verified, now: float) -> bool:
-        """The key that verified the token is still the issuer's under its kid, and the token
-        was already valid (``iat``/``nbf``) at ``now``."""
-        return hit.keys.thumbprint(hit.kid) == hit.thumbprint and now >= hit.valid_from
 
     @property
     def cached_tokens(self) -> int:
@@ -237,6 +275,14 @@ class TokenVerifier:
             self._verified.pop(digest, None)
 
     def _verify(self, token: str, now: float, *, may_fetch: bool = True) -> _Verified:
+        decoded = self._decode(token)
+        if not may_fetch and decoded.keys.thumbprint(decoded.kid) is None:
+            # An unknown kid may make this request fetch the key set: not on an event loop.
+            raise _KeyNotHeld(decoded)
+        return self._finish(decoded, now)
+
+    def _decode(self, token: str) -> _Decoded:
+        """The token's parts decoded, its header checked and its issuer's key set chosen."""
         parts = token.split(".")
         if len(parts) != 3:
             raise _fail(TOKEN_UNPARSABLE, f"compact JWS has 3 parts, token has {len(parts)}")
@@ -249,16 +295,19 @@ class TokenVerifier:
             signature = decode_b64url(parts[2])
         except JWKSError as exc:
             raise _fail(TOKEN_UNPARSABLE, f"token: {exc}") from None
-
         if checked is None:
             assert header is not None
             kid = self._check_header(header)
         else:
             kid = checked.kid
         keys = self._keys_for(claims)
-        if not may_fetch and keys.thumbprint(kid) is None:
-            # An unknown kid may make this request fetch the key set: not on an event loop.
-            raise WouldWait(f"kid {kid!r} not held")
+        # The signing input is the token's first two parts exactly as sent (RFC 7515 5.2).
+        signing_input = token[: len(parts[0]) + 1 + len(parts[1])]
+        return _Decoded(parts[0], header, checked, kid, claims, signature, signing_input, keys)
+
+    def _finish(self, decoded: _Decoded, now: float) -> _Verified:
+        """The key (fetched if need be), the signature and the claims."""
+        keys, kid, header, checked = decoded.keys, decoded.kid, decoded.header, decoded.checked
         held = keys.get_key(kid)
         if held is None:
             if not keys.loaded:
@@ -273,15 +322,13 @@ class TokenVerifier:
             algorithm = _check_with_joserfc(header)
         else:
             algorithm = checked.algorithm
-        # The signing input is the token's first two parts exactly as sent (RFC 7515 5.2).
-        signing_input = token[: len(parts[0]) + 1 + len(parts[1])]
-        self._check_signature(algorithm, signing_input, signature, held.key)
+        self._check_signature(algorithm, decoded.signing_input, decoded.signature, held.key)
         if checked is None:
             # Only a header the issuer's key signed is remembered: forged ones never churn it.
             if len(_checked_headers) >= _CHECKED_HEADERS_MAX:
                 _checked_headers.clear()
-            _checked_headers[parts[0]] = _CheckedHeader(kid, algorithm)
-        return self._check_claims(claims, now, keys, kid, held.thumbprint)
+            _checked_headers[decoded.header_segment] = _CheckedHeader(kid, algorithm)
+        return self._check_claims(decoded.claims, now, keys, kid, held.thumbprint)
 
     def _check_header(self, header: dict[str, Any]) -> str:
         """RFC 7515 section 4.1 and the docs/reference.md section 3; returns the ``kid``."""
@@ -316,6 +363,7 @@ class TokenVerifier:
         then the RSA verification (the header passed :func:`_check_with_joserfc`)."""
         with self._lock:
             self.signature_checks += 1
+        SIGNATURE_CHECKS.inc()
         try:
             algorithm.check_key(key)
             valid = algorithm.verify(signing_input.encode("ascii"), signature, key)
@@ -369,6 +417,7 @@ class TokenVerifier:
             deployment=claims["deployment"],
             environment_type=claims["environment_type"],
             audiences=frozenset(audiences),
+            issued_at=iat,
         )
         valid_from = max(iat, nbf if nbf is not None else iat) - leeway
         return _Verified(principal, exp, valid_from, keys, kid, thumbprint)

@@ -28,11 +28,18 @@ from typing import Any, NamedTuple
 
 from sts.errors import InvalidScope, InvalidTarget, OAuthError, UnauthorizedClient
 from sts.identity.principal import Principal
-from sts.mappings.spec import IAM_SCOPE, MappingSpec
+from sts.mappings.spec import DEFAULT_GCP_SCOPE, IAM_SCOPE, MappingSpec
 
 # Re-exported (the "as" form) for modules that still import them from here.
 from sts.protocol import ACCESS_TOKEN_TYPE as ACCESS_TOKEN_TYPE  # noqa: PLC0414
 from sts.protocol import AWS_CREDENTIALS_TOKEN_TYPE as AWS_CREDENTIALS_TOKEN_TYPE  # noqa: PLC0414
+from sts.protocol import ID_TOKEN_TYPE
+
+#: ``requested_token_type`` asking a GCP mapping for a Google-signed ID token (docs/reference.md,
+#: "GCP ID tokens"): RFC 8693's ``id_token`` type, the same URN as the ``subject_token_type``.
+ID_TOKEN_REQUESTED = ID_TOKEN_TYPE
+#: The scope of the federated token behind an ID token (docs/reference.md, "GCP ID tokens").
+ID_TOKEN_SCOPES = (DEFAULT_GCP_SCOPE,)
 
 # Mapping names are [a-z0-9][a-z0-9-]{0,62}, so an audience with this prefix is never a name.
 WIP_PREFIX = "//iam.googleapis.com/"
@@ -44,6 +51,8 @@ CHOOSE_ONE = "several mappings bind this identity; choose one with audience or r
 NO_MAPPING = "no mapping binds this identity"
 TOKEN_TYPE_NOT_AVAILABLE = "requested_token_type not available for this mapping"  # noqa: S105
 SCOPE_NOT_ALLOWED = "scope not allowed by the mapping"
+AUDIENCE_NOT_ALLOWED = "audience not allowed for this mapping"
+CHOOSE_AUDIENCE = "several audiences: resource must name one"
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -417,12 +426,22 @@ def check_request(
     grants what was asked if its scopes allow every token (plus the IAM scope when it
     impersonates nothing), or its own scopes when nothing was asked. An empty
     ``requested_token_type`` counts as absent.
+
+    An ID token (:data:`ID_TOKEN_REQUESTED`; docs/reference.md, "GCP ID tokens") is available
+    only from a GCP mapping with ``id_token_audiences``; it takes no ``scope`` and is granted
+    :data:`ID_TOKEN_SCOPES`, the scope of the federated token that asks Google for it.
     Raises :class:`~sts.errors.InvalidTarget` or :class:`~sts.errors.InvalidScope`.
     """
+    requested = tuple(dict.fromkeys(t for t in (scope or "").split(" ") if t))
+    if requested_token_type == ID_TOKEN_REQUESTED:
+        if mapping.gcp is None or not mapping.gcp.id_token_audiences:
+            raise InvalidTarget(TOKEN_TYPE_NOT_AVAILABLE)
+        if requested:
+            raise InvalidScope(SCOPE_NOT_ALLOWED)
+        return ID_TOKEN_SCOPES
     issued = AWS_CREDENTIALS_TOKEN_TYPE if mapping.aws is not None else ACCESS_TOKEN_TYPE
     if requested_token_type and requested_token_type != issued:
         raise InvalidTarget(TOKEN_TYPE_NOT_AVAILABLE)
-    requested = tuple(dict.fromkeys(t for t in (scope or "").split(" ") if t))
     if mapping.azure is not None:
         # Azure: what was asked must be the mapping's scope (one resource's /.default).
         if any(token not in mapping.azure.scopes for token in requested):
@@ -442,3 +461,29 @@ def check_request(
         if token not in allowed:
             raise InvalidScope(SCOPE_NOT_ALLOWED)
     return requested
+
+
+def id_token_audience(
+    mapping: MappingSpec, resource: str | None, requested_token_type: str | None
+) -> str | None:
+    """The audience of the ID token to issue (docs/reference.md, "GCP ID tokens"), or None
+    when the request asks for no ID token.
+
+    ``resource`` names one of the mapping's ``id_token_audiences``; left out (or empty, or
+    naming the mapping by another of its targets, its service account) it stands for the only
+    one. Raises :class:`~sts.errors.InvalidTarget` when the mapping issues no ID tokens, when
+    ``resource`` names no audience of the mapping, and when several are possible and none was
+    named. The descriptions are fixed: ``resource`` is never echoed.
+    """
+    if requested_token_type != ID_TOKEN_REQUESTED:
+        return None
+    audiences = mapping.gcp.id_token_audiences if mapping.gcp is not None else ()
+    if not audiences:
+        raise InvalidTarget(TOKEN_TYPE_NOT_AVAILABLE)
+    if resource and resource in audiences:
+        return resource
+    if resource and resource not in mapping.targets:
+        raise InvalidTarget(AUDIENCE_NOT_ALLOWED)
+    if len(audiences) != 1:
+        raise InvalidTarget(CHOOSE_AUDIENCE)
+    return audiences[0]

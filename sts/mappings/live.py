@@ -15,15 +15,16 @@ after :meth:`LiveMappings.start` starts its own on its next call, as the JWKS re
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable
 
+from sts import revocations
 from sts.db import Database, describe_failure
 from sts.errors import TemporarilyUnavailable
 from sts.forking import renew_after_fork
 from sts.mappings import store
 from sts.mappings.index import MappingIndex
+from sts.revocations import RevocationIndex
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,18 @@ class LiveMappings:
         # Called after every refresh on the refresh thread (exports gauges; must not raise).
         self.on_tick = on_tick
         self._index: MappingIndex | None = None
+        # Loaded with the index (before it, the first time): a loaded index implies known
+        # revocations.
+        self.revoked = RevocationIndex(broker_mode=broker_mode)
+        self._revocations_loaded = False
+        # Called on the refresh thread with each new revocation index (drops what it denies
+        # from the credential caches; must not raise).
+        self.on_revocations: Callable[[RevocationIndex], None] | None = None
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
         self._stop = threading.Event()
         self._first_attempt = threading.Event()
         self._thread: threading.Thread | None = None
-        self._pid = os.getpid()
         self._failing = False
         self.last_error: str | None = None
         renew_after_fork(self)
@@ -75,6 +82,10 @@ class LiveMappings:
             )
         return index
 
+    def current_or_none(self) -> MappingIndex | None:
+        """The loaded index, or None before the first load: never waits."""
+        return self._index
+
     @property
     def loaded(self) -> bool:
         return self._index is not None
@@ -83,6 +94,7 @@ class LiveMappings:
         """Reload if the stored revision moved; keep the old index if the database fails."""
         with self._lock:
             try:
+                changed = self._refresh_revocations()
                 revision = store.revision(self._database)
                 if self._index is None or revision != self._index.revision:
                     revision, specs = store.load(self._database)
@@ -99,21 +111,29 @@ class LiveMappings:
             else:
                 self._failing = False
                 self.last_error = None
+                if changed and self.on_revocations is not None:
+                    try:
+                        self.on_revocations(self.revoked)
+                    except Exception as exc:
+                        log.warning("dropping revoked credentials failed: %s", type(exc).__name__)
             return self._index
+
+    def _refresh_revocations(self) -> bool:
+        """Reload the revocations if their stored revision moved; True if it did."""
+        stored = revocations.revision(self._database)
+        if self._revocations_loaded and stored == self.revoked.revision:
+            return False
+        self.revoked = revocations.load(self._database, broker_mode=self._broker_mode)
+        self._revocations_loaded = True
+        log.info(
+            "revocations loaded",
+            extra={"revision": self.revoked.revision, "active": len(self.revoked)},
+        )
+        return True
 
     def start(self) -> None:
         """Start the refresh thread (idempotent; call it in the worker process)."""
         with self._start_lock:
-            if self._pid != os.getpid():
-                # Forked: the parent's thread does not exist here, nor must its stop event, and
-                # the parent's pooled connections must not be shared by two processes: forget
-                # them without closing them (SQLAlchemy docs, "Using Connection Pools with
-                # Multiprocessing or os.fork()").
-                self._thread = None
-                self._stop = threading.Event()
-                self._first_attempt = threading.Event()
-                self._pid = os.getpid()
-                self._database.engine.dispose(close=False)
             if self._thread is not None and self._thread.is_alive():
                 return
             self._stop.clear()
@@ -129,15 +149,20 @@ class LiveMappings:
     def running(self) -> bool:
         """Is this process's refresh thread alive?"""
         thread = self._thread
-        return self._pid == os.getpid() and thread is not None and thread.is_alive()
+        return thread is not None and thread.is_alive()
 
     def stop(self) -> None:
         self._stop.set()
 
     def _after_fork(self) -> None:
-        # A lock held by a parent thread at fork time would stay held forever in the child.
+        # A lock held by a parent thread at fork time would stay held forever in the child; the
+        # parent's thread does not exist here, nor must its events be shared. (The database
+        # forgets the parent's pooled connections itself: sts.db.Database._after_fork.)
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()
+        self._thread = None
+        self._stop = threading.Event()
+        self._first_attempt = threading.Event()
 
     def _run(self, stop: threading.Event, first_attempt: threading.Event) -> None:
         # Build the index as soon as the worker starts, not on its first request.

@@ -61,6 +61,9 @@ class GcpTarget:
     lifetime_seconds: int = DEFAULT_DURATION_SECONDS
     # None: the service's default, as for AwsTarget.token.
     token: TokenSource | None = None
+    # Audiences of the Google-signed ID tokens callers may ask for (docs/reference.md,
+    # "GCP ID tokens"); empty: the mapping issues none. Set only with a service account.
+    id_token_audiences: tuple[str, ...] = ()
 
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"workload_identity_provider": self.workload_identity_provider}
@@ -70,6 +73,10 @@ class GcpTarget:
         doc["lifetime_seconds"] = self.lifetime_seconds
         if self.token is not None:
             doc["token"] = self.token
+        # Left out when empty, as the file has it: an empty list is not taken back (and a
+        # mapping without audiences keeps the fingerprint it had before the field existed).
+        if self.id_token_audiences:
+            doc["id_token_audiences"] = list(self.id_token_audiences)
         return doc
 
 
@@ -129,14 +136,16 @@ class MappingSpec:
 
     @property
     def targets(self) -> tuple[str, ...]:
-        """Values a caller may name in ``resource`` to pick this mapping (reference section 2)."""
+        """Values a caller may name in ``resource`` to pick this mapping (docs/reference.md
+        section 2, and "GCP ID tokens"). The first is the target itself (what ``sts mappings
+        list`` shows); a GCP mapping's ID token audiences follow its service account."""
         if self.aws is not None:
             return (self.aws.role_arn,)
         if self.azure is not None:
             return (self.azure.client_id,)
         assert self.gcp is not None
         if self.gcp.service_account is not None:
-            return (self.gcp.service_account,)
+            return (self.gcp.service_account, *self.gcp.id_token_audiences)
         return (self.gcp.workload_identity_provider,)
 
     @property

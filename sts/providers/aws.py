@@ -196,6 +196,8 @@ class AwsProvider:
         mapping: MappingSpec,
         subject_token: str,
         scopes: tuple[str, ...],  # noqa: ARG002 - the protocol's signature; AWS takes no scopes
+        *,
+        audience: str | None = None,  # noqa: ARG002 - the protocol's; ID tokens are GCP only
     ) -> Credentials:
         """Assume ``mapping.aws.role_arn`` with the subject token as the web identity.
 

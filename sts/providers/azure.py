@@ -152,6 +152,8 @@ class AzureProvider:
         mapping: MappingSpec,
         subject_token: str,
         scopes: tuple[str, ...],
+        *,
+        audience: str | None = None,  # noqa: ARG002 - the protocol's; ID tokens are GCP only
     ) -> Credentials:
         """The client credentials grant with ``subject_token`` as the client assertion.
 
@@ -233,7 +235,7 @@ class AzureProvider:
 def _json(data: bytes) -> dict[str, Any] | None:
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON is malformed too
         return None
     return body if isinstance(body, dict) else None
 

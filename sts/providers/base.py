@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Literal, Protocol
 
 from sts.identity.principal import Principal
 from sts.mappings.spec import MappingSpec, Provider
+
+#: What :attr:`Credentials.token_type` says ``access_token`` holds.
+TokenKind = Literal["access_token", "id_token"]
+#: An OAuth access token, or for AWS the session token of a key pair (every provider's default).
+ACCESS_TOKEN: Final = "access_token"  # noqa: S105 - a kind of token, not a password
+#: A Google-signed OpenID Connect ID token (GCP ``generateIdToken``; docs/reference.md,
+#: "GCP ID tokens").
+ID_TOKEN: Final = "id_token"  # noqa: S105 - a kind of token, not a password
 
 
 @dataclass(frozen=True)
@@ -14,7 +22,12 @@ class Credentials:
     """Short-lived credentials from one upstream call.
 
     For AWS, ``access_token`` is the session token and the key pair is set; for GCP it is the
-    OAuth access token. ``expires_at`` is a UNIX time in seconds. Secrets stay out of ``repr``.
+    OAuth access token, or with ``token_type`` :data:`ID_TOKEN` a Google-signed ID token (then
+    ``scope`` is None). ``expires_at`` is a UNIX time in seconds. Secrets stay out of ``repr``.
+
+    A plain document round trip (``dataclasses.asdict``, then ``Credentials(**doc)``) gives
+    back an equal value; a document written before ``token_type`` existed reads as an access
+    token.
     """
 
     provider: Provider
@@ -24,6 +37,7 @@ class Credentials:
     aws_secret_access_key: str | None = field(default=None, repr=False)
     scope: str | None = None
     request_id: str | None = None
+    token_type: TokenKind = ACCESS_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +57,11 @@ class CredentialProvider(Protocol):
     Raises :class:`sts.errors.InvalidTarget` / :class:`sts.errors.InvalidRequest` for refusals
     and :class:`sts.errors.TemporarilyUnavailable` for throttling, 5xx, timeouts and malformed
     answers, as docs/reference.md section 2 maps them.
+
+    ``audience``: the audience of an ID token to issue instead of an access token (only a GCP
+    mapping with ``id_token_audiences`` issues one: docs/reference.md, "GCP ID tokens"; the
+    caller chose it with :func:`sts.mappings.index.id_token_audience`). Other providers are
+    never given one.
     """
 
     def issue(
@@ -51,6 +70,8 @@ class CredentialProvider(Protocol):
         mapping: MappingSpec,
         subject_token: str,
         scopes: tuple[str, ...],
+        *,
+        audience: str | None = None,
     ) -> Credentials: ...
 
     def broker_claims(self, mapping: MappingSpec) -> BrokerClaims:

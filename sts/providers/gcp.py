@@ -6,6 +6,10 @@
 2. When the mapping names a service account, ``generateAccessToken`` on the IAM Credentials
    API (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateAccessToken)
    with the federated token; its access token is the result.
+3. For an ID token (``audience``; docs/reference.md, "GCP ID tokens"), ``generateIdToken``
+   (https://cloud.google.com/iam/docs/reference/credentials/rest/v1/projects.serviceAccounts/generateIdToken)
+   instead, after an exchange for the ``cloud-platform`` scope; the result expires at the
+   token's own ``exp``.
 
 Both calls go through one pooled ``requests`` session from :func:`sts.outbound.upstream_session`
 (no credential from the environment, proxies as for every upstream) with connect/read timeouts, via
@@ -14,16 +18,19 @@ transport takes no default timeout (its 120 s applies to calls that pass none, a
 ``sts.Client`` does), does not expose the HTTP status on errors, and at DEBUG level logs request
 bodies and ``Authorization`` headers, which here hold the subject and federated tokens.
 
-The impersonation call is made directly rather than through
+The impersonation calls are made directly rather than through
 ``google.auth.impersonated_credentials``: that class reads environment switches (regional
 access boundary lookups that call other Google endpoints), accepts only one ``expireTime``
-format, and hides the HTTP status; the request itself is one small JSON POST.
+format, and hides the HTTP status; each request itself is one small JSON POST.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
+import math
 import re
 import time
 from collections.abc import Mapping
@@ -40,7 +47,7 @@ import requests
 from sts.config import Settings
 from sts.errors import TemporarilyUnavailable
 from sts.identity.principal import Principal
-from sts.mappings.spec import IAM_SCOPE, MappingSpec
+from sts.mappings.spec import DEFAULT_GCP_SCOPE, IAM_SCOPE, MappingSpec
 from sts.outbound import upstream_session
 from sts.protocol import (
     GCP_BROKER_AUDIENCE_PREFIX,
@@ -48,7 +55,7 @@ from sts.protocol import (
     GCP_SUBJECT_TOKEN_TYPE,
     TOKEN_EXCHANGE_GRANT_TYPE,
 )
-from sts.providers.base import BrokerClaims, CredentialProvider, Credentials
+from sts.providers.base import ID_TOKEN, BrokerClaims, CredentialProvider, Credentials
 from sts.providers.errors import (
     MIN_LIFETIME_SECONDS,
     RETRY_AFTER_SECONDS,
@@ -113,6 +120,10 @@ _CONNECTION = unavailable("gcp", "ConnectionError", "could not connect to Google
 
 #: Characters kept from an unknown Google error code (OAuth codes use "_").
 _CODE_CHARS = "A-Za-z0-9._"
+_BASE64URL = re.compile(r"[A-Za-z0-9_-]+")
+#: The scope of the federated token that asks for an ID token (docs/reference.md,
+#: "GCP ID tokens").
+ID_TOKEN_EXCHANGE_SCOPES = (DEFAULT_GCP_SCOPE,)
 _EXPIRE_TIME = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.\d+)?(Z|[+-]\d\d:\d\d)")
 
 
@@ -222,10 +233,15 @@ class GcpProvider:
         mapping: MappingSpec,
         subject_token: str,
         scopes: tuple[str, ...],
+        *,
+        audience: str | None = None,
     ) -> Credentials:
         """Exchange the subject token (and impersonate the service account, if any).
 
         ``scopes`` were checked against the mapping by the caller; empty means the mapping's.
+        With ``audience`` (one of the mapping's ``id_token_audiences``, chosen by the caller)
+        the result is the service account's Google-signed ID token for it instead
+        (``token_type`` :data:`~sts.providers.base.ID_TOKEN`, no scope; ``scopes`` unused).
         Raises :class:`sts.errors.InvalidTarget` when Google refuses and
         :class:`sts.errors.TemporarilyUnavailable` on 429, 5xx, timeouts, connection failures
         and unusable responses.
@@ -233,29 +249,38 @@ class GcpProvider:
         target = mapping.gcp
         if target is None:
             raise ValueError(f"mapping {mapping.name!r} has no gcp target")
+        if audience is not None and (
+            target.service_account is None or audience not in target.id_token_audiences
+        ):
+            raise ValueError(f"audience not in mapping {mapping.name!r}'s id_token_audiences")
         scopes = scopes or target.scopes
         transport = _Transport(self._session, self._timeout)
         secrets = [subject_token]
         try:
-            # As google-auth does, the federated token carries only the IAM scope when it is
-            # used to impersonate; the requested scopes go on the service account's token.
-            token, expires_at = self._exchange(
-                transport,
-                audience=target.workload_identity_provider,
-                subject_token=subject_token,
-                scopes=(IAM_SCOPE,) if target.service_account else scopes,
-                secrets=secrets,
-            )
-            if target.service_account is not None:
-                secrets.append(token)
-                token, expires_at = self._generate(
+            if audience is not None:
+                token, expires_at = self._id_token(
+                    transport, mapping, subject_token, audience=audience, secrets=secrets
+                )
+            else:
+                # As google-auth does, the federated token carries only the IAM scope when it
+                # is used to impersonate; the requested scopes go on the service account's token.
+                token, expires_at = self._exchange(
                     transport,
-                    service_account=target.service_account,
-                    federated_token=token,
-                    scopes=scopes,
-                    lifetime_seconds=target.lifetime_seconds,
+                    audience=target.workload_identity_provider,
+                    subject_token=subject_token,
+                    scopes=(IAM_SCOPE,) if target.service_account else scopes,
                     secrets=secrets,
                 )
+                if target.service_account is not None:
+                    secrets.append(token)
+                    token, expires_at = self._generate(
+                        transport,
+                        service_account=target.service_account,
+                        federated_token=token,
+                        scopes=scopes,
+                        lifetime_seconds=target.lifetime_seconds,
+                        secrets=secrets,
+                    )
             if expires_at - time.time() < MIN_LIFETIME_SECONDS:
                 raise _UpstreamError(
                     _MALFORMED, f"token expires within {MIN_LIFETIME_SECONDS} s of issue"
@@ -264,8 +289,42 @@ class GcpProvider:
             cause = f"GCP exchange failed: mapping={mapping.name} {failure.cause}"
             log.warning("%s", cause)
             raise failure.outcome.error(cause) from None
+        if audience is not None:
+            return Credentials(
+                provider="gcp", access_token=token, expires_at=expires_at, token_type=ID_TOKEN
+            )
         return Credentials(
             provider="gcp", access_token=token, expires_at=expires_at, scope=" ".join(scopes)
+        )
+
+    def _id_token(
+        self,
+        transport: _Transport,
+        mapping: MappingSpec,
+        subject_token: str,
+        *,
+        audience: str,
+        secrets: list[str],
+    ) -> tuple[str, float]:
+        """The exchange as for an access token, for the cloud-platform scope (docs/reference.md,
+        "GCP ID tokens"), then the service account's ID token for ``audience`` and its expiry."""
+        target = mapping.gcp
+        assert target is not None
+        assert target.service_account is not None
+        federated, _ = self._exchange(
+            transport,
+            audience=target.workload_identity_provider,
+            subject_token=subject_token,
+            scopes=ID_TOKEN_EXCHANGE_SCOPES,
+            secrets=secrets,
+        )
+        secrets.append(federated)
+        return self._generate_id_token(
+            transport,
+            service_account=target.service_account,
+            federated_token=federated,
+            audience=audience,
+            secrets=secrets,
         )
 
     def _exchange(
@@ -335,11 +394,73 @@ class GcpProvider:
             answer = json.loads(response.data)
             token = answer["accessToken"]
             expires_at = _parse_expire_time(answer["expireTime"])
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise _UpstreamError(_MALFORMED, "iam: 200 without accessToken/expireTime") from None
         if not isinstance(token, str) or not token:
             raise _UpstreamError(_MALFORMED, "iam: 200 without accessToken/expireTime")
         return token, expires_at
+
+    def _generate_id_token(
+        self,
+        transport: _Transport,
+        *,
+        service_account: str,
+        federated_token: str,
+        audience: str,
+        secrets: list[str],
+    ) -> tuple[str, float]:
+        """``projects.serviceAccounts.generateIdToken``: the SA's ID token for ``audience`` and
+        its expiry, read from the token's own ``exp`` (nothing else in the answer counts)."""
+        url = (
+            f"{self._iam_url}/v1/projects/-/serviceAccounts/"
+            f"{quote(service_account, safe='@.')}:generateIdToken"
+        )
+        body = json.dumps({"audience": audience, "includeEmail": True}).encode()
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {federated_token}",
+        }
+        try:
+            response = transport(url=url, method="POST", body=body, headers=headers)
+        except google.auth.exceptions.TransportError as exc:
+            raise _transport_failure("iam", exc) from None
+        if response.status != 200:
+            raise _http_failure("iam", response, secrets)
+        try:
+            answer = json.loads(response.data)
+            token = answer["token"]
+        except (ValueError, KeyError, TypeError, RecursionError):
+            raise _UpstreamError(_MALFORMED, "iam: 200 without token") from None
+        if not isinstance(token, str) or not token:
+            raise _UpstreamError(_MALFORMED, "iam: 200 without token")
+        claims = _jwt_claims(token)
+        if claims is None:
+            raise _UpstreamError(_MALFORMED, "iam: token is not a JWT")
+        if claims.get("aud") != audience:
+            raise _UpstreamError(_MALFORMED, "iam: token for another audience")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise _UpstreamError(_MALFORMED, "iam: token without a numeric exp")
+        try:
+            expires_at = float(exp)
+        except OverflowError:
+            raise _UpstreamError(_MALFORMED, "iam: token exp out of range") from None
+        if not math.isfinite(expires_at) or expires_at - time.time() > MAX_EXPIRES_IN_SECONDS:
+            raise _UpstreamError(_MALFORMED, "iam: token exp out of range")
+        return token, expires_at
+
+
+def _jwt_claims(token: str) -> dict[str, Any] | None:
+    """The payload of a compact JWS, decoded and not verified (Google signed it; the answer came
+    over TLS from Google): None when it is not one."""
+    parts = token.split(".")
+    if len(parts) != 3 or not _BASE64URL.fullmatch(parts[1]):
+        return None
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
+    except (ValueError, binascii.Error):
+        return None
+    return claims if isinstance(claims, dict) else None
 
 
 def _parse_expire_time(value: object) -> float:
@@ -367,7 +488,7 @@ def _error_code(data: bytes) -> str | None:
     """The error code of a Google error body: OAuth ``error`` or ``error.status``."""
     try:
         body = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # deeply nested JSON is malformed too
         return None
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, str):

@@ -24,7 +24,22 @@ if TYPE_CHECKING:
     from sts.dev.gcp_emulator import GcpEmulator
     from sts.dev.issuer import DevIssuer
 
-__all__ = ["free_port", "run_sts", "serve_env", "sts_serve", "sts_serve_on_a_pipe"]
+__all__ = [
+    "START_TIMEOUT",
+    "free_port",
+    "run_sts",
+    "serve_env",
+    "sts_serve",
+    "sts_serve_on_a_pipe",
+    "sts_serve_on_a_pipe_within",
+    "sts_serve_within",
+    "wait_ready_within",
+]
+
+#: How long ``sts serve`` may take to become ready before a test calls it stuck: each worker
+#: imports the whole service, which on a loaded 2-core machine can take well over the 30 s that
+#: :func:`sts_serve` allows. It is ready within seconds otherwise: the wait ends then.
+START_TIMEOUT = 120.0
 
 
 def serve_env(
@@ -131,6 +146,82 @@ def sts_serve_on_a_pipe(env: dict[str, str], *options: str) -> Iterator[tuple[st
     url = f"http://127.0.0.1:{port}"
     try:
         _wait_ready(proc, url, lambda: b"".join(lines[-20:]).decode(errors="replace"))
+        yield url, lines
+    finally:
+        _stop(proc)
+        reader.join(10)
+        pipe.close()
+
+
+def wait_ready_within(
+    proc: subprocess.Popen[bytes],
+    url: str,
+    describe: Callable[[], str],
+    path: str = "/readyz",
+    timeout: float = START_TIMEOUT,
+) -> None:
+    """Until ``url + path`` answers 200 (polled), at most ``timeout`` seconds; fails at once,
+    with ``describe()``, if ``proc`` ends meanwhile."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, describe()
+        try:
+            if requests.get(url + path, timeout=5).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        assert time.monotonic() < deadline, describe()
+        time.sleep(0.1)
+
+
+@contextmanager
+def sts_serve_within(
+    env: dict[str, str],
+    log_path: Path,
+    *options: str,
+    ready: str = "/readyz",
+    start_timeout: float = START_TIMEOUT,
+) -> Iterator[str]:
+    """As :func:`sts_serve`, waiting up to ``start_timeout`` seconds for it to be ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "sts", "serve", "--port", str(port), *options]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready_within(proc, url, log_path.read_text, ready, start_timeout)
+            yield url
+        finally:
+            _stop(proc)
+
+
+@contextmanager
+def sts_serve_on_a_pipe_within(
+    env: dict[str, str], *options: str, start_timeout: float = START_TIMEOUT
+) -> Iterator[tuple[str, list[bytes]]]:
+    """As :func:`sts_serve_on_a_pipe`, waiting up to ``start_timeout`` seconds for it to be
+    ready."""
+    port = free_port()
+    command = [sys.executable, "-m", "sts", "serve", "--port", str(port), *options]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    pipe = proc.stdout
+    lines: list[bytes] = []
+
+    def read() -> None:
+        for line in iter(pipe.readline, b""):
+            lines.append(line)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready_within(
+            proc,
+            url,
+            lambda: b"".join(lines[-20:]).decode(errors="replace"),
+            timeout=start_timeout,
+        )
         yield url, lines
     finally:
         _stop(proc)

@@ -114,7 +114,10 @@ def test_aws_issuance_writes_one_row_and_cache_hits_write_none(
     assert row["expires_at"].replace(microsecond=0) == datetime.fromisoformat(creds["Expiration"])
     assert row["credential_sha256"] == hashlib.sha256(creds["SessionToken"].encode()).hexdigest()
     assert row["scopes"] is None
-    assert_no_secret(row, creds["SessionToken"], creds["SecretAccessKey"], creds["AccessKeyId"])
+    # The AccessKeyId is an identifier, not a secret (CloudTrail records it): the row keeps it.
+    assert row["access_key_id"] == creds["AccessKeyId"]
+    assert row["session_name"] == "copper-bedbug-main-53c4947"
+    assert_no_secret(row, creds["SessionToken"], creds["SecretAccessKey"])
 
     # The same caller again, with the same and with a fresh token: served from the cache.
     assert stack.post().status_code == 200
@@ -201,21 +204,28 @@ def test_database_write_failure_still_answers_and_logs_the_event(
     assert response.status_code == 200, response.text
     creds = response.json()["aws_credentials"]
 
-    assert write_failures(stack) == counted + 1
-    [record] = audit_log.records
-    assert record.levelno == logging.WARNING
+    # Two writes lost, two lines: the call before it was made, then its completion.
+    assert write_failures(stack) == counted + 2
+    pending, record = audit_log.records
+    assert pending.levelno == record.levelno == logging.WARNING
+    before = json.loads(JsonFormatter().format(pending))["event"]
+    assert (before["outcome"], before["deployment"]) == ("pending", "copper-bedbug-main-53c4947")
+    assert before["expires_at"] is None
     line = JsonFormatter().format(record)
     assert "\n" not in line
     logged = json.loads(line)
     assert logged["logger"] == "sts.audit"
     event = logged["event"]
     assert event["outcome"] == "issued"
+    assert event["created_at"] == before["created_at"]
+    assert event["session_name"] == "copper-bedbug-main-53c4947"
     assert event["mapping"] == "orders-prod"
     assert event["target"] == ROLE
     assert event["deployment"] == "copper-bedbug-main-53c4947"
     assert event["credential_sha256"] == hashlib.sha256(creds["SessionToken"].encode()).hexdigest()
     logged_expiry = datetime.fromisoformat(event["expires_at"]).replace(microsecond=0)
     assert logged_expiry == datetime.fromisoformat(creds["Expiration"])
+    # No part of a credential in a log line, the AccessKeyId included (the request id finds it).
     assert_no_secret(line, creds["SessionToken"], creds["SecretAccessKey"], creds["AccessKeyId"])
 
 
@@ -280,6 +290,7 @@ def test_list_table_json_since_mapping_limit(seeded: str) -> None:
         "IDENTITY",
         "SUB",
         "EXPIRES",
+        "ACCESS_KEY",
         "SHA256",
         "TARGET",
     ]
@@ -313,6 +324,9 @@ def test_list_table_json_since_mapping_limit(seeded: str) -> None:
         "expires_at",
         "credential_sha256",
         "scopes",
+        "access_key_id",
+        "session_name",
+        "audience",
     }
     assert everything[0]["created_at"].endswith("Z")
 

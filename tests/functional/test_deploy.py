@@ -561,6 +561,8 @@ def test_terraform_resources(terraform: dict[str, dict[str, dict[str, Any]]]) ->
         "google_iam_workload_identity_pool_provider.zuplo",
         "google_service_account.reader",
         "google_service_account_iam_member.zuplo_project",
+        "google_service_account_iam_member.zuplo_project_id_tokens",
+        "google_cloud_run_v2_service_iam_member.invoker",
     }
 
 
@@ -608,6 +610,186 @@ def test_terraform_variables_declared_and_used() -> None:
     used = set(re.findall(r"\bvar\.([a-z_][a-z0-9_]*)", text))
     declared = set(blocks(load_tf("variables.tf"), "variable"))
     assert used == declared
+
+
+def data_blocks(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``data`` blocks as ``{"type.name": body}``."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in data.get("data", []):
+        for first, body in entry.items():
+            for second, inner in body.items():
+                found[f"{unquote(first)}.{unquote(second)}"] = inner
+    return found
+
+
+def assert_id_tokens_for_cloud_run(
+    resources: dict[str, dict[str, Any]],
+    data: dict[str, dict[str, Any]],
+    variables: dict[str, dict[str, Any]],
+    *,
+    federated: str,
+    id_tokens: str,
+) -> None:
+    """docs/reference.md, "GCP ID tokens", in Terraform: the principal that may impersonate the
+    service account may also have it sign ID tokens (generateIdToken needs
+    iam.serviceAccounts.getOpenIdToken), and the service account may invoke the Cloud Run
+    service the ``cloud_run_service`` variable names; all of it only when that is set."""
+    only_with_a_service = '${var.cloud_run_service == "" ? 0 : 1}'
+    impersonate = resources[federated]
+    signer = resources[id_tokens]
+    assert unquote(signer["role"]) == "roles/iam.serviceAccountOpenIdTokenCreator"
+    assert signer["member"] == impersonate["member"]
+    assert signer["service_account_id"] == impersonate["service_account_id"]
+    assert signer["service_account_id"] == "${google_service_account.reader.name}"
+    assert signer["count"] == only_with_a_service
+
+    service = data["google_cloud_run_v2_service.invoked"]
+    assert (service["name"], service["location"]) == (
+        "${var.cloud_run_service}",
+        "${var.cloud_run_location}",
+    )
+    assert service["count"] == only_with_a_service
+    invoker = resources["google_cloud_run_v2_service_iam_member.invoker"]
+    assert unquote(invoker["role"]) == "roles/run.invoker"
+    assert unquote(invoker["member"]) == "serviceAccount:${google_service_account.reader.email}"
+    assert invoker["name"] == "${data.google_cloud_run_v2_service.invoked[0].name}"
+    assert invoker["location"] == "${data.google_cloud_run_v2_service.invoked[0].location}"
+    assert invoker["count"] == only_with_a_service
+
+    assert unquote(variables["cloud_run_service"]["default"]) == ""
+    (validation,) = variables["cloud_run_service"]["validation"]
+    found = re.search(r'regex\("(.+?)", var\.', validation["condition"])
+    assert found is not None
+    name = re.compile(found.group(1).replace("\\\\", "\\"))
+    for good in ("orders", "o", "orders-api-2", "a" * 49):
+        assert name.search(good), good
+    for bad in ("Orders", "2orders", "orders-", "orders_api", "a" * 50, "https://o.run.app"):
+        assert not name.search(bad), bad
+
+
+def test_terraform_id_tokens_for_cloud_run(
+    terraform: dict[str, dict[str, dict[str, Any]]],
+) -> None:
+    assert_id_tokens_for_cloud_run(
+        terraform["resource"],
+        data_blocks(load_tf("main.tf")),
+        terraform["variable"],
+        federated="google_service_account_iam_member.zuplo_project",
+        id_tokens="google_service_account_iam_member.zuplo_project_id_tokens",
+    )
+
+
+# Resource attributes as Terraform would know them after apply, for rendering outputs.
+APPLIED = {
+    "google_iam_workload_identity_pool_provider.zuplo.name": (
+        "projects/123456789/locations/global/workloadIdentityPools/zuplo/providers/zuplo"
+    ),
+    "google_iam_workload_identity_pool_provider.zuplo_sts.name": (
+        "projects/123456789/locations/global/workloadIdentityPools/zuplo-sts/providers/zuplo-sts"
+    ),
+    "google_service_account.reader.email": "zuplo-reader@my-gcp.iam.gserviceaccount.com",
+    "data.google_cloud_run_v2_service.invoked[0].uri": "https://orders-abc123-uc.a.run.app",
+}
+
+
+def output_expression(text: str, name: str) -> str:
+    """The ``value`` expression of output ``name`` as written (balanced parentheses)."""
+    start = text.index(f'output "{name}"')
+    value = text.index("value", start)
+    opening = text.index("(", value)
+    depth = 0
+    for index in range(opening, len(text)):
+        depth += {"(": 1, ")": -1}.get(text[index], 0)
+        if depth == 0:
+            return text[text.index("=", value) + 1 : index + 1].strip()
+    raise AssertionError(f"unbalanced output {name}")
+
+
+def terraform_console(
+    directory: Path, expression: str, variables: dict[str, str], tmp: Path
+) -> subprocess.CompletedProcess[str]:
+    """``expression`` evaluated by Terraform itself (``terraform console``, offline, no
+    provider needed) beside the module's variables.tf as written (defaults and validations),
+    with the variable values given."""
+    shutil.copy(directory / "variables.tf", tmp / "variables.tf")
+    (tmp / "render.tf").write_text(f"locals {{\n  rendered = {expression}\n}}\n")
+    arguments = [f"-var={key}={value}" for key, value in variables.items()]
+    return subprocess.run(
+        ["terraform", "console", "-no-color", *arguments],
+        cwd=tmp,
+        input="local.rendered\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"},
+    )
+
+
+def render_output(directory: Path, name: str, variables: dict[str, str], tmp: Path) -> str:
+    """Output ``name`` (a string) of the module in ``directory`` as Terraform computes it, with
+    resource attributes from :data:`APPLIED`."""
+    expression = output_expression((directory / "outputs.tf").read_text(), name)
+    for reference, value in APPLIED.items():
+        expression = expression.replace(reference, json.dumps(value))
+    assert not re.search(r"\b(google_[a-z0-9_]+|data)\.", expression), expression
+    done = terraform_console(directory, expression, variables, tmp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert (lines[0], lines[-1]) == ("<<EOT", "EOT"), done.stdout
+    return "\n".join(lines[1:-1]) + "\n"
+
+
+def snippet_as_document(snippet: str) -> str:
+    """The YAML of one mapping, as the one entry of a mappings file."""
+    return "mappings:\n  - " + "\n    ".join(snippet.rstrip("\n").splitlines()) + "\n"
+
+
+needs_terraform = pytest.mark.skipif(
+    shutil.which("terraform") is None, reason="needs the terraform command (offline)"
+)
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    ("service", "audiences"),
+    [("", ()), ("orders", ("https://orders-abc123-uc.a.run.app",))],
+)
+def test_terraform_mapping_snippet_is_a_mapping_apply_takes(
+    tmp_path: Path, service: str, audiences: tuple[str, ...]
+) -> None:
+    values = {
+        "project_id": "my-gcp",
+        "zuplo_account": "my-account",
+        "zuplo_project": "my-project",
+        "cloud_run_service": service,
+    }
+    snippet = render_output(DEPLOY / "gcp", "mapping_snippet", values, tmp_path)
+    (spec,) = parse_document(snippet_as_document(snippet), "mapping_snippet")
+    assert (spec.name, spec.account, spec.project) == ("analytics-gcp", "my-account", "my-project")
+    assert spec.gcp is not None
+    assert spec.gcp.workload_identity_provider == (
+        "//iam.googleapis.com/" + APPLIED["google_iam_workload_identity_pool_provider.zuplo.name"]
+    )
+    assert spec.gcp.service_account == APPLIED["google_service_account.reader.email"]
+    assert spec.gcp.id_token_audiences == audiences
+
+
+@needs_terraform
+def test_terraform_refuses_a_cloud_run_service_that_is_no_name(tmp_path: Path) -> None:
+    values = {"project_id": "p", "zuplo_account": "a", "zuplo_project": "p"}
+    done = terraform_console(
+        DEPLOY / "gcp", "var.cloud_run_service", {**values, "cloud_run_service": "orders"}, tmp_path
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, '"orders"'), done.stderr
+    refused = terraform_console(
+        DEPLOY / "gcp",
+        "var.cloud_run_service",
+        {**values, "cloud_run_service": "https://orders.run.app"},
+        tmp_path,
+    )
+    assert refused.returncode != 0
+    assert "A Cloud Run service name" in refused.stdout + refused.stderr
 
 
 # ---------------------------------------------------------------------------------------------
@@ -791,6 +973,14 @@ def test_examples_use_the_contract_fields() -> None:
     assert "sessionToken: credentials.SessionToken" in aws
     gcp = (examples / "gcp-handler.ts").read_text()
     assert "authorization: `Bearer ${accessToken}`" in gcp
+    # docs/reference.md, "GCP ID tokens": an ID token for a Cloud Run URL, sent as bearer token.
+    run = (examples / "gcp-id-token-handler.ts").read_text()
+    assert "ZuploServices.getIDToken(context, {" in run
+    assert '"urn:ietf:params:oauth:token-type:id_token"' in run
+    assert "requested_token_type: ID_TOKEN" in run
+    assert 'body.set("resource", audience)' in run
+    assert "authorization: `Bearer ${idToken}`" in run
+    assert "fetch(new URL(" in run
     readme = (examples / "README.md").read_text()
     for variable in re.findall(r"environment\.([A-Z_]+)|required\(\"([A-Z_]+)\"\)", aws + client):
         name = variable[0] or variable[1]

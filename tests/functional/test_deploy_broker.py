@@ -16,7 +16,17 @@ from cfnlint.api import ManualArgs, lint
 from cfnlint.decode import decode_str
 
 from sts.dev.aws_iam import IamTrust
-from tests.functional.test_deploy import blocks, unquote
+from sts.mappings.document import parse_document
+from tests.functional.test_deploy import (
+    APPLIED,
+    assert_id_tokens_for_cloud_run,
+    blocks,
+    data_blocks,
+    needs_terraform,
+    render_output,
+    snippet_as_document,
+    unquote,
+)
 from tests.oidc import TAGS, Issuer
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "aws" / "zuplo-sts-broker.yaml"
@@ -180,3 +190,43 @@ def test_gcp_broker_variables_declared_and_used() -> None:
     text = "".join((GCP / name).read_text() for name in ("main.tf", "outputs.tf"))
     used = set(re.findall(r"\bvar\.([a-z_][a-z0-9_]*)", text))
     assert used == set(hcl_blocks("variables.tf", "variable"))
+
+
+def test_gcp_broker_id_tokens_for_cloud_run() -> None:
+    with (GCP / "main.tf").open() as handle:
+        data = data_blocks(hcl2.load(handle))
+    assert_id_tokens_for_cloud_run(
+        hcl_blocks("main.tf", "resource"),
+        data,
+        hcl_blocks("variables.tf", "variable"),
+        federated="google_service_account_iam_member.one_mapping",
+        id_tokens="google_service_account_iam_member.one_mapping_id_tokens",
+    )
+
+
+@needs_terraform
+@pytest.mark.parametrize(
+    ("service", "audiences"),
+    [("", ()), ("orders", ("https://orders-abc123-uc.a.run.app",))],
+)
+def test_gcp_broker_mapping_snippet_is_the_bound_mapping(
+    tmp_path: Path, service: str, audiences: tuple[str, ...]
+) -> None:
+    values = {
+        "project_id": "my-gcp",
+        "broker_issuer": "https://sts.example.com",
+        "zuplo_account": "my-account",
+        "mapping_name": "orders-run",
+        "cloud_run_service": service,
+    }
+    snippet = render_output(GCP, "mapping_snippet", values, tmp_path)
+    (spec,) = parse_document(snippet_as_document(snippet), "mapping_snippet")
+    assert (spec.name, spec.account) == ("orders-run", "my-account")
+    assert spec.gcp is not None
+    assert spec.gcp.token == "broker"
+    assert spec.gcp.workload_identity_provider == (
+        "//iam.googleapis.com/"
+        + APPLIED["google_iam_workload_identity_pool_provider.zuplo_sts.name"]
+    )
+    assert spec.gcp.service_account == APPLIED["google_service_account.reader.email"]
+    assert spec.gcp.id_token_audiences == audiences

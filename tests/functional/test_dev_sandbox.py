@@ -3,10 +3,12 @@ printed curl performs a real exchange, every mapping's cloud answers, and Ctrl-C
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -234,3 +236,70 @@ def test_a_taken_port_is_exit_1_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"error: cannot listen on 127.0.0.1:{port}")
+
+
+def a_dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    return gone.pid
+
+
+def run_to_its_end(tmp_path: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """``sts dev`` on a free port, expected to stop by itself; stopped with Ctrl-C (and the
+    test failed) if it is still up after 60 s."""
+    process = subprocess.Popen(
+        [*STS, "dev", "--port", str(free_port())],
+        env=clean_env(state),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=30)
+        pytest.fail("sts dev did not refuse its state path:\n" + out + err)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
+
+
+def test_a_symlink_at_the_state_path_is_refused_in_one_line(tmp_path: Path) -> None:
+    target = tmp_path / "someone-elses"
+    target.write_text("untouched")
+    state = tmp_path / "state.json"
+    state.symlink_to(target)
+    done = run_to_its_end(tmp_path, state)
+    assert done.returncode == 1
+    (line,) = done.stderr.strip().splitlines()
+    assert str(state) in line
+    assert "symlink" in line
+    assert target.read_text() == "untouched"
+    assert state.is_symlink()
+
+
+def test_planted_world_readable_files_never_receive_the_key(tmp_path: Path) -> None:
+    """A stale 0666 state file and a 0666 file beside it, both held open by someone: the running
+    sandbox's state is a new 0600 file, and neither holder reads a byte of it."""
+    state = tmp_path / "state.json"
+    stale = json.dumps({"pid": a_dead_pid(), "url": "http://127.0.0.1:1"})
+    state.write_text(stale)
+    beside = tmp_path / "state.json.tmp"
+    beside.write_text("")
+    for planted in (state, beside):
+        planted.chmod(0o666)
+    with open(state) as holder, open(beside) as neighbour:
+        running = start(tmp_path, free_port())
+        try:
+            info = os.lstat(state)
+            assert stat.S_ISREG(info.st_mode)
+            assert stat.S_IMODE(info.st_mode) == 0o600
+            assert info.st_uid == os.geteuid()
+            assert json.loads(state.read_text())["pid"] == running.process.pid
+            minted = running.token()
+            assert minted.returncode == 0, minted.stderr
+            assert holder.read() == stale
+            assert neighbour.read() == ""
+        finally:
+            assert stop(running) == 0
+    assert not state.exists()

@@ -55,6 +55,7 @@ def test_the_examples_ship_what_type_checks_them() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.ts")) == [
         "aws-handler.ts",
         "gcp-handler.ts",
+        "gcp-id-token-handler.ts",
         "sts-client.ts",
     ]
 
@@ -75,3 +76,18 @@ def test_a_type_error_is_found(examples: Path) -> None:
         client.write_text(original)
     assert done.returncode != 0
     assert "TS2322" in done.stdout
+
+
+def test_a_type_error_in_the_id_token_handler_is_found(examples: Path) -> None:
+    """The ID token handler is in the checked set: an answer read as the wrong type fails."""
+    handler = examples / "gcp-id-token-handler.ts"
+    original = handler.read_text()
+    broken = original.replace("let idToken: string;", "let idToken: number;", 1)
+    assert broken != original
+    try:
+        handler.write_text(broken)
+        done = tsc(examples)
+    finally:
+        handler.write_text(original)
+    assert done.returncode != 0
+    assert "gcp-id-token-handler.ts" in done.stdout

@@ -190,7 +190,12 @@ def rows_for(database_url: str, deployment: str) -> int:
         database.dispose()
 
 
-def wait_for(condition: Any, what: str, timeout: float = 10) -> None:
+#: How long a wait for something that happens within a few seconds may take before the test
+#: calls it stuck.
+NOT_STUCK = 30.0
+
+
+def wait_for(condition: Any, what: str, timeout: float = NOT_STUCK) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, what
@@ -279,7 +284,8 @@ def test_database_down_at_start_up(
 AUDIT_WRITE_BOUND = 2.0
 READY_PING_BOUND = 2.0
 # What a request may take beyond a bound: the AWS emulator, thread hand-offs, a loaded machine.
-SLACK = 2.0
+# Generous: beyond its bound, a request held by the stalled database would wait for ever.
+SLACK = 10.0
 
 
 def test_stalled_database_holds_neither_cached_nor_cold_exchanges_nor_readyz(
@@ -295,21 +301,27 @@ def test_stalled_database_holds_neither_cached_nor_cold_exchanges_nor_readyz(
     late = metric(stack.url, "sts_audit_late_writes_total")
 
     proxy.stall()
+    # These two touch no database: they take milliseconds, where anything that waited for the
+    # stalled database would be let go only by a bound of its own (2 s), or never.
     again, took = timed(lambda: stack.post(cached))
     assert again.status_code == 200, again.text
     assert again.json()["aws_credentials"] == first.json()["aws_credentials"]
-    assert took < 1.0
+    assert took < AUDIT_WRITE_BOUND
     # No mapping for this caller: the in-memory index answers, no database, no cloud.
     unknown, took = timed(lambda: stack.post(stack.token(account="nobody-here")))
     assert unknown.status_code == 400, unknown.text
-    assert took < 1.0
-    # A cold exchange: AWS answers, the audit INSERT hangs; the answer does not wait for it.
+    assert took < AUDIT_WRITE_BOUND
+    # A cold exchange: the pending row's INSERT hangs (bounded), AWS answers, the completing
+    # write hangs (bounded again); the answer waits for neither beyond its bound.
     cold, took = timed(lambda: stack.post(stack.token(deployment="cold-during-stall")))
     assert cold.status_code == 200, cold.text
-    assert AUDIT_WRITE_BOUND <= took < AUDIT_WRITE_BOUND + SLACK
-    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 1
+    assert 2 * AUDIT_WRITE_BOUND <= took < 2 * AUDIT_WRITE_BOUND + SLACK
+    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 2
     lost = [r for r in audit_log.records if getattr(r, "event", None)]
-    assert [r.event["deployment"] for r in lost] == ["cold-during-stall"]  # type: ignore[attr-defined]
+    assert [(r.event["deployment"], r.event["outcome"]) for r in lost] == [  # type: ignore[attr-defined]
+        ("cold-during-stall", "pending"),
+        ("cold-during-stall", "issued"),
+    ]
     assert "did not answer within 2 s" in lost[0].getMessage()
     for _ in range(2):  # the second probe waits for the same hung ping, bounded again
         ready, took = timed(lambda: get(stack.url, "/readyz"))
@@ -327,7 +339,7 @@ def test_stalled_database_holds_neither_cached_nor_cold_exchanges_nor_readyz(
     # so the WARNING line stays that event's only record.
     assert rows_for(postgres_url, "cold-during-stall") == 0
     assert metric(stack.url, "sts_audit_late_writes_total") == late
-    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 1
+    assert metric(stack.url, "sts_audit_write_failures_total") == failures + 2
 
 
 def test_stalled_database_before_the_first_load_answers_503_at_once(
@@ -353,7 +365,7 @@ def test_stalled_database_before_the_first_load_answers_503_at_once(
         assert took < READY_PING_BOUND + SLACK
 
         proxy.resume()
-        wait_for(lambda: get(url, "/readyz").status_code == 200, "not ready once resumed", 30)
+        wait_for(lambda: get(url, "/readyz").status_code == 200, "not ready once resumed")
         response = requests.post(url + "/token", data=form, timeout=30)
         assert response.status_code == 200, response.text
     finally:

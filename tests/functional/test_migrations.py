@@ -34,6 +34,8 @@ TABLES = {
     "mapping_changes",
     "issuance_events",
     "signing_keys",
+    "revocations",
+    "revocation_revision",
 }
 ROLE = "arn:aws:iam::123456789012:role/orders-api"
 TEAM_REVISION = "7ea3c0ffee01"

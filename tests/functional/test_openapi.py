@@ -122,10 +122,9 @@ def test_validator_rejects_a_broken_document() -> None:
 def test_every_route_is_described_and_every_description_is_a_route(shared: Stack) -> None:
     app = create_app(services=shared.services)
     served = {
-        (re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule), method)
-        for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
-        for method in (rule.methods or set()) - IMPLICIT_METHODS
+        (re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", path), method)
+        for path, method in app.routes()
+        if method not in IMPLICIT_METHODS
     }
     described = {
         (path, method.upper())

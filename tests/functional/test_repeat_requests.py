@@ -66,18 +66,34 @@ def answered(url: str, body: bytes, timeout: float = 10) -> requests.Response:
         time.sleep(0.2)
 
 
+def selections(url: str) -> float:
+    """``sts_mapping_selections_total`` as the server's /metrics shows it."""
+    text = requests.get(url + "/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("sts_mapping_selections_total "):
+            return float(line.split()[1])
+    raise AssertionError("sts_mapping_selections_total not exported")
+
+
 def test_repeats_get_the_first_answer_and_make_no_cloud_call(
     server: str, issuer: DevIssuer, aws: AwsEmulator
 ) -> None:
     body = body_of(issuer.mint(audience=AUDIENCE, deployment="repeated"))
     first = answered(server, body).json()
     calls = len(aws.requests)
+    selected = selections(server)
     for _ in range(REPEATS):
         again = post(server, body)
         assert again.status_code == 200, again.text
         assert again.json()["aws_credentials"] == first["aws_credentials"]
         assert again.json()["mapping"] == first["mapping"] == "orders-prod"
     assert len(aws.requests) == calls
+    # Neither parsed nor selected again: the repeats were answered from what was made of the
+    # first (with Repeats gone, each would select its mapping anew).
+    assert selections(server) == selected
+    another = body_of(issuer.mint(audience=AUDIENCE, deployment="repeated", lifetime=35_000))
+    assert post(server, another).status_code == 200
+    assert selections(server) == selected + 1
 
 
 def test_a_repeated_body_is_refused_once_its_token_expires(server: str, issuer: DevIssuer) -> None:

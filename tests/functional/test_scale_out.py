@@ -23,9 +23,18 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE, _postgres_schema_url
 from tests.functional.conftest import DEFAULT_MAPPINGS, GRANT, ID_TOKEN
-from tests.functional.serving import free_port, run_sts, serve_env
+from tests.functional.serving import START_TIMEOUT, free_port, run_sts, serve_env
 
 pytestmark = pytest.mark.postgres
+
+#: How long a wait for something that happens within a few seconds may take before the test
+#: calls it stuck.
+NOT_STUCK = 30.0
+#: The replicas' Redis URL. The socket time-outs (redis-py URL options, which win over the
+#: service's 0.25 s) are generous: these tests are about what the replicas share through Redis,
+#: and a call that a loaded machine made time out would be "Redis unavailable", served by one
+#: process alone (tests/unit/test_cache_redis.py covers a slow Redis, with the short time-out).
+REDIS_URL = "redis://127.0.0.1:6379/0?socket_timeout=5&socket_connect_timeout=5"
 
 
 class Replica:
@@ -43,7 +52,7 @@ class Replica:
             start_new_session=True,
         )
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
         deadline = time.monotonic() + timeout
         while True:
             assert self.proc.poll() is None, self.log.read_text()
@@ -108,7 +117,7 @@ def replicas(
         issuer,
         aws,
         gcp,
-        STS_REDIS_URL="redis://127.0.0.1:6379/0",
+        STS_REDIS_URL=REDIS_URL,
         STS_CACHE_ENCRYPTION_KEY=base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
     )
     assert run_sts("db", "upgrade", env=env).returncode == 0
@@ -180,7 +189,8 @@ def test_mapping_change_reaches_both_replicas(
         "    aws: {role_arn: 'arn:aws:iam::123456789012:role/late'}\n"
     )
     assert run_sts("mappings", "apply", str(late), env=env).returncode == 0
-    deadline = time.monotonic() + 10
+    # Each worker polls the database every 2 s (sts.mappings.live): "not stuck" is far later.
+    deadline = time.monotonic() + NOT_STUCK
     pending = {a.url, b.url}
     while pending and time.monotonic() < deadline:
         # Several tries per replica: its two workers each refresh on their own.
@@ -246,19 +256,23 @@ def test_killing_a_replica_mid_load_loses_no_audit_row(
     threads = [threading.Thread(target=load, args=((a, b)[w % 2], w)) for w in range(4)]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + NOT_STUCK
     while len(served) < 20 and time.monotonic() < deadline:
         time.sleep(0.05)
     a.kill_all()
     killed_at = len(served)
     # Every worker died with the server: no process is left to answer on its port.
     assert a.refuses_connections()
-    time.sleep(1.0)
+    # The survivor keeps answering the load after the kill.
+    deadline = time.monotonic() + NOT_STUCK
+    while len(served) < killed_at + 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     for thread in threads:
         thread.join(30)
 
     assert killed_at >= 20
+    assert len(served) >= killed_at + 10, "the survivor stopped answering after the kill"
     survivors = [
         exchange(b.url, issuer.mint(audience=AUDIENCE, deployment=f"{prefix}-after-{n}"))
         for n in range(3)

@@ -227,8 +227,13 @@ def test_issued_row_has_every_field_and_no_secret(
         "provider_request_id": "c6104cbe-af31-11e0-8154-cbc7ccf896c7",
         "credential_sha256": hashlib.sha256(b"FwoGZXIvYXdzSESSIONTOKEN").hexdigest(),
         "scopes": None,
+        # An identifier, not a secret: CloudTrail records it with every call the key makes.
+        "access_key_id": "ASIAEXAMPLEKEYID",
+        "session_name": "copper-main",
+        "audience": None,
     }
-    assert not any(secret in repr(row) for secret in SECRETS)
+    secrets = [secret for secret in SECRETS if secret != "ASIAEXAMPLEKEYID"]
+    assert not any(secret in repr(row) for secret in secrets)
 
 
 def test_gcp_row_names_the_service_account_and_scopes(
@@ -243,6 +248,7 @@ def test_gcp_row_names_the_service_account_and_scopes(
     assert row["scopes"] == "https://www.googleapis.com/auth/cloud-platform"
     assert row["credential_sha256"] == hashlib.sha256(b"ya29.ACCESSTOKEN").hexdigest()
     assert row["provider_request_id"] is None
+    assert (row["access_key_id"], row["session_name"]) == (None, None)
 
 
 def test_refusal_row_takes_the_request_id_from_the_error_field(
@@ -289,6 +295,8 @@ def test_write_failure_is_logged_and_counted_never_raised(
     assert event["target"] == ROLE
     assert event["credential_sha256"] == credential_sha256(AWS_CREDENTIALS)
     assert event["expires_at"] == "2030-03-17T17:46:40Z"
+    assert event["session_name"] == "copper-main"
+    assert "access_key_id" not in event  # the log carries no part of a credential
     text = record.getMessage() + repr(record.__dict__)
     assert not any(secret in text for secret in SECRETS)
 

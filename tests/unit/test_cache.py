@@ -34,6 +34,10 @@ class Clock:
         return self.now
 
 
+#: Only says "not stuck": what the tests wait for happens within a second.
+NOT_STUCK = 30.0
+
+
 def creds(expires_at: float, token: str = "t") -> Credentials:
     return Credentials(provider="aws", access_token=token, expires_at=expires_at)
 
@@ -176,7 +180,7 @@ def test_single_flight_waiter_gives_up_with_503_after_the_bound_while_the_leader
 
     def hanging_upstream() -> Credentials:
         in_upstream.set()
-        release.wait(30)
+        release.wait(4 * NOT_STUCK)  # until the test lets it answer
         return creds(time.time() + 3600, token="leader")
 
     leader_result: list[tuple[Credentials, bool]] = []
@@ -196,21 +200,25 @@ def test_single_flight_waiter_gives_up_with_503_after_the_bound_while_the_leader
         waited.append(time.monotonic() - started)
 
     try:
-        assert in_upstream.wait(5)
+        assert in_upstream.wait(NOT_STUCK)
         thread = threading.Thread(target=waiter)
         thread.start()
-        thread.join(5)
+        thread.join(NOT_STUCK)
         assert not thread.is_alive(), "the waiter is still waiting for the hung leader"
+        # It gave up while the leader still hung (the leader answers only once released).
+        assert leader.is_alive()
+        assert not leader_result
         assert len(waiter_errors) == 1
         error = waiter_errors[0]
         assert isinstance(error, TemporarilyUnavailable)
         assert error.status == 503
         assert error.headers == {"Retry-After": "5"}
-        assert 0.3 <= waited[0] < 2.0
+        # After its 0.3 s, no sooner.
+        assert waited[0] >= 0.3
         assert cache.waiting == 0
     finally:
         release.set()
-        leader.join(5)
+        leader.join(NOT_STUCK)
     # The leader was never interrupted: its answer is cached for the next request.
     assert leader_result[0][0].access_token == "leader"
     assert cache.get_or_issue(key, lambda: creds(0))[0].access_token == "leader"
@@ -220,9 +228,10 @@ def test_single_flight_waiter_gives_up_with_503_after_the_bound_while_the_leader
 def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
     issuer: DevIssuer,
 ) -> None:
-    """The leader's hang comes from outside: AWS STS (the emulator) holds its answer 2 s."""
+    """The leader's hang comes from outside: AWS STS (the emulator) holds its answer 3 s, ten
+    times the waiter's 0.3 s."""
     with AwsEmulator() as aws:
-        provider = AwsProvider(Settings(aws_endpoint_url=aws.endpoint_url), read_timeout=5)
+        provider = AwsProvider(Settings(aws_endpoint_url=aws.endpoint_url), read_timeout=NOT_STUCK)
         cache = CredentialCache(wait_timeout=0.3)
         token = issuer.mint(audience="sts-test")
         key = cache_key(AWS, PRINCIPAL, ())
@@ -230,7 +239,7 @@ def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
         def issue() -> Credentials:
             return provider.issue(PRINCIPAL, AWS, token, ())
 
-        aws.delay = 2.0
+        aws.delay = 3.0
         leader_result: list[tuple[Credentials, bool]] = []
         leader = threading.Thread(
             target=lambda: leader_result.append(cache.get_or_issue(key, issue))
@@ -240,9 +249,13 @@ def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
         started = time.monotonic()
         with pytest.raises(TemporarilyUnavailable) as gave_up:
             cache.get_or_issue(key, issue)
-        assert 0.3 <= time.monotonic() - started < 1.5
+        # After its 0.3 s, and while the leader still waited for AWS.
+        assert time.monotonic() - started >= 0.3
+        assert leader.is_alive()
+        assert not leader_result
         assert gave_up.value.headers == {"Retry-After": "5"}
-        leader.join(10)
+        leader.join(NOT_STUCK)
+        assert not leader.is_alive()
         # The leader's call went through once; the waiter never made a second one.
         assert leader_result[0][1] is False
         assert len(aws.requests) == 1
@@ -250,7 +263,8 @@ def test_waiter_gives_up_while_the_leader_waits_on_a_stalling_aws_emulator(
 
 
 def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() -> None:
-    cache = CredentialCache(wait_timeout=10.0, refresh_fraction=0.5)
+    # A child that waited for the parent's flight would wait this long, then fail.
+    cache = CredentialCache(wait_timeout=2 * NOT_STUCK, refresh_fraction=0.5)
     key = cache_key(AWS, PRINCIPAL, ())
     other = cache_key(AWS, PRINCIPAL, ("other",))
     in_upstream = threading.Event()
@@ -258,7 +272,7 @@ def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() ->
 
     def parent_upstream() -> Credentials:
         in_upstream.set()
-        release.wait(30)
+        release.wait(4 * NOT_STUCK)  # until the test lets it answer
         return creds(time.time() + 3600, token="parent")
 
     leader = threading.Thread(target=cache.get_or_issue, args=(key, parent_upstream))
@@ -270,10 +284,11 @@ def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() ->
         started = time.monotonic()
         # The parent's flight for ``key`` has no thread in this process to land it.
         issued, hit = cache.get_or_issue(key, lambda: creds(time.time() + 3600, token="child"))
-        quick = time.monotonic() - started < 2.0
+        # Far below the wait for the parent's flight (2 * NOT_STUCK): "not stuck" only.
+        quick = time.monotonic() - started < NOT_STUCK
         # Past its refresh point: renewed by this process's own background pool.
         served, _ = cache.get_or_issue(other, lambda: creds(time.time() + 3600, token="new"))
-        cache.wait_idle(5)
+        cache.wait_idle(NOT_STUCK)
         renewed = cache.get(other)
         return (
             quick
@@ -285,13 +300,13 @@ def test_forked_child_issues_without_waiting_for_the_parents_flight_or_lock() ->
         )
 
     try:
-        assert in_upstream.wait(5)
+        assert in_upstream.wait(NOT_STUCK)
         # Fork while a parent thread holds the cache's lock, as a busy worker may.
         with cache._lock:
-            code = in_child(child)
+            code = in_child(child, timeout=3 * NOT_STUCK)
     finally:
         release.set()
-        leader.join(5)
+        leader.join(NOT_STUCK)
         cache.close()
     assert code == 0
 

@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from sts.cache import (
+    SHARED_LOCK_WAIT_SECONDS,
     UNAVAILABLE,
     CacheKey,
     CredentialCache,
@@ -29,6 +30,11 @@ from sts.metrics import REDIS_FALLBACKS
 from sts.providers.base import Credentials
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The socket time-out of the tiers on the real Redis. Generous: those tests are about what
+#: Redis holds and who takes its locks, and under the service's 0.25 s a loaded machine could
+#: make a call time out, which is "Redis unavailable" (the slow and dead Redis have their own
+#: tests below, with the short time-out they are about).
+REDIS_TIMEOUT = 5.0
 PRINCIPAL = Principal(
     "https://iss", "sub", "acct", "proj", "dep", "production", frozenset({"aud-a"})
 )
@@ -59,7 +65,7 @@ def prefix() -> Iterator[str]:
 
 
 def tier(prefix: str, key: bytes | None = None, url: str = REDIS_URL) -> RedisTier:
-    return RedisTier(url, key or bytes(32), prefix=prefix)
+    return RedisTier(url, key or bytes(32), prefix=prefix, timeout=REDIS_TIMEOUT)
 
 
 def test_values_are_encrypted_and_bound_to_their_key(prefix: str) -> None:
@@ -152,7 +158,10 @@ def test_single_flight_across_instances(prefix: str) -> None:
         return creds()
 
     caches = [
-        CredentialCache(shared=CountingTier(REDIS_URL, bytes(32), prefix=prefix)) for _ in range(8)
+        CredentialCache(
+            shared=CountingTier(REDIS_URL, bytes(32), prefix=prefix, timeout=REDIS_TIMEOUT)
+        )
+        for _ in range(8)
     ]
     results: list[tuple[Credentials, bool]] = []
     barrier = threading.Barrier(len(caches))
@@ -196,30 +205,50 @@ def test_redis_down_falls_back_without_error_or_hang(prefix: str) -> None:
     assert cache.get_or_issue(KEY, creds) == (first, True)
     other = cache_key(AWS, PRINCIPAL, ("other",))
     assert cache.get_or_issue(other, creds)[1] is False
-    assert time.monotonic() - started < 1.5
+    # A refused connection costs milliseconds; waiting for the shared lock as if another
+    # process held it would cost this much.
+    assert time.monotonic() - started < SHARED_LOCK_WAIT_SECONDS
     assert REDIS_FALLBACKS.labels("get")._value.get() > before
+
+
+def connections(listener: socket.socket) -> int:
+    """How many connections ``listener`` received since last asked (each accepted and closed).
+
+    A client's ``connect`` returns once the kernel has queued its connection, so every
+    connection made before this call is counted, even one the client closed since."""
+    count = 0
+    listener.setblocking(False)
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return count
+        conn.close()
+        count += 1
 
 
 def test_slow_redis_is_bounded_by_the_timeout(prefix: str) -> None:
     """A server that accepts connections and never answers: one short time-out, then skipped."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(16)
-    port = listener.getsockname()[1]
-    try:
-        shared = RedisTier(f"redis://127.0.0.1:{port}/0", bytes(32), prefix=prefix, timeout=0.2)
+    with socket.create_server(("127.0.0.1", 0), backlog=64) as listener:
+        port = listener.getsockname()[1]
+        # Down for longer than the test can take: every call below is within the skip window.
+        shared = RedisTier(
+            f"redis://127.0.0.1:{port}/0", bytes(32), prefix=prefix, timeout=0.2, down_seconds=300
+        )
         cache = CredentialCache(shared=shared)
         started = time.monotonic()
         _, hit = cache.get_or_issue(KEY, creds)
+        took = time.monotonic() - started
         assert not hit
-        assert time.monotonic() - started < 1.0
+        # It waited for the time-out, once: one connection, and the lock and the store that
+        # followed were skipped without another (30 s: "not stuck"; it takes 0.2 s).
+        assert 0.2 <= took < 30
         assert not shared.available
-        started = time.monotonic()
+        assert connections(listener) == 1
         for n in range(20):
-            cache.get_or_issue(cache_key(AWS, PRINCIPAL, (str(n),)), creds)
-        assert time.monotonic() - started < 0.5
-    finally:
-        listener.close()
+            assert cache.get_or_issue(cache_key(AWS, PRINCIPAL, (str(n),)), creds)[1] is False
+        # Skipped, every one of them: Redis was not asked again.
+        assert connections(listener) == 0
 
 
 def test_tampered_value_is_a_miss(prefix: str) -> None:

@@ -188,3 +188,60 @@ def test_an_issuer_without_a_key_store_is_refused_only_where_keys_are_used(
     assert refused.value.variable == "STS_KEY_ENCRYPTION_KEY"
     Settings.from_env({**env, "STS_KEY_ENCRYPTION_KEY": KEK}).require_signing_keys()
     Settings.from_env({**env, "STS_SIGNING_KMS_KEY_IDS": ARN}).require_signing_keys()
+
+
+@pytest.mark.parametrize(
+    ("trusted", "broker"),
+    [
+        (ISSUER, ISSUER),
+        (f"https://issuer.example.com, {ISSUER}", ISSUER),
+        # The same issuer spelled otherwise: its keys are read from the same JWKS URL.
+        (ISSUER + "/", ISSUER),
+        ("HTTPS://STS.Example.COM/broker", ISSUER),
+        ("https://sts.example.com:443/broker", ISSUER),
+        ("http://127.0.0.1:8000/", "http://127.0.0.1:8000"),
+        ("http://localhost:80", "http://localhost"),
+    ],
+)
+def test_the_broker_issuer_is_never_a_trusted_issuer(trusted: str, broker: str) -> None:
+    """docs/reference.md section 5: a broker token is a credential for one cloud call, never a
+    subject token; exit 2 naming both variables."""
+    env = {
+        **BROKER,
+        "STS_BROKER_ISSUER": broker,
+        "STS_TRUSTED_ISSUERS": trusted,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+    }
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    message = str(caught.value)
+    assert caught.value.variable == "STS_TRUSTED_ISSUERS"
+    assert message.startswith("STS_TRUSTED_ISSUERS: ")
+    assert "STS_BROKER_ISSUER" in message
+    assert "\n" not in message
+    # Without a key store too: the conflict is found whatever command reads the settings.
+    with pytest.raises(ConfigError):
+        Settings.from_env({k: v for k, v in env.items() if k != "STS_KEY_ENCRYPTION_KEY"})
+
+
+@pytest.mark.parametrize(
+    ("trusted", "broker"),
+    [
+        ("https://sts.example.com", ISSUER),
+        ("https://sts.example.com/broker/other", ISSUER),
+        ("https://sts.example.com/brokers", ISSUER),
+        ("https://sts.example.com/Broker", ISSUER),
+        ("https://sts.example.com:8443/broker", ISSUER),
+        ("http://127.0.0.1/broker", "https://127.0.0.1/broker"),
+    ],
+)
+def test_other_issuers_beside_the_broker_are_accepted(trusted: str, broker: str) -> None:
+    env = {
+        **BROKER,
+        "STS_BROKER_ISSUER": broker,
+        "STS_TRUSTED_ISSUERS": trusted,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+    }
+    settings = Settings.from_env(env)
+    assert settings.broker_issuer == broker
+    assert settings.trusted_issuers == (trusted,)

@@ -9,7 +9,9 @@ from sts.exchange import Repeats, Selection
 
 
 def selection(index: object, name: str = "m") -> Selection:
-    return Selection(b"d" * 32, cast(Any, index), cast(Any, name), cast(Any, (name,)))
+    return Selection(
+        cast(Any, None), b"d" * 32, cast(Any, index), cast(Any, name), (), cast(Any, (name,)), ""
+    )
 
 
 def test_a_selection_is_given_back_only_for_its_own_index() -> None:

@@ -131,3 +131,9 @@ def test_a_document_refused_late_by_the_fast_path_is_checked_once(
     specs = parsed(text)
     monkeypatch.setattr(document, "_LIBYAML", False)
     assert parsed(text) == specs
+
+
+def test_a_complex_key_line_in_a_flow_plain_scalar_means_the_same_on_both_paths() -> None:
+    """Found by the generator: libyaml read "? k" as part of the scalar, PyYAML refuses it."""
+    text = "{\nyes\n? k\n}\n"
+    assert outcome(document._load, text) == outcome(document._load_python, text) == "refused"
