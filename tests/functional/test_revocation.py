@@ -70,6 +70,12 @@ def served_by_both(url: str, subject_token: str, deployment: str, log: Path) -> 
         assert time.monotonic() < deadline, "one worker never answered"
 
 
+def audit_rows(env: dict[str, str], deployment: str) -> int:
+    listed = run_sts("audit", "list", "--deployment", deployment, "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    return len(json.loads(listed.stdout))
+
+
 def logged_refusals(log: Path) -> list[dict[str, object]]:
     """The access lines of revoked requests, once the log flusher has written some."""
     deadline = time.monotonic() + POLL_DEADLINE
@@ -120,6 +126,7 @@ def test_a_revoked_deployment_is_refused_everywhere_and_its_neighbour_served(
     for deployment, subject_token in (("compromised", bad), ("neighbour", good)):
         served_by_both(server, subject_token, deployment, tmp_path / "serve.log")
     calls = len(aws.requests)
+    rows = audit_rows(env, "compromised")
 
     added = run_sts(
         "revoke", "add", "--account", "my-account", "--deployment", "compromised",
@@ -138,6 +145,7 @@ def test_a_revoked_deployment_is_refused_everywhere_and_its_neighbour_served(
     assert post(server, good).status_code == 200
     assert post(server, token(issuer, "compromised", project="other")).status_code in (400,)
     assert len(aws.requests) == calls  # no cloud call for a revoked identity, none for the cached
+    assert audit_rows(env, "compromised") == rows  # and no audit row
 
     revoked_lines = logged_refusals(tmp_path / "serve.log")
     assert {line["outcome"] for line in revoked_lines} == {"unauthorized_client"}
