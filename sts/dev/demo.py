@@ -140,8 +140,9 @@ def _detail(label: str, value: str) -> None:
     click.echo(f"    {click.style(f'{label:<26}', dim=True)} {value}")
 
 
-def _exchange(url: str, token: str, audience: str, **fields: str) -> dict[str, Any]:
-    response = requests.post(
+def _post(url: str, token: str, audience: str, **fields: str) -> requests.Response:
+    """``POST /token`` as a gateway sends it, for the mapping ``audience``."""
+    return requests.post(
         url + "/token",
         data={
             "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
@@ -152,6 +153,10 @@ def _exchange(url: str, token: str, audience: str, **fields: str) -> dict[str, A
         },
         timeout=30,
     )
+
+
+def _exchange(url: str, token: str, audience: str, **fields: str) -> dict[str, Any]:
+    response = _post(url, token, audience, **fields)
     body: dict[str, Any] = response.json()
     if response.status_code != 200:
         raise click.ClickException(
@@ -192,16 +197,7 @@ def _until_refused(url: str, token: str, audience: str, within: float = 10.0) ->
     """Seconds until ``token`` is refused as revoked (the service reloads every 2 s)."""
     started = time.monotonic()
     while time.monotonic() - started < within:
-        response = requests.post(
-            url + "/token",
-            data={
-                "grant_type": TOKEN_EXCHANGE_GRANT_TYPE,
-                "subject_token": token,
-                "subject_token_type": ID_TOKEN_TYPE,
-                "audience": audience,
-            },
-            timeout=30,
-        )
+        response = _post(url, token, audience)
         if response.status_code == 400 and response.json().get("error_description") == (
             "identity revoked"
         ):

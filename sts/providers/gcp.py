@@ -375,23 +375,14 @@ class GcpProvider:
         secrets: list[str],
     ) -> tuple[str, float]:
         """``projects.serviceAccounts.generateAccessToken``: the SA's token and its expiry."""
-        url = (
-            f"{self._iam_url}/v1/projects/-/serviceAccounts/"
-            f"{quote(service_account, safe='@.')}:generateAccessToken"
+        answer = self._iam_call(
+            transport,
+            f"{quote(service_account, safe='@.')}:generateAccessToken",
+            {"scope": list(scopes), "lifetime": f"{lifetime_seconds}s"},
+            federated_token,
+            secrets,
         )
-        body = json.dumps({"scope": list(scopes), "lifetime": f"{lifetime_seconds}s"}).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {federated_token}",
-        }
         try:
-            response = transport(url=url, method="POST", body=body, headers=headers)
-        except google.auth.exceptions.TransportError as exc:
-            raise _transport_failure("iam", exc) from None
-        if response.status != 200:
-            raise _http_failure("iam", response, secrets)
-        try:
-            answer = json.loads(response.data)
             token = answer["accessToken"]
             expires_at = _parse_expire_time(answer["expireTime"])
         except (ValueError, KeyError, TypeError, RecursionError):
@@ -399,6 +390,37 @@ class GcpProvider:
         if not isinstance(token, str) or not token:
             raise _UpstreamError(_MALFORMED, "iam: 200 without accessToken/expireTime")
         return token, expires_at
+
+    def _iam_call(
+        self,
+        transport: _Transport,
+        method: str,
+        request: dict[str, Any],
+        federated_token: str,
+        secrets: list[str],
+    ) -> dict[str, Any]:
+        """``POST {iam}/v1/projects/-/serviceAccounts/{method}`` with the federated token: the
+        JSON object answered, or the contract's errors (transport, refusal, malformed)."""
+        url = f"{self._iam_url}/v1/projects/-/serviceAccounts/{method}"
+        headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Bearer {federated_token}",
+        }
+        try:
+            response = transport(
+                url=url, method="POST", body=json.dumps(request).encode(), headers=headers
+            )
+        except google.auth.exceptions.TransportError as exc:
+            raise _transport_failure("iam", exc) from None
+        if response.status != 200:
+            raise _http_failure("iam", response, secrets)
+        try:
+            answer = json.loads(response.data)
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for json
+            raise _UpstreamError(_MALFORMED, f"iam: 200 that is not JSON ({method})") from None
+        if not isinstance(answer, dict):
+            raise _UpstreamError(_MALFORMED, f"iam: 200 that is not a JSON object ({method})")
+        return answer
 
     def _generate_id_token(
         self,
@@ -411,25 +433,16 @@ class GcpProvider:
     ) -> tuple[str, float]:
         """``projects.serviceAccounts.generateIdToken``: the SA's ID token for ``audience`` and
         its expiry, read from the token's own ``exp`` (nothing else in the answer counts)."""
-        url = (
-            f"{self._iam_url}/v1/projects/-/serviceAccounts/"
-            f"{quote(service_account, safe='@.')}:generateIdToken"
+        answer = self._iam_call(
+            transport,
+            f"{quote(service_account, safe='@.')}:generateIdToken",
+            {"audience": audience, "includeEmail": True},
+            federated_token,
+            secrets,
         )
-        body = json.dumps({"audience": audience, "includeEmail": True}).encode()
-        headers = {
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {federated_token}",
-        }
         try:
-            response = transport(url=url, method="POST", body=body, headers=headers)
-        except google.auth.exceptions.TransportError as exc:
-            raise _transport_failure("iam", exc) from None
-        if response.status != 200:
-            raise _http_failure("iam", response, secrets)
-        try:
-            answer = json.loads(response.data)
             token = answer["token"]
-        except (ValueError, KeyError, TypeError, RecursionError):
+        except (KeyError, TypeError):
             raise _UpstreamError(_MALFORMED, "iam: 200 without token") from None
         if not isinstance(token, str) or not token:
             raise _UpstreamError(_MALFORMED, "iam: 200 without token")
