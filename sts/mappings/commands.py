@@ -11,7 +11,7 @@ import sys
 
 import click
 
-from sts.db.commands import actor, cli_settings, fail, guard, open_database
+from sts.db.commands import actor, fail, guard, open_database
 from sts.db.commands import source as change_source
 from sts.mappings import store
 from sts.mappings.document import (
@@ -21,7 +21,7 @@ from sts.mappings.document import (
     dump_json,
     parse_document,
 )
-from sts.mappings.spec import ZUPLO, MappingSpec, default_token
+from sts.mappings.spec import BROKER, ZUPLO, MappingSpec
 
 
 @click.group("mappings")
@@ -67,19 +67,10 @@ _ACTOR_HELP = (
 def mappings_apply(file: str, dry_run: bool, prune: bool, who: str | None) -> None:
     """Make the stored mappings match FILE (YAML or JSON; - for stdin), in one transaction.
 
-    Reads STS_DATABASE_URL, STS_BROKER_ISSUER (what an unset token means) and STS_ACTOR."""
+    Reads STS_DATABASE_URL and STS_ACTOR."""
     text, path = _read(file)
     changed_by = actor(who)
-    try:
-        specs = parse_document(text, path)
-    except MappingFileError as exc:
-        for error in exc.all:
-            click.echo(f"error: {error}", err=True)
-        omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
-        if omitted:
-            click.echo(f"error: {path}: {omitted} more mistakes not shown", err=True)
-        sys.exit(2)
-    broker_mode = cli_settings().broker_issuer is not None
+    specs = parse_or_exit(text, path)
     with open_database() as database:
         guard(database.require_current)
         diff = guard(
@@ -90,42 +81,67 @@ def mappings_apply(file: str, dry_run: bool, prune: bool, who: str | None) -> No
                 dry_run=dry_run,
                 actor=changed_by,
                 source=change_source(),
-                broker_mode=broker_mode,
             )
         )
     click.echo(diff.render())
-    default = default_token(broker_mode)
     if dry_run:
         click.echo("(dry run: nothing written)")
+    for warning in token_warnings(specs):
+        click.echo(warning, err=True)
+
+
+def parse_or_exit(text: str, path: str) -> list[MappingSpec]:
+    """FILE's mappings; every mistake printed (one ``error: file:line: ...`` line each, at most
+    50 and a count) and exit 2 when it has any."""
+    try:
+        return parse_document(text, path)
+    except MappingFileError as exc:
+        for error in exc.all:
+            click.echo(f"error: {error}", err=True)
+        omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
+        if omitted:
+            click.echo(f"error: {path}: {omitted} more mistakes not shown", err=True)
+        sys.exit(2)
+
+
+def token_warnings(specs: list[MappingSpec]) -> list[str]:
+    """A warning for each enabled AWS mapping that hands, or may hand, AWS the Zuplo token
+    (reference sections 4 and 13).
+
+    AWS cannot check the Zuplo account, so a role trusting the Zuplo issuer trusts every Zuplo
+    deployment its trust policy does not pin. An unset ``token`` is the service's to resolve
+    with its own ``STS_BROKER_ISSUER``: the CLI does not know that configuration (it never
+    reads its own shell's), so the warning names both outcomes.
+    """
+    warnings = []
     for spec in specs:
-        if spec.enabled and spec.aws is not None and (spec.aws.token or default) == ZUPLO:
-            click.echo(pass_through_warning(spec.name, broker_mode), err=True)
-
-
-def pass_through_warning(name: str, broker_mode: bool) -> str:
-    """The warning for an enabled AWS mapping that hands AWS the Zuplo token (reference
-    section 4): AWS cannot check the Zuplo account, so the role trusts every Zuplo deployment
-    its trust policy does not pin."""
-    why = "aws.token is zuplo" if broker_mode else "STS_BROKER_ISSUER is not set here"
-    return (
-        f"warning: mapping {name} passes the Zuplo token through to AWS ({why}): AWS cannot "
-        "check the Zuplo account, so pin sub in the role's trust policy, or set "
-        "STS_BROKER_ISSUER and use broker mode"
-    )
+        if not spec.enabled or spec.aws is None or spec.aws.token == BROKER:
+            continue
+        if spec.aws.token == ZUPLO:
+            warnings.append(
+                f"warning: mapping {spec.name} passes the Zuplo token through to AWS (aws.token "
+                "is zuplo): AWS cannot check the Zuplo account, so pin sub in the role's trust "
+                "policy, or use token: broker"
+            )
+        else:
+            warnings.append(
+                f"warning: mapping {spec.name} leaves aws.token unset: a service running with "
+                "STS_BROKER_ISSUER signs a broker token for it; one without passes the Zuplo "
+                "token through to AWS, which cannot check the Zuplo account (pin sub in the "
+                "role's trust policy). Set token: broker or token: zuplo to decide here"
+            )
+    return warnings
 
 
 @mappings.command("list")
 @click.option("--json", "as_json", is_flag=True, help="The file format, as a JSON array.")
 def mappings_list(as_json: bool) -> None:
-    """List the stored mappings (disabled ones too).
+    """List the stored mappings (disabled ones too), as stored: an unset token is absent.
 
-    Reads STS_DATABASE_URL and STS_BROKER_ISSUER (what an unset token means)."""
-    broker_mode = cli_settings().broker_issuer is not None
+    Reads STS_DATABASE_URL."""
     with open_database(read_only=True) as database:
         guard(database.require_current)
-        _, stored = guard(lambda: store.load(database))
-    # Defaults filled in (reference section 6): an unset token as this configuration resolves it.
-    specs = [spec.with_default_token(broker_mode) for spec in stored]
+        _, specs = guard(lambda: store.load(database))
     if as_json:
         click.echo(dump_json(specs))
     elif not specs:
@@ -173,3 +189,9 @@ def mappings_remove(name: str, who: str | None) -> None:
     if not removed:
         fail(f"no mapping named {name!r}", 1)
     click.echo(f"- delete {name}")
+
+
+# plan, who-can and history: access review (docs/reference.md section 12).
+from sts.mappings.review_commands import register  # noqa: E402
+
+register(mappings)

@@ -21,7 +21,7 @@ from sts.db import Database
 from sts.db.models import utcnow
 from sts.mappings.document import spec_from_dict
 from sts.mappings.models import MappingChange, MappingRevision, RoleMapping
-from sts.mappings.spec import MappingSpec, TokenSource, default_token
+from sts.mappings.spec import MappingSpec
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,6 @@ def apply_specs(
     dry_run: bool,
     actor: str,
     source: str,
-    broker_mode: bool = False,
 ) -> Diff:
     """Make the stored mappings match ``specs`` inside the caller's transaction.
 
@@ -209,9 +208,8 @@ def apply_specs(
     something changed. With ``dry_run`` nothing is written. The caller commits or rolls back, so
     a failure anywhere leaves the database as it was.
 
-    ``broker_mode`` is whether the caller's configuration has ``STS_BROKER_ISSUER``: it decides
-    the ``token`` that ``list --json`` spells out, so taking that output back is no change
-    (:func:`keep_default_token`).
+    A ``token`` is stored as written, an unset one unset (the service resolves it with its own
+    ``STS_BROKER_ISSUER``; reference section 13).
     """
     wanted: dict[str, MappingSpec] = {}
     for spec in specs:
@@ -220,8 +218,6 @@ def apply_specs(
         wanted[spec.name] = spec
     conn = _connection(bind)
     revision = read_revision(conn) if dry_run else _lock_revision(conn)
-    default = default_token(broker_mode)
-
     diff = Diff(revision=revision, dry_run=dry_run)
     # The stored rows are read in batches and compared as they come: an unchanged mapping
     # costs a comparison of its columns, and only the rows that change are kept (memory in
@@ -236,15 +232,14 @@ def apply_specs(
             else:
                 diff.kept.append(row.name)
             continue
-        if _same_as_row(given, row, default):
+        if _same_as_row(given, row):
             diff.unchanged.append(given.name)
             continue
         current = spec_from_row(row)
-        spec = keep_default_token(given, current, broker_mode)
-        if current == spec:
-            diff.unchanged.append(spec.name)
+        if current == given:
+            diff.unchanged.append(given.name)
         else:
-            diff.updated.append(Update(current, spec, field_changes(current, spec)))
+            diff.updated.append(Update(current, given, field_changes(current, given)))
     diff.created.extend(sorted(wanted.values(), key=lambda spec: spec.name))
     diff.updated.sort(key=lambda update: update.after.name)
     diff.deleted.sort(key=lambda spec: spec.name)
@@ -264,19 +259,11 @@ def apply_specs(
     return diff
 
 
-def _same_as_row(spec: MappingSpec, row: sa.Row[Any], default: TokenSource) -> bool:
-    """Whether the stored row already holds ``spec`` (as :func:`keep_default_token` would store
-    it over that row): the columns compared as written, the provider part as a document."""
+def _same_as_row(spec: MappingSpec, row: sa.Row[Any]) -> bool:
+    """Whether the stored row already holds ``spec``: the columns compared as written, the
+    provider part as a document (the quick test before a full comparison)."""
     values = _row_values(spec)
-    stored = {key: getattr(row, key) for key in _COMPARED}
-    if stored == {key: values[key] for key in _COMPARED}:
-        return True
-    # An explicit token equal to the default over a row that leaves it unset is no change.
-    options = values["options"]
-    if options.get("token") != default or "token" in (row.options or {}):
-        return False
-    unset = {key: value for key, value in options.items() if key != "token"}
-    return stored == {**{key: values[key] for key in _COMPARED}, "options": unset}
+    return all(getattr(row, key) == values[key] for key in _COMPARED)
 
 
 _COMPARED = (
@@ -289,23 +276,6 @@ _COMPARED = (
     "provider",
     "options",
 )
-
-
-def keep_default_token(spec: MappingSpec, current: MappingSpec, broker_mode: bool) -> MappingSpec:
-    """``spec`` as stored over ``current``: an explicit ``token`` equal to the default, where
-    ``current`` leaves the token to the service, stays unset.
-
-    ``sts mappings list --json`` spells the default out, as this configuration resolves it; the
-    service resolves an unset token with its own ``STS_BROKER_ISSUER``. Taking the listing back
-    must neither be a change nor pin a mapping to ``zuplo`` that a broker service would sign for.
-    """
-    if (
-        current.token is None
-        and current.provider == spec.provider
-        and spec.token == default_token(broker_mode)
-    ):
-        return spec.with_token(None)
-    return spec
 
 
 _BATCH = 500
@@ -433,7 +403,6 @@ def apply(
     dry_run: bool = False,
     actor: str,
     source: str,
-    broker_mode: bool = False,
 ) -> Diff:
     """:func:`apply_specs` in a transaction of its own."""
     with database.engine.begin() as conn:
@@ -444,7 +413,6 @@ def apply(
             dry_run=dry_run,
             actor=actor,
             source=source,
-            broker_mode=broker_mode,
         )
 
 

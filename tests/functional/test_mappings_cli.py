@@ -589,9 +589,9 @@ def test_installed_command_runs_the_groups(database_url: str, tmp_path: Path) ->
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     assert "+ create orders-prod" in outputs[1]
-    # Defaults filled in: without STS_BROKER_ISSUER an unset token is spelled out as zuplo.
-    expected = [spec.with_default_token(False) for spec in parse_document(DOCUMENT)]
-    assert parse_document(outputs[2]) == sorted(expected, key=lambda s: s.name)
+    # Defaults filled in, but the token as stored: unset here (reference section 13).
+    assert parse_document(outputs[2]) == sorted(parse_document(DOCUMENT), key=lambda s: s.name)
+    assert '"token"' not in outputs[2]
 
 
 def test_concurrent_applies_queue_and_get_distinct_revisions(database: Database) -> None:

@@ -121,52 +121,52 @@ def test_gcp_token_is_checked_and_session_tags_is_aws_only(
 
 
 @pytest.mark.parametrize("broker", [False, True])
-def test_list_json_spells_out_the_default_token_and_takes_it_back_unchanged(
+def test_list_json_shows_the_token_as_stored_and_takes_it_back_unchanged(
     database: Database, run: Any, tmp_path: Path, broker: bool
 ) -> None:
+    """Reference section 13: the CLI never resolves the default from its own shell. The same
+    rows list the same with and without STS_BROKER_ISSUER, an unset token absent."""
     assert run("mappings", "apply", write(tmp_path, DOCUMENT), broker=broker).exit_code == 0
-    entries = {entry["name"]: entry for entry in listed(run, broker=broker)}
-    expected = "broker" if broker else "zuplo"
-    assert entries["orders-prod"]["aws"]["token"] == expected
+    listing = listed(run, broker=broker)
+    assert listing == listed(run, broker=not broker)
+    entries = {entry["name"]: entry for entry in listing}
+    assert "token" not in entries["orders-prod"]["aws"]
+    assert "token" not in entries["analytics-gcp"]["gcp"]
     assert entries["orders-prod"]["aws"]["session_tags"] is True
-    assert entries["analytics-gcp"]["gcp"]["token"] == expected
-    # Stored as the service's default: the service's STS_BROKER_ISSUER decides.
     assert all("token" not in options for options in stored_options(database).values())
 
-    path = write(tmp_path, json.dumps(list(entries.values())), "listed.json")
-    again = run("mappings", "apply", "--prune", path, broker=broker)
-    assert again.exit_code == 0, again.output
-    assert again.stdout.strip() == "no changes"
+    path = write(tmp_path, json.dumps(listing), "listed.json")
+    for shell in (broker, not broker):
+        again = run("mappings", "apply", "--prune", path, broker=shell)
+        assert again.exit_code == 0, again.output
+        assert again.stdout.strip() == "no changes"
     assert store.revision(database) == 1
     assert all("token" not in options for options in stored_options(database).values())
-    # Taken back by a configuration that resolves the default the other way, the spelled-out
-    # token is what the file says: a change, shown as one.
-    other = run("mappings", "apply", "--dry-run", path, broker=not broker)
-    assert f"~ update orders-prod: aws.token (unset) -> {expected}" in other.stdout
 
 
+@pytest.mark.parametrize("broker", [False, True])
 def test_an_explicit_token_is_stored_listed_and_changed_as_written(
-    database: Database, run: Any, tmp_path: Path
+    database: Database, run: Any, tmp_path: Path, broker: bool
 ) -> None:
     text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n      token: zuplo\n", 1)
-    assert run("mappings", "apply", write(tmp_path, text), broker=True).exit_code == 0
+    assert run("mappings", "apply", write(tmp_path, text), broker=broker).exit_code == 0
     assert stored_options(database)["orders-prod"]["token"] == "zuplo"
-    entries = {entry["name"]: entry for entry in listed(run, broker=True)}
+    entries = {entry["name"]: entry for entry in listed(run, broker=not broker)}
     assert entries["orders-prod"]["aws"]["token"] == "zuplo"
-    assert entries["analytics-gcp"]["gcp"]["token"] == "broker"
-    unchanged = run("mappings", "apply", write(tmp_path, text), broker=True)
+    assert "token" not in entries["analytics-gcp"]["gcp"]
+    unchanged = run("mappings", "apply", write(tmp_path, text), broker=not broker)
     assert unchanged.stdout.strip() == "no changes"
 
     # Leaving the field out gives the mapping back to the service's default.
-    result = run("mappings", "apply", write(tmp_path, DOCUMENT), broker=True)
+    result = run("mappings", "apply", write(tmp_path, DOCUMENT), broker=broker)
     assert result.exit_code == 0, result.output
     assert result.stdout.strip() == "~ update orders-prod: aws.token zuplo -> (unset)"
     assert "token" not in stored_options(database)["orders-prod"]
 
-    # An explicit broker where the stored one is unset and this configuration's default is
-    # zuplo: a real change, written as given.
-    broker = DOCUMENT.replace(f"{WIP}\n", f"{WIP}\n      token: broker\n")
-    result = run("mappings", "apply", write(tmp_path, broker))
+    # An explicit token is a change over an unset one, whatever the shell's default would be:
+    # it pins the mapping, whichever mode the service runs in.
+    pinned = DOCUMENT.replace(f"{WIP}\n", f"{WIP}\n      token: broker\n")
+    result = run("mappings", "apply", write(tmp_path, pinned), broker=broker)
     assert result.stdout.strip() == "~ update analytics-gcp: gcp.token (unset) -> broker"
     assert stored_options(database)["analytics-gcp"]["token"] == "broker"
 
@@ -189,32 +189,39 @@ def warnings(result: Result) -> list[str]:
     return [line for line in result.stderr.splitlines() if line.startswith("warning:")]
 
 
-def test_apply_warns_for_each_enabled_aws_mapping_passing_the_zuplo_token_through(
-    database: Database, run: Any, tmp_path: Path
+@pytest.mark.parametrize("broker", [False, True])
+def test_apply_names_both_outcomes_of_an_unset_aws_token_whatever_its_shell(
+    database: Database, run: Any, tmp_path: Path, broker: bool
 ) -> None:
-    result = run("mappings", "apply", write(tmp_path, DOCUMENT))
+    result = run("mappings", "apply", write(tmp_path, DOCUMENT), broker=broker)
     assert result.exit_code == 0, result.output
     (warning,) = warnings(result)
-    assert "mapping orders-prod " in warning
+    assert warning.startswith("warning: mapping orders-prod ")
+    assert "broker" in warning
+    assert "pass-through" in warning or "passes the Zuplo token through" in warning
     assert "STS_BROKER_ISSUER" in warning
+    # The same words from either shell: the CLI does not know the service's mode.
+    other = run("mappings", "apply", write(tmp_path, DOCUMENT), broker=not broker)
+    assert warnings(other) == [warning]
     assert len(store.load(database)[1]) == 3
     # A dry run says the same.
-    dry = run("mappings", "apply", "--dry-run", write(tmp_path, DOCUMENT))
-    assert len(warnings(dry)) == 1
+    dry = run("mappings", "apply", "--dry-run", write(tmp_path, DOCUMENT), broker=broker)
+    assert warnings(dry) == [warning]
 
 
-def test_apply_in_broker_mode_warns_only_for_an_explicit_pass_through(
+def test_apply_warns_of_an_explicit_pass_through_as_such(
     database: Database, run: Any, tmp_path: Path
 ) -> None:
-    assert warnings(run("mappings", "apply", write(tmp_path, DOCUMENT), broker=True)) == []
     text = DOCUMENT.replace(f"role_arn: {ROLE}\n", f"role_arn: {ROLE}\n      token: zuplo\n")
     result = run("mappings", "apply", write(tmp_path, text), broker=True)
     assert result.exit_code == 0
     (warning,) = warnings(result)
     assert "mapping orders-prod " in warning
-    assert "STS_BROKER_ISSUER" in warning
+    assert "aws.token is zuplo" in warning
     # The disabled mapping (also zuplo now) is not warned about; a GCP mapping never is.
     assert "orders-off" not in result.stderr
+    explicit = text.replace("      token: zuplo\n", "      token: broker\n")
+    assert warnings(run("mappings", "apply", write(tmp_path, explicit))) == []
 
 
 def test_the_token_is_part_of_the_fingerprint() -> None:

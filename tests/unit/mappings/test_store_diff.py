@@ -65,9 +65,12 @@ def test_an_unchanged_file_builds_no_stored_spec(
     again = store.apply(database, specs, actor="t", source="t")
     assert again.unchanged == ["a-aws", "b-gcp", "c-azure"]
     assert not again.changed
-    # The listing spelled out (explicit default tokens) is no change either, without a rebuild.
+    # An explicit token over an unset one is a change (it pins the mapping; section 13).
     spelled = [spec.with_default_token(False) for spec in specs]
-    assert store.apply(database, spelled, actor="t", source="t").unchanged == [
+    monkeypatch.undo()
+    assert [
+        u.after.name for u in store.apply(database, spelled, actor="t", source="t").updated
+    ] == [
         "a-aws",
         "b-gcp",
         "c-azure",
@@ -83,7 +86,7 @@ def test_a_changed_mapping_is_still_found_and_described(database: Database) -> N
     (update,) = diff.updated
     assert update.after.name == "c-azure"
     assert [(c.path, c.before, c.after) for c in update.changes] == [("project", "p", "q")]
-    # An explicit broker token over an unset one is a change when the default is zuplo.
+    # An explicit broker token over an unset one is a change.
     broker = [spec.with_token("broker") if spec.name == "a-aws" else spec for spec in edited]
     assert [u.after.name for u in store.apply(database, broker, actor="t", source="t").updated] == [
         "a-aws"
