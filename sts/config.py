@@ -115,13 +115,31 @@ def decode_encryption_key(raw: str, variable: str = "STS_CACHE_ENCRYPTION_KEY") 
                 "print(secrets.token_urlsafe(32))'",
             )
         raise ConfigError(variable, "must be base64url")
+    digits = value.rstrip("=")
+    # 32 bytes are 43 base64url characters: any other length is the wrong length, said as such
+    # (a length that no base64 has, such as 5, is not a decoding problem to the operator).
+    if len(digits) != KEY_CHARACTERS:
+        raise ConfigError(
+            variable,
+            f"must be 32 random bytes, base64url: {KEY_CHARACTERS} characters (padding "
+            f"optional), got {len(digits)}; make one with: python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'",
+        )
     try:
-        key = base64.urlsafe_b64decode(value.rstrip("=") + "=" * (-len(value.rstrip("=")) % 4))
+        key = base64.urlsafe_b64decode(digits + "=" * (-len(digits) % 4))
     except (binascii.Error, ValueError):
         raise ConfigError(variable, "must be base64url") from None
     if len(key) != 32:
         raise ConfigError(variable, f"must decode to 32 bytes, got {len(key)}")
     return key
+
+
+#: Base64url characters of a 32-byte key, without padding.
+KEY_CHARACTERS = 43
+
+
+#: The longest ``STS_MAPPINGS_FILE`` accepted (Linux's PATH_MAX).
+MAX_PATH_CHARS = 4096
 
 
 #: Every variable :meth:`Settings.from_env` reads (README "Configuration").
@@ -142,6 +160,7 @@ VARIABLES = frozenset(
         "STS_KEY_ENCRYPTION_KEY",
         "STS_KMS_ENDPOINT_URL",
         "STS_LOG_FORMAT",
+        "STS_MAPPINGS_FILE",
         "STS_REDIS_URL",
         "STS_SIGNING_KEY_ROTATION_DAYS",
         "STS_SIGNING_KMS_KEY_IDS",
@@ -276,6 +295,7 @@ class Settings:
     signing_kms_key_ids: tuple[str, ...] = ()
     kms_endpoint_url: str | None = None
     signing_key_rotation_days: int = 30
+    mappings_file: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -389,6 +409,10 @@ class Settings:
                 f"must be a whole number of days, {low}..{high} (0: only by sts keys rotate)",
             )
 
+        mappings_file = env.get("STS_MAPPINGS_FILE", "").strip() or None
+        if mappings_file is not None and len(mappings_file) > MAX_PATH_CHARS:
+            raise ConfigError("STS_MAPPINGS_FILE", f"must be at most {MAX_PATH_CHARS} characters")
+
         return cls(
             database_url=database_url,
             audiences=audiences,
@@ -409,6 +433,7 @@ class Settings:
             signing_kms_key_ids=kms_key_ids,
             kms_endpoint_url=kms_endpoint,
             signing_key_rotation_days=int(rotation_raw),
+            mappings_file=mappings_file,
         )
 
     def require_audience(self) -> None:
@@ -439,6 +464,12 @@ class Settings:
         self.require_audience()
         if self.broker_issuer is not None:
             self.require_signing_keys()
+        if self.mappings_file is not None:
+            from sts.mappings.watch import check_readable
+
+            problem = check_readable(self.mappings_file)
+            if problem is not None:
+                raise ConfigError("STS_MAPPINGS_FILE", problem)
 
     def jwks_url(self, issuer: str) -> str:
         """The issuer's key set, by the fixed rule ``<issuer>/.well-known/jwks.json``."""

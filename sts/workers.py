@@ -14,9 +14,13 @@ import shutil
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from sts import logs
 from sts.config import Settings
+
+if TYPE_CHECKING:
+    from sts.mappings.watch import MappingsFile
 
 log = logging.getLogger("sts.serve")
 
@@ -108,9 +112,29 @@ def serve_forever(host: str, port: int, workers: int, threads: int) -> int:
         log_dictconfig=logs.granian_config(settings.log_format),
         respawn_failed_workers=True,
     )
+    watcher = watch_mappings_file(settings)
     os.register_at_fork(after_in_child=_in_each_worker(_prctl()))
-    server.serve()
+    try:
+        server.serve()
+    finally:
+        if watcher is not None:
+            watcher.stop()
     return 0
+
+
+def watch_mappings_file(settings: Settings) -> MappingsFile | None:
+    """With ``STS_MAPPINGS_FILE``: apply the file once, before any worker serves, then look at
+    it on a thread of this server process (one per replica, whatever the number of workers, so
+    a mistake is logged once). :mod:`sts.mappings.watch`."""
+    if settings.mappings_file is None:
+        return None
+    from sts.db import Database
+    from sts.mappings.watch import MappingsFile
+
+    watcher = MappingsFile(settings.mappings_file, Database(settings.database_url))
+    watcher.check()
+    watcher.start()
+    return watcher
 
 
 def main(argv: list[str]) -> int:

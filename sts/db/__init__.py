@@ -31,6 +31,8 @@ from sts.forking import renew_after_fork
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS = 5
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
+#: The PostgreSQL advisory lock key that migrations hold (any fixed number; "zsts" in ASCII).
+MIGRATION_LOCK = 0x7A737473
 
 
 class MigrationRefused(ValueError):
@@ -185,8 +187,17 @@ class Database:
             self.check_history(version_locations)
         config = self.alembic_config(version_locations)
         with self.engine.begin() as conn:
+            self._migration_lock(conn)
             config.attributes["connection"] = conn
             command.upgrade(config, revision)
+
+    def _migration_lock(self, conn: Connection) -> None:
+        """PostgreSQL: one migration at a time (every replica's init container may run
+        ``sts db upgrade`` at once); the others wait here, then find the schema at head. The
+        lock is the transaction's: released at its commit or rollback. (SQLite's write lock
+        serialises migrations already.)"""
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
 
     def downgrade(
         self,
@@ -209,6 +220,7 @@ class Database:
             )
         config = self.alembic_config(version_locations)
         with self.engine.begin() as conn:
+            self._migration_lock(conn)
             config.attributes["connection"] = conn
             command.downgrade(config, revision)
 

@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 import tomllib
 import zipfile
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from sts.db import Database, MigrationRefused, NotMigratedError, migrations_dir
+from sts.db import MIGRATION_LOCK, Database, MigrationRefused, NotMigratedError, migrations_dir
 from sts.db.models import all_tables
 from sts.mappings import store
 from sts.mappings.document import MappingFileError, parse_document
@@ -517,3 +518,46 @@ def test_downgrade_refuses_targets_it_cannot_check(database_url: str, target: st
     refused = run_sts("db", "downgrade", "--", target, env=env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     assert len(refused.stderr.splitlines()) == 1, refused.stderr
+
+
+@pytest.mark.postgres
+def test_replicas_upgrading_at_once_wait_for_each_other(postgres_url: str) -> None:
+    """Every replica's init container runs ``sts db upgrade`` (deploy/kubernetes): one migrates,
+    the others wait for it and then find the schema at head. Shown with the lock held here: an
+    upgrade started meanwhile waits on it (seen in pg_locks), and finishes once it is free."""
+    env = {**os.environ, "STS_DATABASE_URL": postgres_url}
+    database = Database(postgres_url)
+    try:
+        with database.engine.connect() as holder:
+            holder.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK})
+            holder.commit()
+            upgrades = [
+                subprocess.Popen(
+                    [sys.executable, "-m", "sts", "db", "upgrade"],
+                    env=env,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            waiting = sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            )
+            deadline = time.monotonic() + 120
+            while holder.execute(waiting).scalar_one() < 2:
+                holder.commit()
+                for upgrade in upgrades:
+                    assert upgrade.poll() is None, upgrade.communicate()
+                assert time.monotonic() < deadline, "the upgrades never waited for the lock"
+                time.sleep(0.05)
+            assert database.current() is None
+            holder.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
+            holder.commit()
+        for upgrade in upgrades:
+            _, err = upgrade.communicate(timeout=120)
+            assert upgrade.returncode == 0, err
+        head = ScriptDirectory.from_config(database.alembic_config()).get_current_head()
+        assert database.current() == head
+    finally:
+        database.dispose()

@@ -155,3 +155,45 @@ def test_a_control_or_format_character_in_any_value_names_the_variable(
 def test_a_trailing_newline_from_a_file_is_still_stripped() -> None:
     settings = Settings.from_env({"STS_TRUSTED_ISSUERS": "https://a.example\n"})
     assert settings.trusted_issuers == ("https://a.example",)
+
+
+@pytest.mark.parametrize("variable", ["STS_CACHE_ENCRYPTION_KEY", "STS_KEY_ENCRYPTION_KEY"])
+@pytest.mark.parametrize(
+    ("value", "length"),
+    [("short", 5), ("a" * 42, 42), ("a" * 44, 44), (base64.urlsafe_b64encode(b"k" * 16), 22)],
+)
+def test_a_key_of_the_wrong_length_is_told_its_length(
+    variable: str, value: str | bytes, length: int
+) -> None:
+    """Reference section 5: "short" is base64url characters of the wrong length, and the
+    message says so rather than "must be base64url"."""
+    text = value.decode().rstrip("=") if isinstance(value, bytes) else value
+    env = {variable: text, "STS_BROKER_ISSUER": "https://sts.example.com"}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    message = str(caught.value)
+    assert f"43 characters (padding optional), got {length}" in message
+    assert "must be base64url:" not in message.split("32 random bytes, ", maxsplit=1)[0]
+
+
+def test_the_mappings_file_is_a_path_checked_by_serve(tmp_path: Path) -> None:
+    assert Settings.from_env({}).mappings_file is None
+    assert Settings.from_env({"STS_MAPPINGS_FILE": "  "}).mappings_file is None
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"STS_MAPPINGS_FILE": "x" * 4097})
+    assert caught.value.variable == "STS_MAPPINGS_FILE"
+    serving = {"STS_AUDIENCE": "a"}
+    for path, why in (
+        (tmp_path / "absent.yaml", "cannot read"),
+        (tmp_path, "is not a regular file"),
+    ):
+        settings = Settings.from_env({**serving, "STS_MAPPINGS_FILE": str(path)})
+        assert settings.mappings_file == str(path)
+        with pytest.raises(ConfigError) as caught:
+            settings.require_serving()
+        assert caught.value.variable == "STS_MAPPINGS_FILE"
+        assert why in str(caught.value)
+    present = tmp_path / "mappings.yaml"
+    present.write_text("mappings: []\n")
+    Settings.from_env({**serving, "STS_MAPPINGS_FILE": str(present)}).require_serving()
