@@ -2,7 +2,7 @@
  * Zuplo request handler: calls a private Cloud Run service with a Google-signed ID token from
  * zuplo-sts (docs/reference.md, "GCP ID tokens"). Cloud Run, Cloud Functions and
  * Identity-Aware Proxy take ID tokens, not access tokens; the mapping's service account has
- * roles/run.invoker on the service (deploy/gcp, `cloud_run_service`) and its
+ * roles/run.invoker on the service (deploy/terraform/modules/gcp, `cloud_run_service`) and its
  * gcp.id_token_audiences lists the URL.
  *
  * Route (routes.oas.json): GET /orders/{orderId}, handler `default` from this module.

@@ -390,7 +390,7 @@ def test_audit_rows_metrics_and_logs_without_a_secret(
 
 
 def test_the_terraform_credential_admits_its_own_mapping_only(azure: Azure) -> None:
-    """deploy/azure's federated credential, rendered for terraform-azure and registered on two
+    """The Azure module's federated credential, rendered for terraform-azure and registered on two
     apps: the mapping it names gets a token, another mapping on the other app does not."""
     for client in (TERRAFORM, TERRAFORM_OTHER):
         azure.entra.add_application(TENANT, client)

@@ -2,7 +2,7 @@
 token the service signs, and verify it as they would, through the service's own discovery
 document and JWKS on 127.0.0.1 (the dev AWS emulator's IAM checks, the GCP emulator).
 
-The trust policies are the deploy template's (deploy/aws/zuplo-sts-broker.yaml), rendered as IAM
+The trust policies are the deploy template's (deploy/aws/mapping-role.yaml), rendered as IAM
 receives them.
 """
 
@@ -177,7 +177,7 @@ def broker(
     aws.iam.set_trust_policy(PINNED, rendered_trust(dict(decoded), "PinnedRole", values))
     aws.iam.set_trust_policy(ABAC, rendered_trust(dict(decoded), "AbacRole", values))
     aws.iam.set_trust_policy(OPEN, open_trust(provider.arn, provider.url))
-    # As deploy/gcp-broker sets it up: the broker issuer, Google's default audience, keys
+    # As deploy/terraform/modules/gcp sets it up: the broker issuer, Google's default audience, keys
     # through discovery.
     gcp.add_provider(GCP_WIP, issuer, None, [])
     gcp.allow_service_account(GCP_SA, GCP_WIP)
