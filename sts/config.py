@@ -449,8 +449,8 @@ class Settings:
 
     def require_signing_keys(self) -> None:
         """Broker mode needs a key store: the key-encryption key or KMS keys (``sts serve``,
-        ``sts keys``). Mapping, audit and explain commands read STS_BROKER_ISSUER only for the
-        default ``token``, and never need the key that opens the signing keys."""
+        ``sts keys``). Mapping, audit and explain commands never need the key that opens the
+        signing keys (and never resolve a mapping's ``token`` from their own environment)."""
         self.require_broker()
         if not self.signing_kms_key_ids and self.key_encryption_key is None:
             raise ConfigError(

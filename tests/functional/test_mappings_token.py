@@ -59,8 +59,7 @@ def run(database_url: str) -> Any:
     def invoke(*args: str, broker: bool = False) -> Result:
         env = {"STS_DATABASE_URL": database_url, "USER": "alice", "STS_BROKER_ISSUER": None}
         if broker:
-            # No key-encryption key: mapping commands never open the signing keys, so a
-            # mappings Job needs only the issuer (deploy/kubernetes/job-mappings-apply.yaml).
+            # No key-encryption key: mapping commands never open the signing keys.
             env.update(STS_BROKER_ISSUER=ISSUER, STS_KEY_ENCRYPTION_KEY=None)
         return CliRunner().invoke(cli, list(args), env=env)
 
