@@ -264,8 +264,8 @@ def _token_claims(value: str) -> tuple[str, dict[str, Any]]:
 
 @cli.command()
 def demo() -> None:
-    """Run a complete local exchange (dev issuer, AWS, GCP and Entra emulators, SQLite), then
-    exit. Reads no STS_* variable: everything is embedded."""
+    """Run a complete local exchange (dev issuer, AWS, GCP and Azure (Entra) emulators, SQLite),
+    then exit. Reads no STS_* variable: everything is embedded."""
     from sts.dev.demo import run_demo
 
     sys.exit(run_demo())
@@ -275,9 +275,10 @@ def demo() -> None:
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.pass_context
 def dev(context: click.Context, port: int) -> None:
-    """A local sandbox that stays up until Ctrl-C: a Zuplo-like issuer, the AWS, GCP and Entra
-    emulators and `sts serve` in broker mode on 127.0.0.1:PORT with example mappings; prints
-    the URLs and a curl to paste. `sts dev token` prints a token it accepts.
+    """A local sandbox that stays up until Ctrl-C: a Zuplo-like issuer, the AWS, GCP and Azure
+    (Entra) emulators and `sts serve` in broker mode on 127.0.0.1:PORT with example mappings;
+    prints the URLs, the database URL, and a curl and an `sts explain --token` to paste into
+    another shell. `sts dev token` prints a token it accepts.
 
     Reads no STS_* variable (ZUPLO_STS_DEV_STATE: where the running sandbox leaves its state)."""
     if context.invoked_subcommand is None:

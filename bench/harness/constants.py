@@ -45,7 +45,7 @@ SAMEWORK = "node same work (fastify + jose + selection, cache, metrics, log), 2 
 #: Servers that are not zuplo-sts: no warm-up of its caches (no mapping index to wait for).
 OTHER_SERVERS = ("fastify", "express", "floor", "samework")
 #: Servers that never call a cloud: no upstream calls counted. The same-work comparator calls the
-#: AWS and GCP emulators on a credential-cache miss, so its calls are counted like ours.
+#: AWS, GCP and Entra emulators on a credential-cache miss, so its calls are counted like ours.
 NO_UPSTREAM = ("fastify", "express", "floor")
 FLOOR = "floor: granian RSGI, 2 workers, one RS256 verify, nothing else (bench/floor_app.py)"
 # Upper bound on how fast the cold path can go; cold tokens are minted for this rate so no

@@ -1,9 +1,13 @@
-"""A local AWS STS endpoint for tests and ``sts demo``: moto's server app behind a recorder.
+"""A local AWS STS endpoint for tests, ``sts demo`` and ``sts dev``: moto's server app behind a
+recorder and IAM's web-identity checks.
 
 moto answers ``AssumeRoleWithWebIdentity`` but checks neither the web identity token, nor
-``DurationSeconds`` bounds, nor the session name. So every request is recorded as an
-:class:`StsCall` for tests to assert on, and faults (an AWS error document, a delay, a broken
-body) can be injected ahead of moto.
+``DurationSeconds`` bounds, nor the session name, and it knows no roles: it serves any. So every
+request is recorded as an :class:`StsCall` for tests to assert on, faults (an AWS error document,
+a delay, a broken body) can be injected ahead of moto, and IAM's checks
+(:class:`sts.dev.aws_iam.IamTrust`) come before moto: for every role with ``strict=True`` (the
+demo and the sandbox: an account whose only roles are those registered), else for the roles
+given a trust policy.
 
 Only moto's WSGI application is used, served over real HTTP on 127.0.0.1; moto's in-process
 mocks (``mock_aws``) are never started, so a boto3 client in the same process still talks HTTP.
@@ -108,16 +112,21 @@ class AwsEmulator(BackgroundServer):
     ``require_audience`` makes a role check the web identity token's ``aud``, as IAM does
     against the OIDC provider's client ID list; ``iam`` (:class:`sts.dev.aws_iam.IamTrust`)
     checks web identity tokens as IAM does, for the roles it is given a trust policy.
+
+    ``strict``: ``iam`` holds the account's only OIDC providers and roles. Every
+    ``AssumeRoleWithWebIdentity`` is checked as IAM checks it, and a role it was not given is
+    refused (403 ``AccessDenied``) instead of being served by moto. Without it, roles with no
+    trust policy in ``iam`` are moto's: any token gets credentials for them.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, strict: bool = False) -> None:
         super().__init__(host, port)
         self.delay = 0.0
         self.requests: list[StsCall] = []
         self._faults = FaultQueue()
         self._audiences: dict[str, frozenset[str]] = {}
-        # IAM OIDC providers and role trust policies; roles without one go straight to moto.
-        self.iam = IamTrust()
+        # IAM OIDC providers and role trust policies; see ``strict`` for the roles without one.
+        self.iam = IamTrust(strict=strict)
         self._lock = threading.Lock()
 
     @property
@@ -171,7 +180,7 @@ class AwsEmulator(BackgroundServer):
             self.delay = 0.0
 
     def _trust_refusal(self, call: StsCall) -> Callable[[StartResponse], Iterable[bytes]] | None:
-        """IAM's web-identity checks (:mod:`sts.dev.aws_iam`) for roles given a trust policy."""
+        """IAM's web-identity checks (:mod:`sts.dev.aws_iam`) for the roles ``iam`` governs."""
         if call.action != "AssumeRoleWithWebIdentity" or not self.iam.governs(call.role_arn):
             return None
         assert call.role_arn is not None

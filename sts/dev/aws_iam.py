@@ -18,10 +18,17 @@ identity provider (IAM User Guide, "Create an OpenID Connect (OIDC) identity pro
    no ``aws:`` prefix, no key twice (keys are case-insensitive), each value a one-element list,
    and every transitive key among the tags.
 
+A role that does not exist is refused as one whose trust policy does not match (403
+``AccessDenied``, "Not authorized to perform sts:AssumeRoleWithWebIdentity"): AWS does not tell a
+caller which roles exist. The token is judged first, so a token from an issuer with no provider is
+``InvalidIdentityToken`` whatever the role.
+
 :class:`IamTrust` does exactly that for the roles it is given a trust policy for; the AWS emulator
-asks it before handing the call to moto. Roles without a registered trust policy go straight to
-moto, as before. Never imported by the service path; the condition logic is the service's own
-(:mod:`sts.iam_policy`).
+asks it before handing the call to moto. A *strict* :class:`IamTrust` is a whole account: every
+role it was not given does not exist (``sts demo`` and ``sts dev``). Otherwise roles without a
+registered trust policy go straight to moto, which accepts anything (the tests that use moto for
+roles they never set up). Never imported by the service path; the condition logic is the
+service's own (:mod:`sts.iam_policy`).
 """
 
 from __future__ import annotations
@@ -84,9 +91,14 @@ def provider_url(issuer: str) -> str:
 
 
 class IamTrust:
-    """OIDC providers and role trust policies, checked as AWS checks them."""
+    """OIDC providers and role trust policies, checked as AWS checks them.
 
-    def __init__(self, clock: Any = time.time) -> None:
+    ``strict``: these are all the account's roles; any other role does not exist and is refused.
+    Otherwise only the roles given a trust policy are checked (:meth:`governs`).
+    """
+
+    def __init__(self, clock: Any = time.time, *, strict: bool = False) -> None:
+        self.strict = strict
         self._providers: dict[str, OidcProvider] = {}
         self._policies: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
@@ -109,11 +121,13 @@ class IamTrust:
             self._policies[role_arn] = json.loads(json.dumps(policy))
 
     def governs(self, role_arn: str | None) -> bool:
-        """True when this role has a trust policy here (others are left to moto)."""
+        """True when :meth:`check` decides for this role: every role of a strict account, else
+        those with a trust policy here (others are left to moto)."""
         with self._lock:
-            return role_arn is not None and role_arn in self._policies
+            return role_arn is not None and (self.strict or role_arn in self._policies)
 
     def clear(self) -> None:
+        """Forget every provider and role (a strict account stays strict: it has none now)."""
         with self._lock:
             self._providers.clear()
             self._policies.clear()
@@ -124,7 +138,7 @@ class IamTrust:
         """None when AWS would issue credentials for ``role_arn`` with ``token``, else why not."""
         with self._lock:
             policy = self._policies.get(role_arn)
-        if policy is None:
+        if policy is None and not self.strict:
             return None
         try:
             unverified = _unverified_claims(token)
@@ -164,7 +178,8 @@ class IamTrust:
             context["aws:TagKeys"] = list(tags)
             for key, value in tags.items():
                 context[f"aws:RequestTag/{key}"] = [value]
-        if not _allowed(policy, provider.arn, ASSUME_ACTION, context):
+        if policy is None or not _allowed(policy, provider.arn, ASSUME_ACTION, context):
+            # An unknown role and a trust policy that does not match are one answer in AWS.
             return Refusal(
                 403, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity"
             )

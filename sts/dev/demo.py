@@ -1,14 +1,14 @@
 """``sts demo``: one complete exchange on embedded defaults, everything on 127.0.0.1.
 
-Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode, with the IAM
-OIDC checks of :mod:`sts.dev.aws_iam`), the project's GCP STS + IAM Credentials and Microsoft
-Entra emulators and ``sts serve`` in broker mode on a throw-away SQLite database; applies example
-mappings; exchanges one ID token for AWS credentials, a GCP access token and an Azure access
-token over real HTTP. The
-clouds trust only the service's own issuer (docs/reference.md section 8) and verify its broker
-tokens through its discovery document, as AWS and Google would; the demo shows the claims and
-session tags they received, that AWS refuses the Zuplo token presented directly, and uses the
-AWS credentials once. Secrets are shown masked.
+Starts a development Zuplo-like issuer, an AWS STS emulator (moto, server mode, behind the IAM
+OIDC checks of :mod:`sts.dev.aws_iam` for every role: it knows one role and one OIDC provider),
+the project's GCP STS + IAM Credentials and Azure (Microsoft Entra) emulators and ``sts serve`` in
+broker mode on a throw-away SQLite database; applies example mappings; exchanges one ID token for
+AWS credentials, a GCP access token and an Azure access token over real HTTP. The clouds trust
+only the service's own issuer (docs/reference.md section 8) and verify its broker tokens through
+its discovery document, as AWS, Google and Entra would; the demo shows the claims and session
+tags they received, that AWS refuses the Zuplo token presented directly, and uses the AWS
+credentials once. Secrets are shown masked.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ mappings:
 
 
 def _trust_policy(provider_arn: str, host_path: str) -> dict[str, Any]:
-    """The pinned role of deploy/aws/zuplo-sts-broker.yaml: only mapping orders-prod's broker
+    """The role of deploy/aws/mapping-role.yaml (Trust=mapping): only mapping orders-prod's broker
     tokens, for one Zuplo account's session tags."""
     return {
         "Version": "2012-10-17",
@@ -208,9 +208,10 @@ def _until_refused(url: str, token: str, audience: str, within: float = 10.0) ->
 
 @dataclass
 class World:
-    """What ``sts demo`` and ``sts dev`` start before the service: the issuer, the emulators
-    trusting only the service's own broker issuer, a migrated SQLite database with
-    :data:`MAPPINGS`, and the service's environment."""
+    """What ``sts demo`` and ``sts dev`` start before the service: the issuer, the AWS, GCP and
+    Azure (Entra) emulators trusting only the service's own broker issuer (the AWS one knowing
+    only :data:`ROLE_ARN`), a migrated SQLite database (absolute URL) with :data:`MAPPINGS`, and
+    the service's environment."""
 
     issuer: DevIssuer
     aws: AwsEmulator
@@ -239,7 +240,9 @@ def start_world(
     from sts.mappings.store import apply_specs
 
     issuer = stack.enter_context(DevIssuer())
-    aws = stack.enter_context(emulator())
+    # An account whose only IAM OIDC provider is the broker issuer and whose only role is
+    # ROLE_ARN: any other issuer or role is refused, as real AWS refuses them.
+    aws = stack.enter_context(emulator(strict=True))
     provider = aws.iam.add_oidc_provider(broker_issuer, [AWS_BROKER_AUDIENCE])
     aws.iam.set_trust_policy(ROLE_ARN, _trust_policy(provider.arn, provider.url))
     gcp = stack.enter_context(GcpEmulator())
@@ -253,7 +256,8 @@ def start_world(
         AZURE_TENANT, AZURE_CLIENT, issuer=broker_issuer, subject="mapping:billing-azure"
     )
 
-    database_url = f"sqlite:///{workdir / 'sts.db'}"
+    # Absolute: the URL is printed for commands run from any directory (sts explain, revoke).
+    database_url = f"sqlite:///{(workdir / 'sts.db').resolve()}"
     database = Database(database_url)
     try:
         database.upgrade()
@@ -317,9 +321,10 @@ def run_demo() -> int:
         _ok(f"AWS STS emulator (moto)  {aws.endpoint_url}")
         _detail("IAM OIDC provider", f"{broker_issuer} (client ID {AWS_BROKER_AUDIENCE})")
         _detail("role trusts", "sub mapping:orders-prod, tag zuplo-account my-account")
+        _detail("other roles", "none: AccessDenied, as AWS answers for a role it does not have")
         _ok(f"GCP STS + IAM emulator   {gcp.iam_url}")
         _detail("pool provider issuer", broker_issuer)
-        _ok(f"Microsoft Entra emulator {entra.authority_url}")
+        _ok(f"Azure (Entra) emulator   {entra.authority_url}")
         _detail("federated credential", f"issuer {broker_issuer}, subject mapping:billing-azure")
 
         _step("Preparing the mapping database (SQLite)")

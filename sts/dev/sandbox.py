@@ -1,8 +1,10 @@
 """``sts dev``: a local sandbox that stays up, as ``vault server -dev`` does, and ``sts dev token``.
 
-``sts dev`` starts what ``sts demo`` starts (a Zuplo-like issuer, the AWS, GCP and Entra
+``sts dev`` starts what ``sts demo`` starts (a Zuplo-like issuer, the AWS, GCP and Azure (Entra)
 emulators, ``sts serve`` in broker mode on a throw-away SQLite database with the demo's
-mappings), prints the URLs and a ``curl`` to paste, and stays up until Ctrl-C (or SIGTERM). It
+mappings), prints the URLs, the database's URL and the commands to paste into another shell (a
+``curl`` exchange, ``sts explain --token``, ``sts revoke``), and stays up until Ctrl-C (or
+SIGTERM). It
 writes the issuer's signing key and URLs to a new state file readable only by the user
 (:func:`state_path`; never into a file or through a symlink that was there), which ``sts dev
 token`` reads to mint a token the running sandbox accepts; the file is removed when the sandbox
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import stat
 import sys
@@ -145,6 +148,21 @@ def curl_command(url: str, mapping: str) -> str:
     )
 
 
+def explain_command(world: World, mapping: str) -> str:
+    """``sts explain --token`` for a ``sts dev token``, with the variables it reads set to the
+    sandbox's (absolute database URL, the issuer whose keys verify the token, the audience):
+    it works as printed from any shell and directory while the sandbox runs."""
+    variables = {
+        "STS_DATABASE_URL": world.database_url,
+        "STS_TRUSTED_ISSUERS": world.issuer.url,
+        "STS_AUDIENCE": DEV_AUDIENCE,
+        "STS_ALLOW_HTTP_LOOPBACK": "true",
+    }
+    lines = [f"{name}={shlex.quote(value)}" for name, value in variables.items()]
+    lines.append(f'sts explain --token "$(sts dev token)" --audience {shlex.quote(mapping)}')
+    return " \\\n  ".join(lines)
+
+
 def run_sandbox(port: int) -> int:
     """Start the sandbox and serve until interrupted; 0 on a clean stop."""
     try:
@@ -231,7 +249,7 @@ def _print_banner(url: str, world: World, log: Path) -> None:
     echo(f"  Zuplo-like issuer         {world.issuer.url}")
     echo(f"  AWS STS emulator          {world.aws.endpoint_url}")
     echo(f"  GCP STS + IAM emulator    {world.gcp.iam_url}")
-    echo(f"  Microsoft Entra emulator  {world.entra.authority_url}")
+    echo(f"  Azure (Entra) emulator    {world.entra.authority_url}")
     echo(f"  audience (STS_AUDIENCE)   {DEV_AUDIENCE}")
     echo("\nMappings: " + ", ".join(world.mapping_names))
     echo("\nExchange a token (paste into another terminal):\n")
@@ -248,13 +266,16 @@ def _print_banner(url: str, world: World, log: Path) -> None:
         curl_command(url, "analytics-gcp")
         + f" \\\n  -d requested_token_type={ID_TOKEN_TYPE} -d resource={CLOUD_RUN_URL}"
     )
-    echo(f"\nThe sandbox's database: STS_DATABASE_URL={world.database_url}")
-    echo("Cut one deployment off (refused within 5 s, its neighbours still served), then undo:\n")
+    database = f"STS_DATABASE_URL={shlex.quote(world.database_url)}"
+    echo(f"\nThe sandbox's database: {database}")
+    echo("Which mapping a token gets, and why the others do not (sts explain):\n")
+    echo(explain_command(world, world.mapping_names[0]))
+    echo("\nCut one deployment off (refused within 5 s, its neighbours still served), then undo:\n")
     echo(
-        f"  STS_DATABASE_URL={world.database_url} sts revoke add --account my-account "
+        f"  {database} sts revoke add --account my-account "
         "--deployment copper-bedbug-main-53c4947 --reason 'trying it out'"
     )
-    echo(f"  STS_DATABASE_URL={world.database_url} sts revoke lift 1")
+    echo(f"  {database} sts revoke lift 1")
     echo("\n(sts dev token --deployment other-deployment is the neighbour still served.)")
     sys.stdout.flush()
 

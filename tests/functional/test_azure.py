@@ -457,7 +457,7 @@ def test_explain_and_list_know_azure_mappings(database_url: str) -> None:
         "tenant_id": TENANT,
         "client_id": VAULT,
         "scopes": ["https://vault.azure.net/.default"],
-        "token": "zuplo",  # the CLI runs without STS_BROKER_ISSUER
+        # No "token": listed as stored (unset), never as the CLI's shell would resolve it.
     }
 
 

@@ -1,11 +1,14 @@
 """``sts dev`` and ``sts dev token`` as processes (README "Try it"): the sandbox stays up, the
-printed curl performs a real exchange, every mapping's cloud answers, and Ctrl-C stops it all."""
+printed curl performs a real exchange, the printed ``sts explain`` works from another shell and
+directory, every mapping's cloud answers, its AWS emulator refuses what AWS would refuse, and
+Ctrl-C stops it all."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import stat
@@ -17,11 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import boto3
 import pytest
 import requests
+from botocore import UNSIGNED
+from botocore.config import Config
+from botocore.exceptions import ClientError
 
+from sts.dev.demo import ROLE_ARN
 from sts.protocol import ID_TOKEN_TYPE, TOKEN_EXCHANGE_GRANT_TYPE
 from tests.functional.serving import free_port
+from tests.oidc import TAGS, Issuer
 
 STS = [sys.executable, "-m", "sts"]
 
@@ -118,24 +127,126 @@ def the_printed_curl(text: str) -> str:
     return found.group(0)
 
 
-def test_the_printed_curl_is_a_real_exchange(sandbox: Sandbox, tmp_path: Path) -> None:
-    text = sandbox.text()
-    for name in ("Zuplo-like issuer", "AWS STS emulator", "GCP STS", "Entra emulator"):
-        assert name in text
-    command = the_printed_curl(text)
-    # `sts` as the newcomer has it on PATH: this interpreter's, through a shim.
+def the_printed_explain(text: str) -> str:
+    """The ``sts explain --token`` block: variable lines, then the command, ``\\``-continued."""
+    found = re.search(
+        r"^STS_DATABASE_URL=\S+ \\\n(?:  STS_[A-Z_]+=\S+ \\\n)*  sts explain --token .*$",
+        text,
+        re.M,
+    )
+    assert found is not None, text
+    return found.group(0)
+
+
+def another_shell(sandbox: Sandbox, tmp_path: Path) -> dict[str, str]:
+    """The environment of another terminal: `sts` on PATH as the newcomer has it (this
+    interpreter's, through a shim), and no STS_* variable."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(exist_ok=True)
     shim = bin_dir / "sts"
     shim.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m sts "$@"\n')
     shim.chmod(0o755)
-    env = {**sandbox.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    return {**sandbox.env, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+
+
+def test_the_printed_curl_is_a_real_exchange(sandbox: Sandbox, tmp_path: Path) -> None:
+    text = sandbox.text()
+    for name in ("Zuplo-like issuer", "AWS STS emulator", "GCP STS", "Azure (Entra) emulator"):
+        assert name in text
+    command = the_printed_curl(text)
+    env = another_shell(sandbox, tmp_path)
     done = subprocess.run(
         ["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60, check=False
     )
     assert done.returncode == 0, done.stderr
     assert '"mapping":"orders-prod"' in done.stdout, done.stdout
     assert '"aws_credentials"' in done.stdout
+
+
+def test_the_banner_prints_the_database_url_absolute(sandbox: Sandbox) -> None:
+    found = re.search(r"^The sandbox's database: STS_DATABASE_URL=(\S+)$", sandbox.text(), re.M)
+    assert found is not None, sandbox.text()
+    (url,) = shlex.split(found.group(1))
+    assert url.startswith("sqlite:///")
+    path = Path(url.removeprefix("sqlite:///"))
+    assert path.is_absolute()
+    assert path.is_file()
+
+
+def test_the_printed_explain_works_from_another_shell_and_directory(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    command = the_printed_explain(sandbox.text())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    done = subprocess.run(
+        ["bash", "-c", command],
+        cwd=elsewhere,
+        env=another_shell(sandbox, tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "chosen: orders-prod", done.stdout
+    # The token was verified against the running sandbox's issuer, not merely decoded.
+    assert lines[1].startswith("  token: accepted"), done.stdout
+    assert "✓ orders-prod: chosen" in done.stdout
+    assert list(elsewhere.iterdir()) == []  # no database of its own in the working directory
+
+
+def aws_emulator_url(sandbox: Sandbox) -> str:
+    found = re.search(r"AWS STS emulator +(http://127\.0\.0\.1:\d+)", sandbox.text())
+    assert found is not None, sandbox.text()
+    return found.group(1)
+
+
+def assume(endpoint: str, role_arn: str, token: str) -> tuple[int, str]:
+    """What AWS STS answers anyone on the machine (HTTP status, error code; 200 and "")."""
+    client = boto3.client(
+        "sts",
+        region_name="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="unused",
+        aws_secret_access_key="unused",
+        config=Config(signature_version=UNSIGNED, retries={"max_attempts": 1}),
+    )
+    try:
+        client.assume_role_with_web_identity(
+            RoleArn=role_arn, RoleSessionName="outsider", WebIdentityToken=token
+        )
+    except ClientError as refused:
+        answer = refused.response
+        return answer["ResponseMetadata"]["HTTPStatusCode"], answer["Error"]["Code"]
+    return 200, ""
+
+
+def test_the_sandbox_aws_refuses_other_issuers_and_unknown_roles(sandbox: Sandbox) -> None:
+    """A broker-shaped token that meets the role's trust policy in every claim, but from an issuer
+    the sandbox's AWS has no OIDC provider for: refused for the sandbox's role and for a role it
+    does not have (issue 23 point 8: the second used to be served)."""
+    endpoint = aws_emulator_url(sandbox)
+    stranger = Issuer()
+    try:
+        token = stranger.mint(
+            sub="mapping:orders-prod",
+            **{
+                TAGS: {
+                    "principal_tags": {"zuplo-account": ["my-account"]},
+                    "transitive_tag_keys": [],
+                }
+            },
+        )
+        assert assume(endpoint, ROLE_ARN, token) == (400, "InvalidIdentityToken")
+        unknown = "arn:aws:iam::123456789012:role/nobody-made-this-role"
+        assert assume(endpoint, unknown, token) == (400, "InvalidIdentityToken")
+    finally:
+        stranger.close()
+    zuplo = sandbox.token("--audience", "sts.amazonaws.com")
+    assert zuplo.returncode == 0, zuplo.stderr
+    assert assume(endpoint, ROLE_ARN, zuplo.stdout.strip()) == (400, "InvalidIdentityToken")
 
 
 @pytest.mark.parametrize(

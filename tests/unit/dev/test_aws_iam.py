@@ -65,6 +65,41 @@ def test_roles_without_a_trust_policy_are_left_to_moto(trust: IamTrust, issuer: 
     assert trust.check(other, "not even a token") is None
 
 
+@pytest.fixture
+def strict(issuer: Issuer) -> IamTrust:
+    """An account whose IAM holds only what was registered (the sandbox's emulator)."""
+    trust = IamTrust(strict=True)
+    provider = trust.add_oidc_provider(issuer.url, ["sts.amazonaws.com"])
+    trust.set_trust_policy(ROLE, abac_policy(provider.arn, provider.url))
+    return trust
+
+
+def test_a_strict_account_governs_every_role(strict: IamTrust) -> None:
+    assert strict.governs("arn:aws:iam::123456789012:role/other")
+    assert strict.governs(ROLE)
+    assert not strict.governs(None)  # no RoleArn: moto's own validation error
+
+
+def test_a_strict_account_refuses_roles_it_does_not_know(strict: IamTrust, issuer: Issuer) -> None:
+    """The token is checked first (its issuer, signature, claims), then the role: an unknown role
+    is the same AccessDenied as a trust policy that does not match (AWS does not say which)."""
+    other = "arn:aws:iam::123456789012:role/other"
+    assert strict.check(other, issuer.mint()) == Refusal(
+        403, "AccessDenied", "Not authorized to perform sts:AssumeRoleWithWebIdentity"
+    )
+    assert code(strict.check(other, "not even a token")) == "InvalidIdentityToken"
+    assert code(strict.check(other, mint("https://elsewhere.example", issuer.key))) == (
+        "InvalidIdentityToken"
+    )
+    assert strict.check(ROLE, issuer.mint()) is None
+
+
+def test_clearing_a_strict_account_leaves_it_strict(strict: IamTrust, issuer: Issuer) -> None:
+    strict.clear()
+    assert strict.strict
+    assert code(strict.check(ROLE, issuer.mint())) == "InvalidIdentityToken"  # no provider now
+
+
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
