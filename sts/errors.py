@@ -25,6 +25,10 @@ class OAuthError(Exception):
     error = "server_error"
     status = 500
     default_description = "internal error"
+    #: The provider of the mapping the request was refused after selecting (``aws``, ``gcp``,
+    #: ``azure``), which the metrics count it under; None when no mapping was selected. Unlike
+    #: ``provider``, which only a cloud's own answer sets.
+    mapping_provider: str | None = None
 
     def __init__(
         self,

@@ -211,9 +211,13 @@ class Exchanger:
         self.selections += 1
         SELECTIONS.inc()
         mapping = index.select(principal, request.audience, request.resource)
-        scopes = check_request(mapping, request.scope, request.requested_token_type)
-        audience = id_token_audience(mapping, request.resource, request.requested_token_type)
-        self._check_configuration(mapping)
+        try:
+            scopes = check_request(mapping, request.scope, request.requested_token_type)
+            audience = id_token_audience(mapping, request.resource, request.requested_token_type)
+            self._check_configuration(mapping)
+        except OAuthError as refusal:
+            refusal.mapping_provider = mapping.provider
+            raise
         selection = Selection(
             principal,
             digest,
@@ -233,7 +237,9 @@ class Exchanger:
         included, before any cache is looked at."""
         revoked = self.mappings.revoked.refusing(selection.principal, selection.mapping.name)
         if revoked is not None:
-            raise UnauthorizedClient(REVOKED, cause=f"revocation {revoked.id}")
+            refusal = UnauthorizedClient(REVOKED, cause=f"revocation {revoked.id}")
+            refusal.mapping_provider = selection.mapping.provider
+            raise refusal
         return selection
 
     def _check_configuration(self, mapping: MappingSpec) -> None:

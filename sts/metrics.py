@@ -19,7 +19,7 @@ EXCHANGES = Counter(
 )
 EXCHANGE_SECONDS = Histogram(
     "sts_exchange_duration_seconds",
-    "Time to answer POST /token, from request to response body.",
+    "Time to answer POST /token, from request to response body (refusals under cache none).",
     ["provider", "cache"],
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
@@ -72,6 +72,26 @@ MAPPING_REVISION = Gauge(
     "sts_mapping_revision",
     "Revision of the mapping table the selection index was built from.",
     multiprocess_mode="livemax",
+)
+JWKS_LAST_SUCCESS = Gauge(
+    "sts_jwks_last_success_timestamp_seconds",
+    "Unix time of the last successful JWKS fetch, by issuer: the oldest among live worker "
+    "processes (a key set is refetched at least hourly, sts.identity.jwks.MAX_TTL).",
+    ["issuer"],
+    multiprocess_mode="livemin",
+)
+SIGNING_KEY_LOADED = Gauge(
+    "sts_signing_key_loaded",
+    "Broker mode only: 1 when every live worker process holds a key that signs now, else 0 "
+    "(set every 2 s; absent without STS_BROKER_ISSUER).",
+    ["issuer"],
+    multiprocess_mode="livemin",
+)
+READY = Gauge(
+    "sts_ready",
+    "The most recent GET /readyz answer of any live worker process: 1 for 200, 0 for 503 "
+    "(0 until the first probe).",
+    multiprocess_mode="livemostrecent",
 )
 AUDIT_WRITE_FAILURES = Counter(
     "sts_audit_write_failures_total",

@@ -19,7 +19,7 @@ from sts.forking import renew_after_fork
 from sts.identity.jwks import JWKSRegistry
 from sts.identity.verifier import TokenVerifier
 from sts.mappings.live import LiveMappings
-from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED
+from sts.metrics import CACHE_ENTRIES, MAPPING_REVISION, MAPPINGS_LOADED, SIGNING_KEY_LOADED
 from sts.providers.aws import AwsProvider
 from sts.providers.azure import AzureProvider
 from sts.providers.base import CredentialProvider, Credentials
@@ -158,9 +158,12 @@ class Services:
             log.info("revoked credentials dropped", extra={"dropped": dropped})
 
     def export_gauges(self) -> None:
-        """Publish cache sizes and the index state (runs on the mapping refresh thread)."""
+        """Publish cache sizes, the index state and whether a broker key signs (runs on the
+        mapping refresh thread)."""
         CACHE_ENTRIES.labels("credentials").set(len(self.cache))
         CACHE_ENTRIES.labels("verified_tokens").set(self.verifier.cached_tokens)
+        if self.broker is not None:
+            SIGNING_KEY_LOADED.labels(self.broker.issuer).set(1 if self.broker.ready else 0)
         if self.mappings.loaded:
             index = self.mappings.current()
             MAPPINGS_LOADED.set(len(index))

@@ -39,7 +39,7 @@ from sts.errors import (
     UnsupportedGrantType,
 )
 from sts.exchange import Exchanged, OnThread, Selection, TokenRequest, Unfinished
-from sts.metrics import EXCHANGES, answered
+from sts.metrics import answered
 from sts.protocol import (
     ACCESS_TOKEN_TYPE,
     AWS_CREDENTIALS_TOKEN_TYPE,
@@ -457,15 +457,24 @@ class TokenEndpoint:
                     cache_hit=result.cache_hit,
                 )
         except OAuthError as error:
-            provider = selection.mapping.provider if selection is not None else error.provider
-            EXCHANGES.labels(error.error, provider or "none", "none").inc()
+            # Counted under the selected mapping's provider whenever one was selected, whether
+            # the cloud or the service itself refused.
+            if selection is not None:
+                provider = selection.mapping.provider
+            else:
+                provider = error.mapping_provider or error.provider or "none"
+            counted, timed = answered(error.error, provider, "none")
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
             fields.update(outcome=error.error, reason=error.description, cause=error.cause)
             status, headers, content = error_answer(error)
         except Exception as exc:
             # A bug or an outside failure no layer below turned into an OAuthError: the
             # traceback is logged (redacted by sts.logs) and the 500 counted like any outcome.
             log.error("unhandled error", exc_info=True)
-            EXCHANGES.labels(ServerError.error, "none", "none").inc()
+            counted, timed = answered(ServerError.error, "none", "none")
+            counted.inc()
+            timed.observe(time.perf_counter() - started)
             fields.update(outcome="server_error", cause=type(exc).__name__)
             status, headers, content = error_answer(ServerError())
         return _sent(request_id, method, PATH, status, headers, content, started, fields)

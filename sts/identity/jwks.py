@@ -31,7 +31,7 @@ from joserfc.jwk import RSAKey
 
 from sts.config import Settings, check_url
 from sts.forking import renew_after_fork
-from sts.metrics import JWKS_FETCHES
+from sts.metrics import JWKS_FETCHES, JWKS_LAST_SUCCESS
 from sts.outbound import upstream_session
 
 __all__ = [
@@ -349,6 +349,7 @@ class JWKSCache:
             )
             return False
         JWKS_FETCHES.labels("ok").inc()
+        JWKS_LAST_SUCCESS.labels(self.issuer).set_to_current_time()
         self._set = _KeySet.of(keys)
         self._loaded = True
         self._failures = 0
