@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 
@@ -147,6 +147,34 @@ _COMPLETED = (
     "access_key_id",
     "session_name",
 )
+
+
+class Caller(NamedTuple):
+    """An identity the audit trail records, and the mapping it was sent upstream with."""
+
+    account: str
+    project: str
+    deployment: str
+    environment_type: str
+    mapping: str
+
+
+class Holder(NamedTuple):
+    """Someone the audit trail shows obtaining credentials (or, ``pending``, maybe obtaining
+    them) through ``mapping``; ``last`` is the latest such call."""
+
+    account: str
+    project: str
+    deployment: str
+    environment_type: str
+    sub: str
+    mapping: str
+    outcome: str
+    last: datetime
+
+
+#: Values per IN list in :meth:`AuditRecorder.holders`.
+HOLDERS_BATCH = 500
 
 
 def credential_sha256(credentials: Credentials) -> str:
@@ -555,6 +583,78 @@ class AuditRecorder:
             statement = statement.limit(limit)
         with self.database.session() as session:
             return [_record(event) for event in session.scalars(statement)]
+
+    def callers(self, *, since: datetime, until: datetime | None = None) -> list[Caller]:
+        """Every distinct identity and mapping of the events from ``since`` (inclusive) to
+        ``until`` (exclusive), whatever their outcome: what ``sts mappings plan`` replays.
+
+        Refused and ``pending`` calls count: each was a caller that selection sent upstream.
+        """
+        _aware("since", since)
+        _aware("until", until)
+        columns = (
+            IssuanceEvent.account,
+            IssuanceEvent.project,
+            IssuanceEvent.deployment,
+            IssuanceEvent.environment_type,
+            IssuanceEvent.mapping,
+        )
+        statement = sa.select(*columns).where(IssuanceEvent.created_at >= since).distinct()
+        if until is not None:
+            statement = statement.where(IssuanceEvent.created_at < until)
+        with self.database.engine.connect() as conn:
+            return [Caller(*row) for row in conn.execute(statement)]
+
+    def holders(
+        self,
+        *,
+        since: datetime,
+        targets: Sequence[str] = (),
+        mappings: Sequence[str] = (),
+    ) -> list[Holder]:
+        """Who obtained credentials (``issued``), or may have (``pending``), from ``since`` on,
+        for any of ``targets`` (the recorded target: role ARN, service account, client id or
+        workload identity provider) or through any of ``mappings``: one :class:`Holder` per
+        identity, sub, mapping and outcome, with the latest time. ``sts mappings who-can``.
+        """
+        _aware("since", since)
+        found: dict[tuple[Any, ...], Holder] = {}
+        columns = (
+            IssuanceEvent.account,
+            IssuanceEvent.project,
+            IssuanceEvent.deployment,
+            IssuanceEvent.environment_type,
+            IssuanceEvent.sub,
+            IssuanceEvent.mapping,
+            IssuanceEvent.outcome,
+        )
+        # In batches: an IN list of thousands of values exceeds some backends' parameter limits
+        # (a provider name can be shared by thousands of mappings).
+        batches = [
+            (IssuanceEvent.target, list(targets[start : start + HOLDERS_BATCH]))
+            for start in range(0, len(targets), HOLDERS_BATCH)
+        ] + [
+            (IssuanceEvent.mapping, list(mappings[start : start + HOLDERS_BATCH]))
+            for start in range(0, len(mappings), HOLDERS_BATCH)
+        ]
+        with self.database.engine.connect() as conn:
+            for column, values in batches:
+                statement = (
+                    sa.select(*columns, sa.func.max(IssuanceEvent.created_at))
+                    .where(
+                        IssuanceEvent.created_at >= since,
+                        IssuanceEvent.outcome.in_((ISSUED, PENDING)),
+                        column.in_(values),
+                    )
+                    .group_by(*columns)
+                )
+                for row in conn.execute(statement):
+                    # Found by its target and by its mapping, a row is one row: the latest wins.
+                    holder = Holder(*row)
+                    known = found.get(holder[:-1])
+                    if known is None or holder.last > known.last:
+                        found[holder[:-1]] = holder
+        return sorted(found.values())
 
     def prune(self, older_than: datetime, *, dry_run: bool = False) -> int:
         """Delete events created before ``older_than``, whatever their outcome (``pending``
