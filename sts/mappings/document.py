@@ -17,7 +17,7 @@ import json
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any, NoReturn, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import yaml
@@ -37,6 +37,7 @@ from sts.mappings.spec import (
 )
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 # IAM role ARN: partition (aws, aws-cn, aws-us-gov, ...), 12-digit account, optional path.
@@ -65,30 +66,7 @@ MAX_FIELD_CHARS = 255
 MAX_AUDIENCE_CHARS = 2048
 MAX_DESCRIPTION_CHARS = 1024
 
-MAPPING_KEYS = (
-    "name",
-    "description",
-    "account",
-    "project",
-    "deployment",
-    "environment_type",
-    "enabled",
-    "aws",
-    "gcp",
-    "azure",
-)
 PROVIDERS = ("aws", "gcp", "azure")
-AWS_KEYS = ("role_arn", "duration_seconds", "session_policy", "token", "session_tags")
-GCP_KEYS = (
-    "workload_identity_provider",
-    "service_account",
-    "scopes",
-    "lifetime_seconds",
-    "token",
-    "id_token_audiences",
-)
-AZURE_KEYS = ("tenant_id", "client_id", "scopes", "token")
-SESSION_POLICY_KEYS = ("Version", "Id", "Statement")
 _GLOB_CHARS = frozenset("*?[]")
 # Controls (newlines and tabs too) and format characters (bidi overrides, zero-width joiners)
 # would let a value print differently from what it is, and the rest (surrogates, non-characters,
@@ -401,11 +379,12 @@ def _from_events(loader: Any, depth: int, entries: _Entries | None = None) -> An
     if sequence:
         items = _LList(line)
         while not loader.check_event(yaml.SequenceEndEvent):
+            item_line = loader.peek_event().start_mark.line + 1
             if entries is None:
-                items.item_lines.append(loader.peek_event().start_mark.line + 1)
+                items.item_lines.append(item_line)
                 items.append(_from_events(loader, depth + 1))
             else:
-                entries.add(_from_events(loader, depth + 1))
+                entries.add(_from_events(loader, depth + 1), item_line)
         if entries is not None:
             entries.streamed = True
         loader.get_event()
@@ -442,13 +421,57 @@ def _load_python(text: str, source: str) -> Any:
 
 
 class _Checker:
-    """Field checks that raise :class:`MappingFileError` naming the source, line and path."""
+    """The checks of one document (or one stored row), keeping every mistake they find.
+
+    A single check raises :class:`MappingFileError` at its value's first problem (one line a
+    value); :meth:`fields`, :meth:`each` and :meth:`attempt` keep that mistake and go on to
+    the next value, so that one run reports them all (docs/reference.md section 6): the first
+    :data:`MAX_REPORTED_ERRORS` in :attr:`errors`, how many more in :attr:`omitted`.
+
+    Mistakes are found in file order: a mapping's own problems (not a mapping, a required key
+    missing: reported on the mapping's first line), then its keys as they are written, each
+    value's nested ones inside it.
+    """
 
     def __init__(self, source: str | None) -> None:
         self.source = source
+        self.errors: list[MappingFileError] = []
+        # Mistakes found so far, kept or not: a check that raised it found some.
+        self.found = 0
+        # The line of each well-formed name met so far, whatever else its entry got wrong: a
+        # later entry with the same name is a duplicate of it.
+        self.names: dict[str, int | None] = {}
+
+    @property
+    def omitted(self) -> int:
+        return self.found - len(self.errors)
 
     def fail(self, line: int | None, path: str, problem: str) -> NoReturn:
         raise MappingFileError(self.source, line, path, problem)
+
+    def report(self, line: int | None, path: str, problem: str) -> None:
+        self.keep(MappingFileError(self.source, line, path, problem))
+
+    def keep(self, error: MappingFileError) -> None:
+        for one in error.all:
+            self.found += 1
+            if len(self.errors) < MAX_REPORTED_ERRORS:
+                self.errors.append(one)
+
+    def attempt(self, check: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T | None:
+        """``check(...)``; its mistake is kept and None returned."""
+        try:
+            return check(*args, **kwargs)
+        except MappingFileError as exc:
+            self.keep(exc)
+            return None
+
+    def raise_errors(self) -> None:
+        """Raises what was found: the one mistake, or :class:`MappingFileErrors`."""
+        if len(self.errors) == 1 and not self.omitted:
+            raise self.errors[0]
+        if self.errors:
+            raise MappingFileErrors(self.errors, self.omitted)
 
     @staticmethod
     def line_of(container: Any, key: str | None = None) -> int | None:
@@ -458,17 +481,43 @@ class _Checker:
             return container.line
         return None
 
-    def mapping(self, value: Any, line: int | None, path: str, allowed: Iterable[str]) -> None:
-        if not isinstance(value, Mapping):
-            self.fail(line, path, "must be a mapping")
-        allowed = tuple(allowed)
-        for key in value:
-            if key not in allowed:
-                self.fail(
-                    self.line_of(value, key),
+    def fields(
+        self, doc: Mapping[str, Any], path: str, table: Mapping[str, _Field]
+    ) -> dict[str, Any]:
+        """Every field of ``table`` checked in ``doc`` (a missing one gets its default or is
+        reported as required) and every other key reported as unknown; the values of the
+        fields checked without mistake."""
+        values: dict[str, Any] = {}
+        # Missing fields first: they are reported on the mapping's own line, above its keys.
+        keys = [key for key in table if key not in doc]
+        keys += doc
+        for key in keys:
+            field = table.get(key)
+            if field is None:
+                self.report(
+                    self.line_of(doc, key),
                     f"{path}.{key}",
-                    f"unknown key (expected one of: {', '.join(allowed)})",
+                    f"unknown key (expected one of: {', '.join(table)})",
                 )
+                continue
+            try:
+                values[key] = field(self, doc, path)
+            except MappingFileError as exc:
+                self.keep(exc)
+        return values
+
+    def each(
+        self,
+        items: list[Any],
+        line: int | None,
+        path: str,
+        check: Callable[[int, Any, int | None, str], object],
+    ) -> None:
+        """``check(index, item, line, path)`` for every item of a list from the document; each
+        item's mistake is kept."""
+        for index, item in enumerate(items):
+            item_line = items.item_lines[index] if isinstance(items, _LList) else line
+            self.attempt(check, index, item, item_line, f"{path}[{index}]")
 
     def text(
         self,
@@ -546,6 +595,11 @@ class _Checker:
         return value
 
 
+#: Checks one field of a mapping: ``field(check, mapping, path of the mapping)``, the field's
+#: value (its default when missing) or a raised :class:`MappingFileError`.
+_Field = Callable[[_Checker, Mapping[str, Any], str], Any]
+
+
 def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> MappingSpec:
     """Validate one mapping entry (file form) and return it with defaults filled in.
 
@@ -555,55 +609,43 @@ def spec_from_dict(doc: Any, where: str, *, source: str | None = None) -> Mappin
     when there are several.
     """
     check = _Checker(source)
-    line = check.line_of(doc)
+    spec = _entry(check, doc, where, check.line_of(doc))
+    check.raise_errors()
+    assert spec is not None  # None only with a mistake, raised above
+    return spec
+
+
+def _entry(check: _Checker, doc: Any, where: str, line: int | None) -> MappingSpec | None:
+    """One entry checked, every mistake kept in ``check``; None when it has any."""
     if not isinstance(doc, Mapping):
-        check.fail(line, where, "must be a mapping")
-    errors: list[MappingFileError] = []
-
-    def attempt(field: Callable[[], T]) -> T:
-        """The field's value; its mistake is kept (and a placeholder returned) so that the
-        other fields are checked too."""
-        try:
-            return field()
-        except MappingFileError as exc:
-            errors.append(exc)
-            return cast(T, None)
-
-    attempt(lambda: check.mapping(doc, line, where, MAPPING_KEYS))
-    name = attempt(lambda: _name(check, doc, where))
-    account = attempt(lambda: _account(check, doc, where))
-    project = attempt(lambda: _project(check, doc, where))
-    deployment = attempt(lambda: _deployment(check, doc, where))
-    environment_type = attempt(lambda: _environment_type(check, doc, where))
-    enabled = attempt(lambda: _enabled(check, doc, where))
-    description = attempt(
-        lambda: check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
-    )
-    targets = attempt(lambda: _target(check, doc, line, where))
-    if errors:
-        raise errors[0] if len(errors) == 1 else MappingFileErrors(errors)
-    aws, gcp, azure = targets
-    return MappingSpec(
-        name=name,
-        account=account,
-        project=project,
-        deployment=deployment,
-        environment_type=environment_type,
-        enabled=enabled,
-        description=description,
-        aws=aws,
-        gcp=gcp,
-        azure=azure,
-    )
+        check.report(line, where, "must be a mapping")
+        return None
+    found = check.found
+    if len([key for key in PROVIDERS if doc.get(key) is not None]) != 1:
+        # Reported on the entry's line; each block given is checked too (its own mistakes).
+        check.report(line, where, "exactly one of aws, gcp, azure is required")
+    values = check.fields(doc, where, _ENTRY_FIELDS)
+    if check.found != found:
+        return None
+    return MappingSpec(**values)
 
 
 def _name(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
     name = check.text(doc, "name", where, max_chars=63)
+    line = check.line_of(doc, "name")
     if not NAME_PATTERN.fullmatch(name):
-        check.fail(
-            check.line_of(doc, "name"), f"{where}.name", "must match [a-z0-9][a-z0-9-]{0,62}"
-        )
+        check.fail(line, f"{where}.name", "must match [a-z0-9][a-z0-9-]{0,62}")
+    # Only a well-formed name is compared: a wrong one is reported once, as wrong.
+    if name in check.names:
+        first = check.names[name]
+        at = f" (first at line {first})" if first is not None else ""
+        check.fail(line, f"{where}.name", f"duplicate name {name!r}{at}")
+    check.names[name] = line
     return name
+
+
+def _description(check: _Checker, doc: Mapping[str, Any], where: str) -> str:
+    return check.text(doc, "description", where, default="", max_chars=MAX_DESCRIPTION_CHARS)
 
 
 def _enabled(check: _Checker, doc: Mapping[str, Any], where: str) -> bool:
@@ -645,100 +687,131 @@ def _environment_type(check: _Checker, doc: Mapping[str, Any], where: str) -> st
     return environment_type
 
 
-def _target(
-    check: _Checker, doc: Mapping[str, Any], line: int | None, where: str
-) -> tuple[AwsTarget | None, GcpTarget | None, AzureTarget | None]:
-    present = [key for key in PROVIDERS if doc.get(key) is not None]
-    if len(present) != 1:
-        check.fail(line, where, "exactly one of aws, gcp, azure is required")
-    (provider,) = present
-    part, part_line, part_path = doc[provider], check.line_of(doc, provider), f"{where}.{provider}"
-    return (
-        _aws(check, part, part_line, part_path) if provider == "aws" else None,
-        _gcp(check, part, part_line, part_path) if provider == "gcp" else None,
-        _azure(check, part, part_line, part_path) if provider == "azure" else None,
-    )
+def _cloud(
+    check: _Checker,
+    doc: Mapping[str, Any],
+    where: str,
+    *,
+    provider: str,
+    table: Mapping[str, _Field],
+    target: Callable[..., T],
+) -> T | None:
+    """The entry's ``provider`` block as ``target(**fields)``; None when the entry has none,
+    or when the block has mistakes (kept in ``check``)."""
+    block = doc.get(provider)
+    if block is None:
+        return None
+    path = f"{where}.{provider}"
+    if not isinstance(block, Mapping):
+        check.fail(check.line_of(doc, provider), path, "must be a mapping")
+    found = check.found
+    values = check.fields(block, path, table)
+    return target(**values) if check.found == found else None
 
 
-def _aws(check: _Checker, doc: Any, line: int | None, path: str) -> AwsTarget:
-    check.mapping(doc, line, path, AWS_KEYS)
-    role_arn = check.pattern(
+def _aws(check: _Checker, doc: Mapping[str, Any], where: str) -> AwsTarget | None:
+    return _cloud(check, doc, where, provider="aws", table=_AWS_FIELDS, target=AwsTarget)
+
+
+def _gcp(check: _Checker, doc: Mapping[str, Any], where: str) -> GcpTarget | None:
+    return _cloud(check, doc, where, provider="gcp", table=_GCP_FIELDS, target=GcpTarget)
+
+
+def _azure(check: _Checker, doc: Mapping[str, Any], where: str) -> AzureTarget | None:
+    return _cloud(check, doc, where, provider="azure", table=_AZURE_FIELDS, target=AzureTarget)
+
+
+def _role_arn(check: _Checker, doc: Mapping[str, Any], path: str) -> str:
+    return check.pattern(
         doc, "role_arn", path, ROLE_ARN_PATTERN, "an IAM role ARN (arn:aws:iam::<account>:role/…)"
     )
-    duration = check.integer(
+
+
+def _duration_seconds(check: _Checker, doc: Mapping[str, Any], path: str) -> int:
+    return check.integer(
         doc, "duration_seconds", path, AWS_DURATION_RANGE, DEFAULT_DURATION_SECONDS
     )
+
+
+def _session_tags(check: _Checker, doc: Mapping[str, Any], path: str) -> bool:
+    return check.boolean(doc, "session_tags", path, True)
+
+
+def _session_policy(check: _Checker, doc: Mapping[str, Any], path: str) -> dict[str, Any] | None:
+    """An IAM policy document (IAM JSON policy grammar: Version, Id, Statement); absent: none."""
     policy = doc.get("session_policy")
-    if policy is not None:
-        policy = _session_policy(check, policy, check.line_of(doc, "session_policy"), path)
-    return AwsTarget(
-        role_arn=role_arn,
-        duration_seconds=duration,
-        session_policy=policy,
-        token=check.token(doc, path),
-        session_tags=check.boolean(doc, "session_tags", path, True),
-    )
-
-
-def _session_policy(check: _Checker, policy: Any, line: int | None, path: str) -> dict[str, Any]:
-    """An IAM policy document (IAM JSON policy grammar: Version, Id, Statement)."""
-    where = f"{path}.session_policy"
-    check.mapping(policy, line, where, SESSION_POLICY_KEYS)
-    if policy.get("Version") not in SESSION_POLICY_VERSIONS:
-        check.fail(
-            check.line_of(policy, "Version"),
-            f"{where}.Version",
-            f'must be "{SESSION_POLICY_VERSIONS[0]}" (quoted)',
-        )
-    statement = policy.get("Statement")
-    statements = [statement] if isinstance(statement, Mapping) else statement
-    if not isinstance(statements, list) or not statements:
-        check.fail(
-            check.line_of(policy, "Statement"),
-            f"{where}.Statement",
-            "must be a statement or a non-empty list of statements",
-        )
-    for index, item in enumerate(statements):
-        if not isinstance(item, Mapping):
-            check.fail(
-                check.line_of(policy, "Statement"),
-                f"{where}.Statement[{index}]",
-                "must be a mapping",
-            )
-    _printable_tree(check, policy, line, where)
+    if policy is None:
+        return None
+    line, where = check.line_of(doc, "session_policy"), f"{path}.session_policy"
+    if not isinstance(policy, Mapping):
+        check.fail(line, where, "must be a mapping")
+    found = check.found
     try:
         compact = json.dumps(policy, separators=(",", ":"), allow_nan=False)
     except ValueError:
-        check.fail(line, where, "must be plain JSON (no NaN or infinity)")
-    if len(compact) > MAX_SESSION_POLICY_CHARS:
-        check.fail(
-            line,
-            where,
-            f"is {len(compact)} characters as compact JSON; "
-            f"AWS allows at most {MAX_SESSION_POLICY_CHARS}",
-        )
+        check.report(line, where, "must be plain JSON (no NaN or infinity)")
+    else:
+        if len(compact) > MAX_SESSION_POLICY_CHARS:
+            check.report(
+                line,
+                where,
+                f"is {len(compact)} characters as compact JSON; "
+                f"AWS allows at most {MAX_SESSION_POLICY_CHARS}",
+            )
+    check.fields(policy, where, _SESSION_POLICY_FIELDS)
+    if check.found != found:
+        return None
     # Plain dicts and lists: the value outlives the document and must compare equal to one
     # read back from the database.
     plain: dict[str, Any] = json.loads(compact)
     return plain
 
 
+def _policy_version(check: _Checker, policy: Mapping[str, Any], where: str) -> None:
+    if policy.get("Version") not in SESSION_POLICY_VERSIONS:
+        check.fail(
+            check.line_of(policy, "Version"),
+            f"{where}.Version",
+            f'must be "{SESSION_POLICY_VERSIONS[0]}" (quoted)',
+        )
+
+
+def _policy_id(check: _Checker, policy: Mapping[str, Any], where: str) -> None:
+    _printable_tree(check, policy.get("Id"), check.line_of(policy, "Id"), f"{where}.Id")
+
+
+def _policy_statements(check: _Checker, policy: Mapping[str, Any], where: str) -> None:
+    statement = policy.get("Statement")
+    line, path = check.line_of(policy, "Statement"), f"{where}.Statement"
+    statements = [statement] if isinstance(statement, Mapping) else statement
+    if not isinstance(statements, list) or not statements:
+        check.fail(line, path, "must be a statement or a non-empty list of statements")
+
+    def one(_index: int, item: Any, item_line: int | None, item_path: str) -> None:
+        if not isinstance(item, Mapping):
+            check.fail(item_line, item_path, "must be a mapping")
+        _printable_tree(check, item, item_line, item_path)
+
+    check.each(statements, line, path, one)
+
+
 def _printable_tree(check: _Checker, value: Any, line: int | None, path: str) -> None:
+    """Every string in ``value`` (keys too) printable; each one that is not is reported."""
     if isinstance(value, str):
-        check.printable(value, line, path)
+        check.attempt(check.printable, value, line, path)
     elif isinstance(value, Mapping):
         for key, item in value.items():
-            check.printable(key, check.line_of(value, key) or line, path)
-            _printable_tree(check, item, check.line_of(value, key) or line, f"{path}.{key}")
+            key_line = check.line_of(value, key) or line
+            check.attempt(check.printable, key, key_line, path)
+            _printable_tree(check, item, key_line, f"{path}.{key}")
     elif isinstance(value, list):
         for index, item in enumerate(value):
             item_line = value.item_lines[index] if isinstance(value, _LList) else line
             _printable_tree(check, item, item_line, f"{path}[{index}]")
 
 
-def _gcp(check: _Checker, doc: Any, line: int | None, path: str) -> GcpTarget:
-    check.mapping(doc, line, path, GCP_KEYS)
-    provider = check.pattern(
+def _workload_identity_provider(check: _Checker, doc: Mapping[str, Any], path: str) -> str:
+    return check.pattern(
         doc,
         "workload_identity_provider",
         path,
@@ -746,68 +819,60 @@ def _gcp(check: _Checker, doc: Any, line: int | None, path: str) -> GcpTarget:
         "//iam.googleapis.com/projects/<number>/locations/global/"
         "workloadIdentityPools/<pool>/providers/<provider>",
     )
-    service_account = None
-    if doc.get("service_account") is not None:
-        service_account = check.pattern(
-            doc,
-            "service_account",
-            path,
-            SERVICE_ACCOUNT_PATTERN,
-            "a service account email (name@project.iam.gserviceaccount.com)",
-        )
-    scopes: tuple[str, ...] = (DEFAULT_GCP_SCOPE,)
-    if doc.get("scopes") is not None:
-        scopes = _scopes(check, doc["scopes"], check.line_of(doc, "scopes"), f"{path}.scopes")
-    lifetime = check.integer(
+
+
+def _service_account(check: _Checker, doc: Mapping[str, Any], path: str) -> str | None:
+    if doc.get("service_account") is None:
+        return None
+    return check.pattern(
+        doc,
+        "service_account",
+        path,
+        SERVICE_ACCOUNT_PATTERN,
+        "a service account email (name@project.iam.gserviceaccount.com)",
+    )
+
+
+def _lifetime_seconds(check: _Checker, doc: Mapping[str, Any], path: str) -> int:
+    return check.integer(
         doc, "lifetime_seconds", path, GCP_LIFETIME_RANGE, DEFAULT_DURATION_SECONDS
     )
-    token = check.token(doc, path)
-    audiences: tuple[str, ...] = ()
-    if doc.get("id_token_audiences") is not None:
-        where = f"{path}.id_token_audiences"
-        key_line = check.line_of(doc, "id_token_audiences")
-        if service_account is None:
-            check.fail(
-                key_line,
-                where,
-                "requires service_account (ID tokens are issued for a service account)",
-            )
-        audiences = _id_token_audiences(check, doc["id_token_audiences"], key_line, where)
-    return GcpTarget(
-        workload_identity_provider=provider,
-        service_account=service_account,
-        scopes=scopes,
-        lifetime_seconds=lifetime,
-        token=token,
-        id_token_audiences=audiences,
-    )
 
 
-def _id_token_audiences(
-    check: _Checker, value: Any, line: int | None, path: str
-) -> tuple[str, ...]:
+def _id_token_audiences(check: _Checker, doc: Mapping[str, Any], path: str) -> tuple[str, ...]:
     """The audiences a GCP mapping may issue ID tokens for (docs/reference.md, "GCP ID
     tokens"): ``https://`` URLs with a host, without userinfo or fragment, each once."""
+    value = doc.get("id_token_audiences")
+    if value is None:
+        return ()
+    line, where = check.line_of(doc, "id_token_audiences"), f"{path}.id_token_audiences"
+    # Whether a service account is given, not whether it is well formed: a wrong one is its
+    # own mistake, reported once.
+    if doc.get("service_account") is None:
+        check.report(
+            line, where, "requires service_account (ID tokens are issued for a service account)"
+        )
     if not isinstance(value, list) or not value:
-        check.fail(line, path, "must be a non-empty list of https:// URLs")
+        check.fail(line, where, "must be a non-empty list of https:// URLs")
     seen: set[str] = set()
-    for index, audience in enumerate(value):
-        item_line = value.item_lines[index] if isinstance(value, _LList) else line
-        where = f"{path}[{index}]"
+
+    def one(_index: int, audience: Any, item_line: int | None, item_path: str) -> None:
         if not isinstance(audience, str):
-            check.fail(item_line, where, "must be a string")
-        check.printable(audience, item_line, where)
+            check.fail(item_line, item_path, "must be a string")
+        check.printable(audience, item_line, item_path)
         if len(audience) > MAX_AUDIENCE_CHARS:
-            check.fail(item_line, where, f"must be at most {MAX_AUDIENCE_CHARS} characters")
+            check.fail(item_line, item_path, f"must be at most {MAX_AUDIENCE_CHARS} characters")
         if not _is_audience_url(audience):
             check.fail(
                 item_line,
-                where,
+                item_path,
                 "must be an https:// URL with a host, without userinfo or fragment",
             )
         if audience in seen:
-            check.fail(item_line, where, "duplicate audience")
+            check.fail(item_line, item_path, "duplicate audience")
         seen.add(audience)
+
+    check.each(value, line, where, one)
     return tuple(value)
 
 
@@ -824,37 +889,39 @@ def _is_audience_url(value: str) -> bool:
     return "@" not in parts.netloc and bool(parts.hostname)
 
 
-def _azure(check: _Checker, doc: Any, line: int | None, path: str) -> AzureTarget:
-    check.mapping(doc, line, path, AZURE_KEYS)
-    ids = []
-    for key in ("tenant_id", "client_id"):
-        value = check.text(doc, key, path)
-        # Entra shows GUIDs in lower case; an upper-case copy is the same id.
-        if not GUID_PATTERN.fullmatch(value.lower()):
-            check.fail(
-                check.line_of(doc, key),
-                f"{path}.{key}",
-                "must be a GUID (8-4-4-4-12 hexadecimal digits, as the Azure portal shows it)",
-            )
-        ids.append(value.lower())
-    scopes: tuple[str, ...] = (DEFAULT_AZURE_SCOPE,)
-    if doc.get("scopes") is not None:
-        scopes = _azure_scopes(check, doc["scopes"], check.line_of(doc, "scopes"), f"{path}.scopes")
-    return AzureTarget(
-        tenant_id=ids[0], client_id=ids[1], scopes=scopes, token=check.token(doc, path)
-    )
+def _guid(check: _Checker, doc: Mapping[str, Any], path: str, key: str) -> str:
+    value = check.text(doc, key, path)
+    # Entra shows GUIDs in lower case; an upper-case copy is the same id.
+    if not GUID_PATTERN.fullmatch(value.lower()):
+        check.fail(
+            check.line_of(doc, key),
+            f"{path}.{key}",
+            "must be a GUID (8-4-4-4-12 hexadecimal digits, as the Azure portal shows it)",
+        )
+    return value.lower()
 
 
-def _azure_scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[str, ...]:
+def _tenant_id(check: _Checker, doc: Mapping[str, Any], path: str) -> str:
+    return _guid(check, doc, path, "tenant_id")
+
+
+def _client_id(check: _Checker, doc: Mapping[str, Any], path: str) -> str:
+    return _guid(check, doc, path, "client_id")
+
+
+def _azure_scopes(check: _Checker, doc: Mapping[str, Any], path: str) -> tuple[str, ...]:
     """One resource's ``/.default`` scope: Entra's client credentials grant takes no other."""
+    value = doc.get("scopes")
+    if value is None:
+        return (DEFAULT_AZURE_SCOPE,)
+    line, where = check.line_of(doc, "scopes"), f"{path}.scopes"
     if not isinstance(value, list) or not value:
-        check.fail(line, path, "must be a list of one <resource>/.default scope")
-    for index, scope in enumerate(value):
-        item_line = value.item_lines[index] if isinstance(value, _LList) else line
-        where = f"{path}[{index}]"
+        check.fail(line, where, "must be a list of one <resource>/.default scope")
+
+    def one(index: int, scope: Any, item_line: int | None, item_path: str) -> None:
         if not isinstance(scope, str):
-            check.fail(item_line, where, "must be a string")
-        check.printable(scope, item_line, where)
+            check.fail(item_line, item_path, "must be a string")
+        check.printable(scope, item_line, item_path)
         resource = scope.removesuffix(AZURE_SCOPE_SUFFIX)
         if (
             resource == scope
@@ -864,27 +931,32 @@ def _azure_scopes(check: _Checker, value: Any, line: int | None, path: str) -> t
         ):
             check.fail(
                 item_line,
-                where,
+                item_path,
                 "must be a resource followed by /.default (https://management.azure.com/.default)",
             )
         if index:
             check.fail(
                 item_line,
-                where,
+                item_path,
                 "one scope only: Entra issues a client credentials token for one resource",
             )
+
+    check.each(value, line, where, one)
     return tuple(value)
 
 
-def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[str, ...]:
+def _gcp_scopes(check: _Checker, doc: Mapping[str, Any], path: str) -> tuple[str, ...]:
+    value = doc.get("scopes")
+    if value is None:
+        return (DEFAULT_GCP_SCOPE,)
+    line, where = check.line_of(doc, "scopes"), f"{path}.scopes"
     if not isinstance(value, list) or not value:
-        check.fail(line, path, "must be a non-empty list of scope URLs")
+        check.fail(line, where, "must be a non-empty list of scope URLs")
     seen: set[str] = set()
-    for index, scope in enumerate(value):
-        item_line = value.item_lines[index] if isinstance(value, _LList) else line
-        where = f"{path}[{index}]"
+
+    def one(_index: int, scope: Any, item_line: int | None, item_path: str) -> None:
         if not isinstance(scope, str):
-            check.fail(item_line, where, "must be a string")
+            check.fail(item_line, item_path, "must be a string")
         parts = urlsplit(scope)
         if (
             parts.scheme != "https"
@@ -892,12 +964,70 @@ def _scopes(check: _Checker, value: Any, line: int | None, path: str) -> tuple[s
             or len(scope) > 2048
             or any(char.isspace() for char in scope)
         ):
-            check.fail(item_line, where, "must be an https:// scope URL")
-        check.printable(scope, item_line, where)
+            check.fail(item_line, item_path, "must be an https:// scope URL")
+        check.printable(scope, item_line, item_path)
         if scope in seen:
-            check.fail(item_line, where, "duplicate scope")
+            check.fail(item_line, item_path, "duplicate scope")
         seen.add(scope)
+
+    check.each(value, line, where, one)
     return tuple(value)
+
+
+# The fields of each mapping in the file, in the order the reference lists them (the order an
+# unknown key's message names them in). Their names are the fields of the spec.py dataclasses.
+_ENTRY_FIELDS: dict[str, _Field] = {
+    "name": _name,
+    "description": _description,
+    "account": _account,
+    "project": _project,
+    "deployment": _deployment,
+    "environment_type": _environment_type,
+    "enabled": _enabled,
+    "aws": _aws,
+    "gcp": _gcp,
+    "azure": _azure,
+}
+_AWS_FIELDS: dict[str, _Field] = {
+    "role_arn": _role_arn,
+    "duration_seconds": _duration_seconds,
+    "session_policy": _session_policy,
+    "token": _Checker.token,
+    "session_tags": _session_tags,
+}
+_GCP_FIELDS: dict[str, _Field] = {
+    "workload_identity_provider": _workload_identity_provider,
+    "service_account": _service_account,
+    "scopes": _gcp_scopes,
+    "lifetime_seconds": _lifetime_seconds,
+    "token": _Checker.token,
+    "id_token_audiences": _id_token_audiences,
+}
+_AZURE_FIELDS: dict[str, _Field] = {
+    "tenant_id": _tenant_id,
+    "client_id": _client_id,
+    "scopes": _azure_scopes,
+    "token": _Checker.token,
+}
+_SESSION_POLICY_FIELDS: dict[str, _Field] = {
+    "Version": _policy_version,
+    "Id": _policy_id,
+    "Statement": _policy_statements,
+}
+MAPPING_KEYS = tuple(_ENTRY_FIELDS)
+AWS_KEYS = tuple(_AWS_FIELDS)
+GCP_KEYS = tuple(_GCP_FIELDS)
+AZURE_KEYS = tuple(_AZURE_FIELDS)
+SESSION_POLICY_KEYS = tuple(_SESSION_POLICY_FIELDS)
+
+
+def _mappings(check: _Checker, root: Mapping[str, Any], _path: str) -> list[Any]:
+    if "mappings" not in root:
+        check.fail(check.line_of(root), "mappings", "required")
+    listed = root["mappings"]
+    if not isinstance(listed, list):
+        check.fail(check.line_of(root, "mappings"), "mappings", "must be a list")
+    return listed
 
 
 class _Entries:
@@ -909,44 +1039,30 @@ class _Entries:
         self.reset()
 
     def reset(self) -> None:
+        self.check = _Checker(self.source)
         self.specs: list[MappingSpec] = []
-        self.errors: list[MappingFileError] = []
-        self.omitted = 0
         self.count = 0
-        self.first_line: dict[str, int | None] = {}
         # Whether the loader handed every entry over (the document's list is then empty).
         self.streamed = False
 
-    def add(self, entry: Any) -> None:
-        index = self.count
+    def add(self, entry: Any, line: int | None) -> None:
+        """The entry that starts on ``line``."""
+        spec = _entry(self.check, entry, f"mappings[{self.count}]", line)
         self.count += 1
-        try:
-            spec = spec_from_dict(entry, f"mappings[{index}]", source=self.source)
-            line = _Checker.line_of(entry, "name")
-            if spec.name in self.first_line:
-                previous = self.first_line[spec.name]
-                at = f" (first at line {previous})" if previous is not None else ""
-                raise MappingFileError(
-                    self.source,
-                    line,
-                    f"mappings[{index}].name",
-                    f"duplicate name {spec.name!r}{at}",
-                )
-        except MappingFileError as exc:
-            for error in exc.all:
-                if len(self.errors) < MAX_REPORTED_ERRORS:
-                    self.errors.append(error)
-                else:
-                    self.omitted += 1
-            return
-        self.first_line[spec.name] = line
-        self.specs.append(spec)
+        if spec is not None:
+            self.specs.append(spec)
 
-    def result(self) -> list[MappingSpec]:
-        if len(self.errors) == 1:
-            raise self.errors[0]
-        if self.errors:
-            raise MappingFileErrors(self.errors, self.omitted)
+    def result(self, top: _Checker) -> list[MappingSpec]:
+        """The specs, or every mistake: the entries' and the document's own (``top``)."""
+        check = self.check
+        if top.found:
+            # The document's own keys stand before or after its list, which the fast loader
+            # checked while reading it: merged in by line. The first errors of each part are
+            # the first of the whole.
+            merged = sorted([*top.errors, *check.errors], key=lambda error: error.line or 0)
+            check.errors = merged[:MAX_REPORTED_ERRORS]
+            check.found += top.found
+        check.raise_errors()
         return self.specs
 
 
@@ -959,23 +1075,18 @@ def parse_document(text: str, source: str = "<input>") -> list[MappingSpec]:
     """
     entries = _Entries(source)
     root = _load(text, source, entries)
-    if isinstance(root, list):
-        listed: Any = root
-    else:
-        check = _Checker(source)
+    top = _Checker(source)
+    listed: Any = root
+    if not isinstance(root, list):
         if not isinstance(root, Mapping):
-            check.fail(check.line_of(root), "", "expected a top-level 'mappings:' list")
-        check.mapping(root, check.line_of(root), "", ("mappings",))
-        if "mappings" not in root:
-            check.fail(check.line_of(root), "mappings", "required")
-        listed = root["mappings"]
-        if not isinstance(listed, list):
-            check.fail(check.line_of(root, "mappings"), "mappings", "must be a list")
+            top.fail(top.line_of(root), "", "expected a top-level 'mappings:' list")
+        listed = top.fields(root, "", {"mappings": _mappings}).get("mappings", [])
     if not entries.streamed:
         # Every entry is checked: one run reports every mistake (README).
-        for entry in listed:
-            entries.add(entry)
-    return entries.result()
+        lines = listed.item_lines if isinstance(listed, _LList) else [None] * len(listed)
+        for entry, line in zip(listed, lines, strict=True):
+            entries.add(entry, line)
+    return entries.result(top)
 
 
 def dump_json(specs: Iterable[MappingSpec]) -> str:

@@ -205,8 +205,8 @@ ERRORS = [
     # structure
     ("", None, None, "empty document"),
     ("mappings: 3\n", 1, "mappings", "must be a list"),
-    ("mapings: []\n", 1, ".mapings", "unknown key"),
-    ("- 1\n", None, "mappings[0]", "must be a mapping"),
+    ("mappings: []\nmapings: []\n", 2, ".mapings", "unknown key"),
+    ("- 1\n", 1, "mappings[0]", "must be a mapping"),
     ("mappings: []\n---\nmappings: []\n", 2, None, "invalid YAML"),
     ("mappings: [\n", 2, None, "invalid YAML"),
     ("mappings:\n  - &a {name: x}\n  - *a\n", 3, None, "aliases are not allowed"),
@@ -239,7 +239,7 @@ ERRORS = [
     (_entry(gcp=GCP_BLOCK), 2, "mappings[0]", "exactly one of aws, gcp"),
     (_entry(aws="[]"), 5, "mappings[0].aws", "must be a mapping"),
     # aws
-    (_entry(aws="\n      role: x"), 6, "mappings[0].aws.role", "unknown key"),
+    (_aws("\n      role: x"), 7, "mappings[0].aws.role", "unknown key"),
     (_entry(aws="\n      duration_seconds: 900"), 6, ARN, "required"),
     (_entry(aws="{role_arn: arn:aws:iam::12345678901:role/x}"), 5, ARN, "IAM role ARN"),
     (_entry(aws="{role_arn: arn:aws:iam::123456789012:user/x}"), 5, ARN, "IAM role ARN"),
