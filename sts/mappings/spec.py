@@ -171,8 +171,9 @@ class MappingSpec:
     def to_document(self) -> dict[str, Any]:
         """The file form, every default spelled out; ``parse`` of it gives back an equal spec.
 
-        An unset ``token`` stays unset here (it is the service's to resolve); the CLI spells it
-        out through :meth:`with_default_token` before printing.
+        An unset ``token`` stays unset here: it is the service's to resolve, with its own
+        ``STS_BROKER_ISSUER`` (:meth:`with_default_token`), never the CLI's (reference
+        section 13).
         """
         doc: dict[str, Any] = {"name": self.name, "description": self.description}
         doc.update(
