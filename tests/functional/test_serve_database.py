@@ -37,11 +37,16 @@ def readiness(url: str) -> tuple[int, str]:
     return answer.status_code, answer.json().get("reason", "")
 
 
+#: Words of a 503 that only says the first look at the database has not ended yet (a loaded
+#: machine): not yet the reason the test waits for.
+NOT_YET = "not loaded yet"
+
+
 def wait_for(url: str, status: int, timeout: float = 20) -> str:
     deadline = time.monotonic() + timeout
     while True:
         code, reason = readiness(url)
-        if code == status:
+        if code == status and NOT_YET not in reason:
             return reason
         assert time.monotonic() < deadline, (code, reason)
         time.sleep(0.2)
