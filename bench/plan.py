@@ -45,6 +45,7 @@ from run import caller_claims, mapping_document, postgres_schema  # noqa: E402
 
 from sts.db import Database  # noqa: E402
 from sts.db.models import IssuanceEvent, MappingRevision, RoleMapping  # noqa: E402
+from sts.mappings import store  # noqa: E402
 from sts.mappings.document import spec_from_dict  # noqa: E402
 
 BATCH = 5000
@@ -70,22 +71,7 @@ def setup(url: str, file: Path, count: int, identities: int) -> None:
             rows = []
             for i in range(start, min(start + BATCH, count)):
                 spec = spec_from_dict(documents[i], f"bench[{i}]")
-                rows.append(
-                    {
-                        "name": spec.name,
-                        "description": spec.description,
-                        "account": spec.account,
-                        "project": spec.project,
-                        "deployment": spec.deployment,
-                        "environment_type": spec.environment_type,
-                        "provider": spec.provider,
-                        "target": spec.targets[0],
-                        "options": spec.target.to_document(),
-                        "enabled": spec.enabled,
-                        "created_at": now,
-                        "updated_at": now,
-                    }
-                )
+                rows.append({**store.row_values(spec), "created_at": now, "updated_at": now})
             conn.execute(sa.insert(RoleMapping), rows)
         conn.execute(sa.update(MappingRevision).values(revision=1))
         events: list[dict[str, Any]] = []

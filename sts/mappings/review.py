@@ -46,7 +46,7 @@ from sts.mappings.document import (
     spec_from_dict,
 )
 from sts.mappings.index import MappingIndex
-from sts.mappings.models import MappingChange, RoleMapping
+from sts.mappings.models import MappingChange
 from sts.mappings.spec import MappingSpec
 
 #: Recorded nowhere: a plan is a dry run, which writes no history.
@@ -256,18 +256,7 @@ def _stored_specs(conn: Connection, names: set[str], accounts: set[str]) -> list
     """The stored mappings called ``names`` of ``accounts``, read as the store reads them."""
     if not names or not accounts:
         return []
-    columns = (
-        RoleMapping.name,
-        RoleMapping.description,
-        RoleMapping.account,
-        RoleMapping.project,
-        RoleMapping.deployment,
-        RoleMapping.environment_type,
-        RoleMapping.enabled,
-        RoleMapping.provider,
-        RoleMapping.options,
-    )
-    rows = conn.execute(sa.select(*columns).execution_options(yield_per=1000))
+    rows = conn.execute(sa.select(*store.SPEC_COLUMNS).execution_options(yield_per=1000))
     return [
         store.spec_from_row(row) for row in rows if row.account in accounts and row.name in names
     ]

@@ -26,6 +26,7 @@ from sts.mappings.document import NAME_PATTERN
 from sts.mappings.index import MappingIndex
 from sts.mappings.review import iso, printable
 from sts.mappings.spec import MappingSpec
+from sts.mappings.store import show_value
 
 _WINDOW_HELP = "a duration back from now (30m, 24h, 7d) or an RFC 3339 time"
 _JSON_HELP = "Print one JSON document instead of text."
@@ -267,7 +268,7 @@ def _fields_text(entry: review.HistoryEntry) -> str:
     if entry.fields:
         return printable(
             ", ".join(
-                f"{change.path} {store._show(change.before)} -> {store._show(change.after)}"
+                f"{change.path} {show_value(change.before)} -> {show_value(change.after)}"
                 for change in entry.fields
             )
         )

@@ -65,7 +65,7 @@ class Diff:
         ]
         for update in self.updated:
             fields = ", ".join(
-                f"{change.path} {_show(change.before)} -> {_show(change.after)}"
+                f"{change.path} {show_value(change.before)} -> {show_value(change.after)}"
                 for change in update.changes
             )
             lines.append(f"~ update {update.after.name}: {fields}")
@@ -79,7 +79,8 @@ class Diff:
         return "\n".join(lines)
 
 
-def _show(value: Any) -> str:
+def show_value(value: Any) -> str:
+    """A value as the diff and the history print it: one line."""
     if value is None:
         return "(unset)"
     # Bare when unambiguous; JSON-quoted when empty or holding spaces, so a change stays one line.
@@ -110,7 +111,7 @@ def field_changes(before: MappingSpec, after: MappingSpec) -> tuple[FieldChange,
     )
 
 
-def _row_values(spec: MappingSpec) -> dict[str, Any]:
+def row_values(spec: MappingSpec) -> dict[str, Any]:
     options = spec.target.to_document()
     return {
         "name": spec.name,
@@ -126,7 +127,7 @@ def _row_values(spec: MappingSpec) -> dict[str, Any]:
     }
 
 
-_SPEC_COLUMNS = (
+SPEC_COLUMNS = (
     RoleMapping.name,
     RoleMapping.description,
     RoleMapping.account,
@@ -182,7 +183,7 @@ def read_revision(bind: Connection | Session) -> int:
 
 
 def _stored(conn: Connection) -> dict[str, MappingSpec]:
-    rows = conn.execute(sa.select(*_SPEC_COLUMNS).order_by(RoleMapping.name))
+    rows = conn.execute(sa.select(*SPEC_COLUMNS).order_by(RoleMapping.name))
     return {row.name: spec_from_row(row) for row in rows}
 
 
@@ -223,7 +224,7 @@ def apply_specs(
     # costs a comparison of its columns, and only the rows that change are kept (memory in
     # proportion to the change, not to the table). What is left of ``wanted`` is new.
     # On the statement: Connection.execution_options would stream every later statement too.
-    rows = conn.execute(sa.select(*_SPEC_COLUMNS).execution_options(yield_per=_BATCH))
+    rows = conn.execute(sa.select(*SPEC_COLUMNS).execution_options(yield_per=_BATCH))
     for row in rows:
         given = wanted.pop(row.name, None)
         if given is None:
@@ -262,7 +263,7 @@ def apply_specs(
 def _same_as_row(spec: MappingSpec, row: sa.Row[Any]) -> bool:
     """Whether the stored row already holds ``spec``: the columns compared as written, the
     provider part as a document (the quick test before a full comparison)."""
-    values = _row_values(spec)
+    values = row_values(spec)
     return all(getattr(row, key) == values[key] for key in _COMPARED)
 
 
@@ -304,12 +305,12 @@ def _record_many(
             conn.execute(
                 sa.update(RoleMapping)
                 .where(RoleMapping.name == name)
-                .values(**_row_values(after), updated_at=now)
+                .values(**row_values(after), updated_at=now)
             )
     created = [after for action, _, _, after in changes if action == "create" and after is not None]
     for start in range(0, len(created), _BATCH):
         rows = [
-            {**_row_values(spec), "created_at": now, "updated_at": now}
+            {**row_values(spec), "created_at": now, "updated_at": now}
             for spec in created[start : start + _BATCH]
         ]
         conn.execute(sa.insert(RoleMapping), rows)
@@ -357,7 +358,7 @@ def set_mapping(
 
 
 def _stored_one(conn: Connection, name: str) -> MappingSpec | None:
-    row = conn.execute(sa.select(*_SPEC_COLUMNS).where(RoleMapping.name == name)).one_or_none()
+    row = conn.execute(sa.select(*SPEC_COLUMNS).where(RoleMapping.name == name)).one_or_none()
     return spec_from_row(row) if row is not None else None
 
 
