@@ -29,6 +29,7 @@ __all__ = [
     "free_port",
     "run_sts",
     "serve_env",
+    "stop",
     "sts_serve",
     "sts_serve_on_a_pipe",
     "sts_serve_on_a_pipe_within",
@@ -98,7 +99,7 @@ def _wait_ready(
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.send_signal(signal.SIGTERM)
     try:
         proc.wait(timeout=15)
@@ -123,7 +124,7 @@ def sts_serve(
             _wait_ready(proc, url, log_path.read_text, ready)
             yield url
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 @contextmanager
@@ -148,7 +149,7 @@ def sts_serve_on_a_pipe(env: dict[str, str], *options: str) -> Iterator[tuple[st
         _wait_ready(proc, url, lambda: b"".join(lines[-20:]).decode(errors="replace"))
         yield url, lines
     finally:
-        _stop(proc)
+        stop(proc)
         reader.join(10)
         pipe.close()
 
@@ -192,7 +193,7 @@ def sts_serve_within(
             wait_ready_within(proc, url, log_path.read_text, ready, start_timeout)
             yield url
         finally:
-            _stop(proc)
+            stop(proc)
 
 
 @contextmanager
@@ -224,6 +225,6 @@ def sts_serve_on_a_pipe_within(
         )
         yield url, lines
     finally:
-        _stop(proc)
+        stop(proc)
         reader.join(10)
         pipe.close()

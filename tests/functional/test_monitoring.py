@@ -23,7 +23,6 @@ import math
 import re
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -45,7 +44,7 @@ from sts.dev.gcp_emulator import GcpEmulator
 from sts.dev.issuer import DevIssuer
 from tests.conftest import AUDIENCE
 from tests.functional.conftest import GRANT, ID_TOKEN, seed
-from tests.functional.serving import free_port, serve_env, wait_ready_within
+from tests.functional.serving import free_port, serve_env, stop, wait_ready_within
 
 ROOT = Path(__file__).resolve().parents[2]
 MONITORING = ROOT / "deploy" / "monitoring"
@@ -395,15 +394,6 @@ def trust(provider_arn: str, host_path: str, subject: str) -> dict[str, Any]:
 
 def b64url(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 @contextmanager
