@@ -17,8 +17,8 @@ from sts.mappings import store
 from sts.mappings.document import (
     MAX_DOCUMENT_BYTES,
     MappingFileError,
-    MappingFileErrors,
     dump_json,
+    mistakes,
     parse_document,
 )
 from sts.mappings.spec import BROKER, ZUPLO, MappingSpec
@@ -96,11 +96,8 @@ def parse_or_exit(text: str, path: str) -> list[MappingSpec]:
     try:
         return parse_document(text, path)
     except MappingFileError as exc:
-        for error in exc.all:
-            click.echo(f"error: {error}", err=True)
-        omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
-        if omitted:
-            click.echo(f"error: {path}: {omitted} more mistakes not shown", err=True)
+        for line in mistakes(exc, path):
+            click.echo(f"error: {line}", err=True)
         sys.exit(2)
 
 

@@ -124,6 +124,16 @@ class MappingFileErrors(MappingFileError):
         return self.errors
 
 
+def mistakes(error: MappingFileError, source: str) -> list[str]:
+    """A refused document's mistakes, one line each as ``apply`` prints them (after
+    ``error: ``) and the service logs them: every one kept, then how many more there were."""
+    lines = [str(each) for each in error.all]
+    omitted = error.omitted if isinstance(error, MappingFileErrors) else 0
+    if omitted:
+        lines.append(f"{source}: {omitted} more mistakes not shown")
+    return lines
+
+
 class _LDict(dict[str, Any]):
     """A mapping from the document, remembering the line of itself and of each key."""
 

@@ -30,7 +30,7 @@ from sts.mappings import store
 from sts.mappings.document import (
     MAX_DOCUMENT_BYTES,
     MappingFileError,
-    MappingFileErrors,
+    mistakes,
     parse_document,
 )
 from sts.mappings.spec import MappingSpec
@@ -183,10 +183,7 @@ class MappingsFile:
             except UnicodeDecodeError:
                 errors = [f"{self.path}: not UTF-8 text"]
             except MappingFileError as exc:
-                errors = [str(error) for error in exc.all]
-                omitted = exc.omitted if isinstance(exc, MappingFileErrors) else 0
-                if omitted:
-                    errors.append(f"{self.path}: {omitted} more mistakes not shown")
+                errors = mistakes(exc, self.path)
         for error in errors:
             log.error("mappings file refused: %s", error)
         log.warning(
